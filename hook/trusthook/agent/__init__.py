@@ -1,0 +1,1 @@
+"""The node agent: holds the TPM, measures launches, writes the event log."""

@@ -1,0 +1,67 @@
+"""Start the agent: TPM, writer lock, log recovery, socket; stop cleanly on SIGTERM/SIGINT."""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import socket
+import threading
+from types import FrameType
+
+from trusthook.agent.server import AgentServer
+from trusthook.agent.service import AgentService
+from trusthook.agent.writer import MeasuredLog
+from trusthook.config import Config
+from trusthook.logstore import LogStore, read_boot_id
+from trusthook.measure.walk import measure_rootfs
+from trusthook.tpm import Tpm
+
+log = logging.getLogger(__name__)
+
+
+def _notify_systemd(state: str) -> None:
+    """sd_notify(3) for Type=notify units; a no-op outside systemd."""
+    address = os.environ.get("NOTIFY_SOCKET")
+    if not address:
+        return
+    if address.startswith("@"):
+        address = "\0" + address[1:]
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+        sock.sendto(state.encode(), address)
+
+
+def run_agent(config: Config) -> None:
+    """Serve until SIGTERM or SIGINT."""
+    boot_id = read_boot_id()
+    store = LogStore(config.state_dir / "eventlog", boot_id)
+    lock_fd = store.lock()
+    try:
+        with Tpm(config.tcti) as tpm:
+            measured = MeasuredLog(store=store, tpm=tpm, pcr=config.pcr)
+            for note in measured.recover():
+                log.warning("event log repaired: %s", note)
+            service = AgentService(log=measured, boot_id=boot_id, measure_rootfs=measure_rootfs)
+            server = AgentServer(config.socket, service, io_timeout=config.hook_timeout)
+            stop = threading.Event()
+
+            def on_signal(signum: int, _frame: FrameType | None) -> None:
+                log.info("signal %d: stopping", signum)
+                stop.set()
+
+            signal.signal(signal.SIGTERM, on_signal)
+            signal.signal(signal.SIGINT, on_signal)
+            thread = threading.Thread(target=server.serve_forever, name="agent-socket")
+            thread.start()
+            log.info("listening on %s (PCR %d, log %s)", config.socket, config.pcr, store.path)
+            _notify_systemd("READY=1")
+            try:
+                stop.wait()
+            finally:
+                _notify_systemd("STOPPING=1")
+                server.shutdown()
+                thread.join()
+                server.server_close()
+                config.socket.unlink(missing_ok=True)
+    finally:
+        os.close(lock_fd)

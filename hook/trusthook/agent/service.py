@@ -1,0 +1,79 @@
+"""What the agent does for each request: validate it, measure, record. Transport-free."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any
+
+from trusthook.agent.writer import MeasuredLog
+from trusthook.errors import InputError
+from trusthook.eventlog import LaunchEvent
+from trusthook.measure.profile import config_digest, launch_profile_digest
+from trusthook.measure.walk import RootfsMeasurement
+from trusthook.oci import ContainerState, image_of, parse_state, read_config, rootfs_path
+from trusthook.protocol import OP_HOOK, OP_SNAPSHOT, PROTOCOL_VERSION
+from trusthook.wire import STAGES
+
+
+class RequestError(InputError):
+    """A request to the agent is malformed."""
+
+
+class AgentService:
+    """Handles decoded requests; the server turns results and errors into responses."""
+
+    def __init__(
+        self,
+        *,
+        log: MeasuredLog,
+        boot_id: str,
+        measure_rootfs: Callable[[str | os.PathLike[str]], RootfsMeasurement],
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+    ) -> None:
+        self._log = log
+        self._boot_id = boot_id
+        self._measure_rootfs = measure_rootfs
+        self._clock = clock
+
+    def handle(self, request: dict[str, Any], body: bytes) -> dict[str, Any]:
+        if request.get("version") != PROTOCOL_VERSION:
+            raise RequestError(
+                f"protocol version {request.get('version')!r}, expected {PROTOCOL_VERSION}"
+            )
+        op = request.get("op")
+        if op == OP_HOOK:
+            stage = request.get("stage")
+            if stage not in STAGES:
+                raise RequestError(f"'stage' must be one of {STAGES}, got {stage!r}")
+            return self.measure(parse_state(body), stage)
+        if op == OP_SNAPSHOT:
+            snap = self._log.snapshot()
+            return {
+                "pcr_value": snap.pcr_value.hex(),
+                "records": [r.to_json() for r in snap.records],
+            }
+        raise RequestError(f"unknown op {op!r}; expected {OP_HOOK!r} or {OP_SNAPSHOT!r}")
+
+    def measure(self, state: ContainerState, stage: str) -> dict[str, Any]:
+        """Measure the container ``state`` names and record it."""
+        container_id, bundle = state.id, state.bundle
+        config = read_config(bundle)
+        rootfs = self._measure_rootfs(rootfs_path(bundle, config))
+        image_ref, image_digest = image_of(state.annotations)
+        event = LaunchEvent(
+            container_id=container_id,
+            bundle=bundle,
+            image_reference=image_ref,
+            image_digest=image_digest,
+            rootfs_digest="sha256:" + rootfs.digest.hex(),
+            rootfs_entries=rootfs.entries,
+            config_digest=config_digest(config),
+            launch_profile_digest=launch_profile_digest(config, container_id),
+            stage=stage,
+            time=self._clock().isoformat(timespec="microseconds").replace("+00:00", "Z"),
+            boot_id=self._boot_id,
+        )
+        record = self._log.append(event)
+        return {"recnum": record.recnum, "record": record.to_json()}

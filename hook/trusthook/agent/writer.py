@@ -1,0 +1,118 @@
+"""The single writer: append a record, extend the PCR, keep the two consistent.
+
+Order per launch: append the record and fsync, then extend. A crash in between leaves a last
+record the PCR does not contain; ``recover`` finds it by comparing the PCR with the replay, cuts
+it off and reports it. A PCR that matches neither is a divergence and the writer refuses to go
+on: extending onto a log that does not replay would only hide the break.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from dataclasses import dataclass
+
+from trusthook.errors import EventLogError, TPMError
+from trusthook.eventlog import LaunchEvent, Record, extend, replay, verify_against_pcr
+from trusthook.logstore import LogStore
+from trusthook.tpm import Tpm
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    """Records and the PCR value read together under the writer lock."""
+
+    records: list[Record]
+    pcr_value: bytes
+
+
+class MeasuredLog:
+    """Serializes extend+append for one PCR and one log file."""
+
+    def __init__(self, *, store: LogStore, tpm: Tpm, pcr: int) -> None:
+        self._store = store
+        self._tpm = tpm
+        self._pcr = pcr
+        self._lock = threading.Lock()
+        self._count = 0
+        self._tip = b""
+        self._consistent = False
+
+    def recover(self) -> list[str]:
+        """Bring log and PCR into agreement after a crash, or raise if they cannot be.
+
+        Returns notes on what was repaired (for the agent to report).
+        """
+        with self._lock:
+            return self._recover()
+
+    def _recover(self) -> list[str]:
+        notes = []
+        contents = self._store.read()
+        records = contents.records
+        pcr_value = self._tpm.pcr_read(self._pcr)
+        if contents.torn_tail:
+            # Only the record being appended when the agent stopped can be partial, and it is
+            # extended only after its append completed: it was never in the PCR.
+            self._store.truncate(contents.length)
+            notes.append(
+                f"record {len(records)} was cut off mid-write and never extended; removed it"
+            )
+        if records and replay(records) != pcr_value and replay(records[:-1]) == pcr_value:
+            last = records.pop()
+            self._store.truncate(contents.starts[-1])
+            notes.append(
+                f"record {last.recnum} (container {last.event.container_id}) was appended but"
+                f" never extended into PCR {self._pcr} (the agent stopped in between);"
+                " removed it, that container did not start"
+            )
+        verify_against_pcr(records, self._pcr, pcr_value)
+        self._count = len(records)
+        self._tip = pcr_value
+        self._consistent = True
+        return notes
+
+    def append(self, event: LaunchEvent) -> Record:
+        """Append ``event`` as the next record and extend it into the PCR; returns the record."""
+        with self._lock:
+            if not self._consistent:
+                for note in self._recover():
+                    log.warning("event log repaired: %s", note)
+            record = Record.for_event(recnum=self._count, pcr=self._pcr, event=event)
+            start = self._store.append(record)
+            try:
+                self._tpm.pcr_extend(self._pcr, record.digest)
+            except TPMError:
+                self._undo_failed_extend(start, record)
+                raise
+            self._count += 1
+            self._tip = extend(self._tip, record.digest)
+            return record
+
+    def _undo_failed_extend(self, start: int, record: Record) -> None:
+        """After a failed extend, find out from the PCR whether it happened."""
+        self._consistent = False
+        try:
+            value = self._tpm.pcr_read(self._pcr)
+        except TPMError:
+            log.error("cannot read PCR %d after a failed extend; will recheck", self._pcr)
+            return
+        if value == self._tip:
+            self._store.truncate(start)
+            self._consistent = True
+        elif value == extend(self._tip, record.digest):
+            self._count += 1
+            self._tip = value
+            self._consistent = True
+        else:
+            log.error("PCR %d diverged from the event log after a failed extend", self._pcr)
+
+    def snapshot(self) -> Snapshot:
+        """The log and the PCR read together, so concurrent launches cannot skew them."""
+        with self._lock:
+            contents = self._store.read()
+            if contents.torn_tail:
+                raise EventLogError(f"event log {self._store.path} ends in a torn record")
+            return Snapshot(contents.records, self._tpm.pcr_read(self._pcr))

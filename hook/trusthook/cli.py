@@ -1,0 +1,153 @@
+"""``trusthook``: measure a rootfs, run the agent, show and verify the event log."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from typing import Any
+
+from trusthook.config import Config, load_config
+from trusthook.errors import AgentUnavailableError, EventLogError, TrusthookError
+from trusthook.eventlog import Record, parse_record, verify_against_pcr
+from trusthook.logstore import LogStore, read_boot_id
+from trusthook.measure.profile import config_digest, launch_profile_digest
+from trusthook.measure.walk import measure_rootfs
+from trusthook.oci import read_config
+from trusthook.protocol import OP_SNAPSHOT, call
+
+
+def _cmd_measure(args: argparse.Namespace, _config: Config) -> int:
+    rootfs = measure_rootfs(args.rootfs)
+    out: dict[str, Any] = {
+        "rootfs": os.path.abspath(args.rootfs),
+        "rootfs_digest": "sha256:" + rootfs.digest.hex(),
+        "rootfs_entries": rootfs.entries,
+        "bytes_hashed": rootfs.bytes_hashed,
+    }
+    if args.oci_config:
+        bundle = os.path.dirname(os.path.abspath(args.oci_config))
+        if os.path.basename(args.oci_config) != "config.json":
+            raise TrusthookError(
+                f"--config must name a bundle's config.json, got {args.oci_config}"
+            )
+        oci_config = read_config(bundle)
+        out["config_digest"] = config_digest(oci_config)
+        out["launch_profile_digest"] = launch_profile_digest(oci_config, args.container_id)
+    if args.json:
+        print(json.dumps(out, indent=2))
+    else:
+        for key, value in out.items():
+            print(f"{key:22} {value}")
+    return 0
+
+
+def _snapshot(config: Config, direct: bool) -> tuple[list[Record], bytes, str]:
+    """Records and PCR value: from the running agent (consistent under its lock) or, if it is
+    not running or ``direct`` is set, from the log file and the TPM."""
+    if not direct:
+        try:
+            result = call(str(config.socket), OP_SNAPSHOT, timeout=config.hook_timeout)
+        except AgentUnavailableError:
+            pass
+        else:
+            records = [
+                parse_record(r, f"agent record {i}") for i, r in enumerate(result["records"])
+            ]
+            return records, bytes.fromhex(result["pcr_value"]), "agent"
+    from trusthook.tpm import Tpm  # noqa: PLC0415 - tpm2-pytss is slow to import; only here
+
+    store = LogStore(config.state_dir / "eventlog", read_boot_id())
+    contents = store.read()
+    if contents.torn_tail:
+        raise EventLogError(
+            f"record {len(contents.records)}: {store.path} ends in a torn record;"
+            " start the agent to repair it"
+        )
+    with Tpm(config.tcti) as tpm:
+        return contents.records, tpm.pcr_read(config.pcr), "tpm"
+
+
+def _cmd_log_verify(args: argparse.Namespace, config: Config) -> int:
+    records, pcr_value, source = _snapshot(config, args.direct)
+    verify_against_pcr(records, config.pcr, pcr_value)
+    print(f"OK: {len(records)} records replay to PCR {config.pcr} = {pcr_value.hex()} ({source})")
+    return 0
+
+
+def _cmd_log_show(args: argparse.Namespace, config: Config) -> int:
+    records, _, _ = _snapshot(config, args.direct)
+    if args.json:
+        for r in records:
+            print(json.dumps(r.to_json(), indent=2))
+        return 0
+    for r in records:
+        e = r.event
+        print(f"#{r.recnum} pcr={r.pcr} sha256={r.digest.hex()}")
+        print(f"  container  {e.container_id}  ({e.stage}, {e.time})")
+        print(f"  bundle     {e.bundle}")
+        print(f"  image      {e.image_reference or '-'} {e.image_digest or ''}".rstrip())
+        print(f"  rootfs     {e.rootfs_digest} ({e.rootfs_entries} entries)")
+        print(f"  config     {e.config_digest}")
+        print(f"  profile    {e.launch_profile_digest}")
+        print(f"  boot       {e.boot_id}")
+    return 0
+
+
+def _cmd_agent(_args: argparse.Namespace, config: Config) -> int:
+    os.environ.setdefault("TSS2_LOG", "all+NONE")  # our errors say what failed, once
+    from trusthook.agent.run import run_agent  # noqa: PLC0415 - imports tpm2-pytss
+
+    run_agent(config)
+    return 0
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="trusthook", description=__doc__)
+    p.add_argument("--trusthook-config", metavar="PATH", help="trusthook config file")
+    p.add_argument("-v", "--verbose", action="store_true")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    m = sub.add_parser("measure", help="print the digests of a rootfs and optional config.json")
+    m.add_argument("rootfs")
+    m.add_argument("--config", dest="oci_config", metavar="CONFIG.json")
+    m.add_argument("--container-id", default="", help="id whose occurrences mounts may carry")
+    m.add_argument("--json", action="store_true")
+    m.set_defaults(func=_cmd_measure)
+
+    a = sub.add_parser("agent", help="run the node agent")
+    a.set_defaults(func=_cmd_agent)
+
+    lg = sub.add_parser("log", help="the event log of this boot").add_subparsers(
+        dest="log_command", required=True
+    )
+    v = lg.add_parser("verify", help="replay the log and compare it with the PCR")
+    v.add_argument("--direct", action="store_true", help="read the TPM, not the agent")
+    v.set_defaults(func=_cmd_log_verify)
+    s = lg.add_parser("show", help="print the records")
+    s.add_argument("--direct", action="store_true", help="read the TPM, not the agent")
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(func=_cmd_log_show)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="trusthook %(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        config = load_config(args.trusthook_config)
+        return int(args.func(args, config))
+    except TrusthookError as e:
+        print(f"trusthook: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,124 @@
+"""The one typed configuration, loaded at each entry point and passed down.
+
+Standard library only (``tomllib``): the hook and the shim load it on every container start.
+The file format is documented in ``oci-config/trusthook.toml``.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass
+from enum import Enum
+from pathlib import Path
+from typing import Any
+
+from trusthook.errors import ConfigError
+
+DEFAULT_CONFIG_PATH = Path("/etc/trusthook/config.toml")
+CONFIG_ENV = "TRUSTHOOK_CONFIG"
+
+
+class Mode(Enum):
+    """What the hook does when measurement fails."""
+
+    ENFORCE = "enforce"  # the container does not start
+    AUDIT = "audit"  # the failure is logged and the container starts
+
+
+@dataclass(frozen=True, kw_only=True)
+class Config:
+    """Every setting trusthook reads. Defaults suit a production host with a kernel TPM."""
+
+    tcti: str = "device:/dev/tpmrm0"
+    pcr: int = 23
+    socket: Path = Path("/run/trusthook/agent.sock")
+    state_dir: Path = Path("/var/lib/trusthook")
+    mode: Mode = Mode.ENFORCE
+    hook_timeout: float = 30.0
+    runtime: str = "runc"
+    hook_path: Path | None = None
+
+    @property
+    def hook_args(self) -> list[str]:
+        """The hook's arguments (after argv[0]) that carry this configuration."""
+        args = ["--socket", str(self.socket), "--timeout", f"{self.hook_timeout:g}"]
+        return [*args, "--audit"] if self.mode is Mode.AUDIT else args
+
+
+_SCHEMA: dict[str, dict[str, type | tuple[type, ...]]] = {
+    "tpm": {"tcti": str, "pcr": int},
+    "agent": {"socket": str, "state_dir": str},
+    "hook": {"mode": str, "timeout": (int, float)},
+    "runtime": {"path": str, "hook": str},
+}
+
+
+def parse_config(data: Mapping[str, Any], *, source: Path | None = None) -> Config:
+    """Build a Config from parsed TOML, refusing unknown sections, keys and wrong types."""
+    where = f" in {source}" if source else ""
+    for section, body in data.items():
+        if section not in _SCHEMA:
+            raise ConfigError(
+                f"unknown section [{section}]{where}; expected one of {sorted(_SCHEMA)}"
+            )
+        if not isinstance(body, dict):
+            raise ConfigError(f"[{section}]{where} must be a table")
+        for key, value in body.items():
+            expected = _SCHEMA[section].get(key)
+            if expected is None:
+                known = sorted(_SCHEMA[section])
+                raise ConfigError(f"unknown key {section}.{key}{where}; expected one of {known}")
+            if not isinstance(value, expected) or isinstance(value, bool):
+                raise ConfigError(f"{section}.{key}{where}: got {value!r}, wrong type")
+    tpm = data.get("tpm", {})
+    agent = data.get("agent", {})
+    hook = data.get("hook", {})
+    runtime = data.get("runtime", {})
+    pcr = tpm.get("pcr", 23)
+    if not 0 <= pcr <= 23:
+        raise ConfigError(f"tpm.pcr{where}: got {pcr}, expected a PCR index 0..23")
+    try:
+        mode = Mode(hook.get("mode", "enforce"))
+    except ValueError:
+        raise ConfigError(
+            f"hook.mode{where}: got {hook['mode']!r}, expected 'enforce' or 'audit'"
+        ) from None
+    timeout = float(hook.get("timeout", 30.0))
+    if timeout <= 0:
+        raise ConfigError(f"hook.timeout{where}: got {timeout}, expected seconds > 0")
+    hook_path = runtime.get("hook")
+    return Config(
+        tcti=tpm.get("tcti", Config.tcti),
+        pcr=pcr,
+        socket=Path(agent.get("socket", Config.socket)),
+        state_dir=Path(agent.get("state_dir", Config.state_dir)),
+        mode=mode,
+        hook_timeout=timeout,
+        runtime=runtime.get("path", Config.runtime),
+        hook_path=Path(hook_path) if hook_path else None,
+    )
+
+
+def load_config(path: str | Path | None = None, environ: Mapping[str, str] | None = None) -> Config:
+    """Load the configuration: explicit path, else $TRUSTHOOK_CONFIG, else the default file.
+
+    The default file may be absent (built-in defaults apply); a named file must exist.
+    """
+    env = os.environ if environ is None else environ
+    explicit = path if path is not None else env.get(CONFIG_ENV)
+    target = Path(explicit) if explicit else DEFAULT_CONFIG_PATH
+    try:
+        raw = target.read_bytes()
+    except FileNotFoundError:
+        if explicit:
+            raise ConfigError(f"config file {target} does not exist") from None
+        return Config()
+    except OSError as e:
+        raise ConfigError(f"cannot read config file {target}: {e.strerror}") from e
+    try:
+        data = tomllib.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, tomllib.TOMLDecodeError) as e:
+        raise ConfigError(f"config file {target} is not valid TOML: {e}") from e
+    return parse_config(data, source=target)

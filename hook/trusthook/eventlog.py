@@ -1,0 +1,221 @@
+"""The event log model: TCG Canonical Event Log records, JSON encoding (docs/eventlog.md).
+
+Pure: records are parsed from and rendered to bytes here; files live in ``logstore``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from trusthook.errors import EventLogError
+from trusthook.measure.jcs import canonicalize
+
+CONTENT_TYPE = "trusthook_launch"
+CONTENT_VERSION = 1
+PCR_SIZE = 32
+_RECORD_KEYS = {"recnum", "pcr", "digests", "content_type", "content"}
+_CONTENT_FIELDS: dict[str, type | tuple[type, ...]] = {
+    "version": int,
+    "container_id": str,
+    "bundle": str,
+    "image": dict,
+    "rootfs_digest": str,
+    "rootfs_entries": int,
+    "config_digest": str,
+    "launch_profile_digest": str,
+    "stage": str,
+    "time": str,
+    "boot_id": str,
+}
+_IMAGE_FIELDS = {"reference", "digest"}
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class LaunchEvent:
+    """What one container launch contributes to the log."""
+
+    container_id: str
+    bundle: str
+    image_reference: str | None
+    image_digest: str | None
+    rootfs_digest: str
+    rootfs_entries: int
+    config_digest: str
+    launch_profile_digest: str
+    stage: str
+    time: str
+    boot_id: str
+
+    def to_content(self) -> dict[str, Any]:
+        return {
+            "version": CONTENT_VERSION,
+            "container_id": self.container_id,
+            "bundle": self.bundle,
+            "image": {"reference": self.image_reference, "digest": self.image_digest},
+            "rootfs_digest": self.rootfs_digest,
+            "rootfs_entries": self.rootfs_entries,
+            "config_digest": self.config_digest,
+            "launch_profile_digest": self.launch_profile_digest,
+            "stage": self.stage,
+            "time": self.time,
+            "boot_id": self.boot_id,
+        }
+
+    @classmethod
+    def from_content(cls, content: Mapping[str, Any], where: str) -> LaunchEvent:
+        if set(content) != set(_CONTENT_FIELDS):
+            raise EventLogError(
+                f"{where}: content has fields {sorted(content)}, expected {sorted(_CONTENT_FIELDS)}"
+            )
+        for key, kind in _CONTENT_FIELDS.items():
+            if not isinstance(content[key], kind) or isinstance(content[key], bool):
+                raise EventLogError(f"{where}: content.{key} has the wrong type")
+        if content["version"] != CONTENT_VERSION:
+            raise EventLogError(
+                f"{where}: content version {content['version']}, expected {CONTENT_VERSION}"
+            )
+        image = content["image"]
+        if set(image) != _IMAGE_FIELDS or not all(
+            v is None or isinstance(v, str) for v in image.values()
+        ):
+            raise EventLogError(f"{where}: content.image must be {{reference, digest}}")
+        return cls(
+            container_id=content["container_id"],
+            bundle=content["bundle"],
+            image_reference=image["reference"],
+            image_digest=image["digest"],
+            rootfs_digest=content["rootfs_digest"],
+            rootfs_entries=content["rootfs_entries"],
+            config_digest=content["config_digest"],
+            launch_profile_digest=content["launch_profile_digest"],
+            stage=content["stage"],
+            time=content["time"],
+            boot_id=content["boot_id"],
+        )
+
+    def digest(self) -> bytes:
+        """The event digest extended into the PCR: SHA-256 of the RFC 8785 form of the content."""
+        return hashlib.sha256(canonicalize(self.to_content())).digest()
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Record:
+    """One CEL record: the event, where it went and the digest that was extended."""
+
+    recnum: int
+    pcr: int
+    digest: bytes
+    event: LaunchEvent
+
+    @classmethod
+    def for_event(cls, *, recnum: int, pcr: int, event: LaunchEvent) -> Record:
+        return cls(recnum=recnum, pcr=pcr, digest=event.digest(), event=event)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "recnum": self.recnum,
+            "pcr": self.pcr,
+            "digests": [{"hashAlg": "sha256", "digest": self.digest.hex()}],
+            "content_type": CONTENT_TYPE,
+            "content": self.event.to_content(),
+        }
+
+    def to_line(self) -> bytes:
+        """One line of the log file: the RFC 8785 form of the record and a newline."""
+        return canonicalize(self.to_json()) + b"\n"
+
+
+def parse_record(data: Any, where: str) -> Record:
+    """A Record from its parsed JSON form; raises EventLogError naming ``where``."""
+    if not isinstance(data, dict) or set(data) != _RECORD_KEYS:
+        raise EventLogError(f"{where}: a record must be an object with keys {sorted(_RECORD_KEYS)}")
+    recnum, pcr, digests = data["recnum"], data["pcr"], data["digests"]
+    if not isinstance(recnum, int) or isinstance(recnum, bool) or recnum < 0:
+        raise EventLogError(f"{where}: recnum must be a non-negative integer")
+    if not isinstance(pcr, int) or isinstance(pcr, bool) or not 0 <= pcr <= 23:
+        raise EventLogError(f"{where}: pcr must be an integer 0..23")
+    if data["content_type"] != CONTENT_TYPE:
+        raise EventLogError(
+            f"{where}: content_type {data['content_type']!r}, expected {CONTENT_TYPE!r}"
+        )
+    if (
+        not isinstance(digests, list)
+        or len(digests) != 1
+        or not isinstance(digests[0], dict)
+        or digests[0].get("hashAlg") != "sha256"
+        or set(digests[0]) != {"hashAlg", "digest"}
+    ):
+        raise EventLogError(f"{where}: digests must hold exactly one sha256 digest")
+    try:
+        digest = bytes.fromhex(digests[0]["digest"])
+    except (TypeError, ValueError):
+        raise EventLogError(f"{where}: digest is not hexadecimal") from None
+    if len(digest) != PCR_SIZE:
+        raise EventLogError(f"{where}: digest has {len(digest)} bytes, expected {PCR_SIZE}")
+    if not isinstance(data["content"], dict):
+        raise EventLogError(f"{where}: content must be an object")
+    event = LaunchEvent.from_content(data["content"], where)
+    return Record(recnum=recnum, pcr=pcr, digest=digest, event=event)
+
+
+def parse_line(line: bytes, where: str) -> Record:
+    """Parse one log line (JSON text); raises EventLogError naming ``where``."""
+    try:
+        data = json.loads(line)
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise EventLogError(f"{where}: not valid JSON ({e})") from None
+    return parse_record(data, where)
+
+
+def extend(value: bytes, digest: bytes) -> bytes:
+    """The PCR extend operation in the SHA-256 bank."""
+    return hashlib.sha256(value + digest).digest()
+
+
+def replay(records: Sequence[Record], initial: bytes = bytes(PCR_SIZE)) -> bytes:
+    """The PCR value that extending every record's digest in order gives."""
+    value = initial
+    for record in records:
+        value = extend(value, record.digest)
+    return value
+
+
+def check_records(records: Sequence[Record], pcr: int) -> None:
+    """Each record must be numbered in sequence, target ``pcr`` and carry its content's digest."""
+    for i, record in enumerate(records):
+        if record.recnum != i:
+            raise EventLogError(f"record {i}: recnum is {record.recnum}, expected {i}")
+        if record.pcr != pcr:
+            raise EventLogError(f"record {i}: pcr is {record.pcr}, expected {pcr}")
+        if record.digest != record.event.digest():
+            raise EventLogError(
+                f"record {i}: digest {record.digest.hex()} does not match its content"
+                f" ({record.event.digest().hex()}); the record was altered"
+            )
+
+
+def verify_against_pcr(records: Sequence[Record], pcr: int, pcr_value: bytes) -> None:
+    """Raise EventLogError naming the first record where the log and the PCR diverge."""
+    check_records(records, pcr)
+    value = bytes(PCR_SIZE)
+    matching_prefix = 0 if value == pcr_value else None
+    for i, record in enumerate(records):
+        value = extend(value, record.digest)
+        if value == pcr_value:
+            matching_prefix = i + 1
+    if matching_prefix == len(records):
+        return
+    if matching_prefix is not None:
+        raise EventLogError(
+            f"record {matching_prefix}: log diverges from PCR {pcr}; the PCR equals the replay of"
+            f" the first {matching_prefix} records, so record {matching_prefix} onwards was never"
+            " extended"
+        )
+    raise EventLogError(
+        f"record 0: log diverges from PCR {pcr}; no prefix of the {len(records)} records replays"
+        f" to {pcr_value.hex()} (the PCR was extended by something not in this log, or reset)"
+    )

@@ -1,0 +1,95 @@
+"""``trusthook-hook``: the OCI hook (createRuntime or prestart) run on every container start.
+
+It passes the OCI state from stdin to the node agent, which parses it, measures the container
+and records it. Everything the hook does is set by its arguments, which the runtime config
+records (and so measures): ``--socket PATH``, ``--timeout SECONDS``, ``--stage STAGE``,
+``--audit``. Fails closed: any failure is one line on stderr and exit status 1, and the runtime
+does not start the container; with ``--audit`` the failure is logged and the container starts.
+
+Imports only ``sys`` and trusthook's ``_socket``-only wire module: this runs on every start.
+"""
+
+from __future__ import annotations
+
+import sys
+
+from trusthook.errors import InputError, TrusthookError
+from trusthook.wire import MAX_MESSAGE_BYTES, STAGES, exchange
+
+DEFAULT_SOCKET = "/run/trusthook/agent.sock"
+DEFAULT_TIMEOUT = 30.0
+USAGE = "usage: trusthook-hook [--socket PATH] [--timeout SECONDS] [--stage STAGE] [--audit]"
+
+
+class UsageError(InputError):
+    """The hook's arguments are wrong."""
+
+
+class HookArgs:
+    """The hook's parsed arguments."""
+
+    def __init__(self, argv: list[str]) -> None:
+        self.socket = DEFAULT_SOCKET
+        self.timeout = DEFAULT_TIMEOUT
+        self.stage = "createRuntime"
+        self.audit = False
+        it = iter(argv)
+        for arg in it:
+            name, eq, value = arg.partition("=")
+            if name == "--audit" and not eq:
+                self.audit = True
+                continue
+            if name not in ("--socket", "--timeout", "--stage"):
+                raise UsageError(f"unknown argument {arg!r}; {USAGE}")
+            if not eq:
+                value = next(it, "")
+            if name == "--socket":
+                self.socket = value
+            elif name == "--stage":
+                if value not in STAGES:
+                    raise UsageError(f"--stage must be one of {', '.join(STAGES)}, got {value!r}")
+                self.stage = value
+            else:
+                self.timeout = _positive(value)
+
+
+def _positive(value: str) -> float:
+    try:
+        seconds = float(value)
+    except ValueError:
+        seconds = 0.0
+    if not seconds > 0:
+        raise UsageError(f"--timeout must be a number of seconds > 0, got {value!r}")
+    return seconds
+
+
+def request(stage: str, state: bytes) -> bytes:
+    """The hook's request: a header naming the stage (from a fixed list, so no escaping is
+    needed), then the OCI state exactly as the runtime wrote it."""
+    return b'{"op":"hook","stage":"%s","version":1}\n' % stage.encode() + state
+
+
+def main(argv: list[str] | None = None) -> int:
+    audit = False
+    try:
+        args = HookArgs(sys.argv[1:] if argv is None else argv)
+        audit = args.audit
+        state = sys.stdin.buffer.read(MAX_MESSAGE_BYTES + 1)
+        if len(state) > MAX_MESSAGE_BYTES:
+            raise UsageError(f"state JSON on stdin is larger than {MAX_MESSAGE_BYTES} bytes")
+        exchange(args.socket, request(args.stage, state), timeout=args.timeout)
+    except TrusthookError as e:
+        if audit:
+            import syslog  # noqa: PLC0415 - only on the audit path
+
+            message = f"trusthook-hook: audit mode, container starts unmeasured: {e}"
+            syslog.syslog(syslog.LOG_WARNING, message)
+            print(message, file=sys.stderr)
+            return 0
+        print(f"trusthook-hook: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

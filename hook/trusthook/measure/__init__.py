@@ -1,0 +1,1 @@
+"""Measurement: the canonical rootfs encoding and the config digests (docs/measurement.md)."""

@@ -1,0 +1,121 @@
+"""RFC 8785 JSON Canonicalization Scheme (JCS). Pure, standard library only.
+
+Numbers follow RFC 8785 section 3.2.2.3 (ECMAScript ``Number.prototype.toString``): integers
+are exact below 2**53 in magnitude; larger integers and all floats are rendered as the IEEE 754
+double nearest to them, exactly as JCS requires.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from trusthook.errors import InputError
+
+_LITERALS = {None: "null", True: "true", False: "false"}
+_ESCAPES = {
+    '"': '\\"',
+    "\\": "\\\\",
+    "\b": "\\b",
+    "\f": "\\f",
+    "\n": "\\n",
+    "\r": "\\r",
+    "\t": "\\t",
+}
+
+
+class CanonicalizationError(InputError):
+    """A value has no RFC 8785 canonical form (NaN, infinity, a lone surrogate, a non-JSON type)."""
+
+
+def _string(s: str) -> str:
+    out = ['"']
+    for ch in s:
+        code = ord(ch)
+        if ch in _ESCAPES:
+            out.append(_ESCAPES[ch])
+        elif code < 0x20:
+            out.append(f"\\u{code:04x}")
+        elif 0xD800 <= code <= 0xDFFF:
+            raise CanonicalizationError(f"string contains a lone surrogate U+{code:04X}")
+        else:
+            out.append(ch)
+    out.append('"')
+    return "".join(out)
+
+
+def _number(x: float) -> str:
+    if math.isnan(x) or math.isinf(x):
+        raise CanonicalizationError(f"{x} has no JSON representation")
+    if x == 0:
+        return "0"
+    sign = "-" if x < 0 else ""
+    # repr gives the shortest digit string that round-trips, as ECMAScript requires.
+    mantissa, _, exp_text = repr(abs(x)).partition("e")
+    int_part, _, frac_part = mantissa.partition(".")
+    raw = int_part + frac_part
+    # n: where the decimal point sits relative to the first significant digit (ECMA-262 7.1.12.1)
+    n = len(int_part) + int(exp_text or 0)
+    significant = raw.lstrip("0")
+    n -= len(raw) - len(significant)
+    digits = significant.rstrip("0")
+    k = len(digits)
+    if k <= n <= 21:
+        body = digits + "0" * (n - k)
+    elif 0 < n <= 21:
+        body = digits[:n] + "." + digits[n:]
+    elif -6 < n <= 0:
+        body = "0." + "0" * (-n) + digits
+    else:
+        e = n - 1
+        exp = f"e{'+' if e >= 0 else '-'}{abs(e)}"
+        body = digits + exp if k == 1 else digits[0] + "." + digits[1:] + exp
+    return sign + body
+
+
+def _array(value: list[Any] | tuple[Any, ...], out: list[str]) -> None:
+    out.append("[")
+    for i, item in enumerate(value):
+        if i:
+            out.append(",")
+        _encode(item, out)
+    out.append("]")
+
+
+def _object(value: dict[Any, Any], out: list[str]) -> None:
+    for key in value:
+        if not isinstance(key, str):
+            raise CanonicalizationError(f"object key {key!r} is not a string")
+    out.append("{")
+    # RFC 8785 3.2.3: members sorted by their names as arrays of UTF-16 code units
+    for i, key in enumerate(sorted(value, key=lambda k: k.encode("utf-16-be", "surrogatepass"))):
+        if i:
+            out.append(",")
+        out.append(_string(key))
+        out.append(":")
+        _encode(value[key], out)
+    out.append("}")
+
+
+def _encode(value: Any, out: list[str]) -> None:
+    if value is None or isinstance(value, bool):
+        out.append(_LITERALS[value])
+    elif isinstance(value, int):
+        out.append(str(value) if abs(value) < 2**53 else _number(float(value)))
+    elif isinstance(value, float):
+        out.append(_number(value))
+    elif isinstance(value, str):
+        out.append(_string(value))
+    elif isinstance(value, list | tuple):
+        _array(value, out)
+    elif isinstance(value, dict):
+        _object(value, out)
+    else:
+        raise CanonicalizationError(f"{type(value).__name__} is not a JSON type")
+
+
+def canonicalize(value: Any) -> bytes:
+    """The RFC 8785 canonical UTF-8 bytes of a parsed JSON value."""
+    out: list[str] = []
+    _encode(value, out)
+    return "".join(out).encode("utf-8")

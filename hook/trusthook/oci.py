@@ -1,0 +1,124 @@
+"""OCI runtime-spec inputs: the state JSON a hook reads and the bundle it names.
+
+Standard library only: the hook imports this on every container start.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from trusthook.errors import BundleError, StateError
+
+MAX_STATE_BYTES = 1 << 20
+MAX_CONFIG_BYTES = 16 << 20
+
+# Annotations engines use for the image a container was created from, in order of preference.
+IMAGE_REFERENCE_ANNOTATIONS = (
+    "org.opencontainers.image.ref.name",
+    "io.kubernetes.cri.image-name",
+    "io.kubernetes.cri-o.ImageName",
+    "io.containerd.image.name",
+)
+IMAGE_DIGEST_ANNOTATIONS = ("org.opencontainers.image.digest", "io.kubernetes.cri-o.ImageRef")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ContainerState:
+    """The fields of the OCI state that trusthook uses."""
+
+    id: str
+    bundle: str
+    status: str
+    pid: int | None = None
+    annotations: dict[str, str] = field(default_factory=dict)
+
+
+def check_container_id(value: Any) -> str:
+    if not isinstance(value, str) or not value:
+        raise StateError("state JSON: 'id' must be a non-empty string")
+    if len(value) > 1024 or any(ord(c) < 0x20 or c in "/\x7f" for c in value):
+        raise StateError(f"state JSON: container id {value[:64]!r} has forbidden characters")
+    return value
+
+
+def parse_state(raw: bytes) -> ContainerState:
+    """Parse the OCI state JSON a runtime writes to a hook's stdin."""
+    if len(raw) > MAX_STATE_BYTES:
+        raise StateError(f"state JSON is {len(raw)} bytes, more than {MAX_STATE_BYTES}")
+    if not raw.strip():
+        raise StateError("state JSON on stdin is empty; is this running as an OCI hook?")
+    try:
+        data = json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise StateError(f"state JSON on stdin is malformed: {e}") from None
+    if not isinstance(data, dict):
+        raise StateError(f"state JSON must be an object, got {type(data).__name__}")
+    bundle = data.get("bundle")
+    if not isinstance(bundle, str) or not os.path.isabs(bundle):
+        raise StateError(f"state JSON: 'bundle' must be an absolute path, got {bundle!r}")
+    status = data.get("status")
+    if not isinstance(status, str):
+        raise StateError("state JSON: 'status' must be a string")
+    pid = data.get("pid")
+    if pid is not None and (not isinstance(pid, int) or isinstance(pid, bool) or pid <= 0):
+        raise StateError(f"state JSON: 'pid' must be a positive integer, got {pid!r}")
+    annotations = data.get("annotations") or {}
+    if not isinstance(annotations, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in annotations.items()
+    ):
+        raise StateError("state JSON: 'annotations' must map strings to strings")
+    return ContainerState(
+        id=check_container_id(data.get("id")),
+        bundle=bundle,
+        status=status,
+        pid=pid,
+        annotations=annotations,
+    )
+
+
+def read_config(bundle: str | os.PathLike[str]) -> dict[str, Any]:
+    """Read and parse ``config.json`` of a bundle, refusing a symlinked or oversized file."""
+    path = os.path.join(bundle, "config.json")
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
+    except OSError as e:
+        if e.errno == errno.ENOENT:
+            raise BundleError(f"bundle {bundle} has no config.json") from None
+        if e.errno == errno.ELOOP:
+            raise BundleError(f"{path} is a symlink; refusing to follow it") from None
+        raise BundleError(f"cannot open {path}: {e.strerror}") from None
+    with os.fdopen(fd, "rb") as f:
+        raw = f.read(MAX_CONFIG_BYTES + 1)
+    if len(raw) > MAX_CONFIG_BYTES:
+        raise BundleError(f"{path} is larger than {MAX_CONFIG_BYTES} bytes")
+    try:
+        config = json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise BundleError(f"{path} is not valid JSON: {e}") from None
+    if not isinstance(config, dict):
+        raise BundleError(f"{path} must hold a JSON object")
+    return config
+
+
+def rootfs_path(bundle: str | os.PathLike[str], config: Mapping[str, Any]) -> Path:
+    """The rootfs a config names, relative paths taken from the bundle (runtime-spec)."""
+    root = config.get("root")
+    path = root.get("path") if isinstance(root, dict) else None
+    if not isinstance(path, str) or not path:
+        raise BundleError(f"config.json of bundle {bundle} has no root.path")
+    if ".." in Path(path).parts:
+        raise BundleError(f"root.path {path!r} of bundle {bundle} contains '..'; refusing it")
+    return Path(bundle, path)
+
+
+def image_of(annotations: Mapping[str, str]) -> tuple[str | None, str | None]:
+    """The image reference and digest an engine recorded in annotations, if it did."""
+    ref = next((annotations[k] for k in IMAGE_REFERENCE_ANNOTATIONS if k in annotations), None)
+    digest = next((annotations[k] for k in IMAGE_DIGEST_ANNOTATIONS if k in annotations), None)
+    return ref, digest

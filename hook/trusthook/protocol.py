@@ -1,0 +1,34 @@
+"""Requests to the agent from trusthook's own commands (docs/api.md).
+
+The hook builds its one request by hand (see ``hook``); everything else goes through ``call``.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from trusthook.errors import AgentRefusedError
+from trusthook.wire import exchange
+
+PROTOCOL_VERSION = 1
+OP_HOOK = "hook"  # built by hand in trusthook.hook.request
+OP_SNAPSHOT = "snapshot"
+
+
+def header(op: str, **fields: str) -> bytes:
+    """The header line of a request."""
+    message = {"version": PROTOCOL_VERSION, "op": op, **fields}
+    return json.dumps(message, separators=(",", ":"), sort_keys=True).encode() + b"\n"
+
+
+def call(path: str, op: str, *, timeout: float) -> dict[str, Any]:
+    """Send a body-less request and return its decoded result."""
+    raw = exchange(path, header(op), timeout=timeout)
+    try:
+        result = json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise AgentRefusedError(f"agent result is not valid JSON: {e}") from None
+    if not isinstance(result, dict):
+        raise AgentRefusedError("agent result is not a JSON object")
+    return result
