@@ -7,6 +7,7 @@ import json
 import logging
 import os
 import sys
+from pathlib import Path
 from typing import Any
 
 from trusthook.config import Config, load_config
@@ -44,7 +45,7 @@ def _cmd_measure(args: argparse.Namespace, _config: Config) -> int:
     return 0
 
 
-def _snapshot(config: Config, direct: bool) -> tuple[list[Record], bytes, str]:
+def _snapshot(config: Config, direct: bool) -> tuple[list[Record], int, bytes, str]:
     """Records and PCR value: from the running agent (consistent under its lock) or, if it is
     not running or ``direct`` is set, from the log file and the TPM."""
     if not direct:
@@ -56,29 +57,33 @@ def _snapshot(config: Config, direct: bool) -> tuple[list[Record], bytes, str]:
             records = [
                 parse_record(r, f"agent record {i}") for i, r in enumerate(result["records"])
             ]
-            return records, bytes.fromhex(result["pcr_value"]), "agent"
+            return records, int(result["pcr"]), bytes.fromhex(result["pcr_value"]), "agent"
     from trusthook.tpm import Tpm  # noqa: PLC0415 - tpm2-pytss is slow to import; only here
 
     store = LogStore(config.state_dir / "eventlog", read_boot_id())
-    contents = store.read()
+    lock_fd = store.lock()  # refuses while an agent writes: its snapshot is the consistent one
+    try:
+        contents = store.read()
+    finally:
+        os.close(lock_fd)
     if contents.torn_tail:
         raise EventLogError(
             f"record {len(contents.records)}: {store.path} ends in a torn record;"
             " start the agent to repair it"
         )
     with Tpm(config.tcti) as tpm:
-        return contents.records, tpm.pcr_read(config.pcr), "tpm"
+        return contents.records, config.pcr, tpm.pcr_read(config.pcr), "tpm"
 
 
 def _cmd_log_verify(args: argparse.Namespace, config: Config) -> int:
-    records, pcr_value, source = _snapshot(config, args.direct)
-    verify_against_pcr(records, config.pcr, pcr_value)
-    print(f"OK: {len(records)} records replay to PCR {config.pcr} = {pcr_value.hex()} ({source})")
+    records, pcr, pcr_value, source = _snapshot(config, args.direct)
+    verify_against_pcr(records, pcr, pcr_value)
+    print(f"OK: {len(records)} records replay to PCR {pcr} = {pcr_value.hex()} ({source})")
     return 0
 
 
 def _cmd_log_show(args: argparse.Namespace, config: Config) -> int:
-    records, _, _ = _snapshot(config, args.direct)
+    records, _, _, _ = _snapshot(config, args.direct)
     if args.json:
         for r in records:
             print(json.dumps(r.to_json(), indent=2))
@@ -104,6 +109,12 @@ def _cmd_agent(_args: argparse.Namespace, config: Config) -> int:
     return 0
 
 
+def _cmd_demo(args: argparse.Namespace, _config: Config) -> int:
+    from trusthook.devenv.demo import run_demo  # noqa: PLC0415 - development only
+
+    return run_demo(Path(args.workdir))
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="trusthook", description=__doc__)
     p.add_argument("--trusthook-config", metavar="PATH", help="trusthook config file")
@@ -119,6 +130,10 @@ def _parser() -> argparse.ArgumentParser:
 
     a = sub.add_parser("agent", help="run the node agent")
     a.set_defaults(func=_cmd_agent)
+
+    d = sub.add_parser("demo", help="measured launch end to end on swtpm and busybox (root)")
+    d.add_argument("--workdir", default="/var/lib/trusthook-demo")
+    d.set_defaults(func=_cmd_demo)
 
     lg = sub.add_parser("log", help="the event log of this boot").add_subparsers(
         dest="log_command", required=True

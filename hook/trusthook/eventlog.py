@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -74,6 +75,8 @@ class LaunchEvent:
         for key, kind in _CONTENT_FIELDS.items():
             if not isinstance(content[key], kind) or isinstance(content[key], bool):
                 raise EventLogError(f"{where}: content.{key} has the wrong type")
+        if content["rootfs_entries"] < 0:
+            raise EventLogError(f"{where}: content.rootfs_entries is negative")
         if content["version"] != CONTENT_VERSION:
             raise EventLogError(
                 f"{where}: content version {content['version']}, expected {CONTENT_VERSION}"
@@ -150,12 +153,12 @@ def parse_record(data: Any, where: str) -> Record:
         or set(digests[0]) != {"hashAlg", "digest"}
     ):
         raise EventLogError(f"{where}: digests must hold exactly one sha256 digest")
-    try:
-        digest = bytes.fromhex(digests[0]["digest"])
-    except (TypeError, ValueError):
-        raise EventLogError(f"{where}: digest is not hexadecimal") from None
-    if len(digest) != PCR_SIZE:
-        raise EventLogError(f"{where}: digest has {len(digest)} bytes, expected {PCR_SIZE}")
+    text = digests[0]["digest"]
+    if not isinstance(text, str) or not re.fullmatch(r"[0-9a-f]*", text):
+        raise EventLogError(f"{where}: digest is not lowercase hexadecimal")
+    if len(text) != 2 * PCR_SIZE:
+        raise EventLogError(f"{where}: digest has {len(text) // 2} bytes, expected {PCR_SIZE}")
+    digest = bytes.fromhex(text)
     if not isinstance(data["content"], dict):
         raise EventLogError(f"{where}: content must be an object")
     event = LaunchEvent.from_content(data["content"], where)
@@ -209,6 +212,11 @@ def verify_against_pcr(records: Sequence[Record], pcr: int, pcr_value: bytes) ->
             matching_prefix = i + 1
     if matching_prefix == len(records):
         return
+    if pcr_value == bytes(PCR_SIZE):
+        raise EventLogError(
+            f"record 0: log diverges from PCR {pcr}; the PCR is all zeros but the log holds"
+            f" {len(records)} records: the PCR was reset or the TPM restarted since"
+        )
     if matching_prefix is not None:
         raise EventLogError(
             f"record {matching_prefix}: log diverges from PCR {pcr}; the PCR equals the replay of"

@@ -58,7 +58,7 @@ def _positive(value: str) -> float:
         seconds = float(value)
     except ValueError:
         seconds = 0.0
-    if not seconds > 0:
+    if not 0 < seconds < 1e9:  # also refuses nan and inf
         raise UsageError(f"--timeout must be a number of seconds > 0, got {value!r}")
     return seconds
 
@@ -70,10 +70,10 @@ def request(stage: str, state: bytes) -> bytes:
 
 
 def main(argv: list[str] | None = None) -> int:
-    audit = False
+    argv = sys.argv[1:] if argv is None else argv
+    audit = "--audit" in argv  # audit mode covers every failure, bad arguments included
     try:
-        args = HookArgs(sys.argv[1:] if argv is None else argv)
-        audit = args.audit
+        args = HookArgs(argv)
         state = sys.stdin.buffer.read(MAX_MESSAGE_BYTES + 1)
         if len(state) > MAX_MESSAGE_BYTES:
             raise UsageError(f"state JSON on stdin is larger than {MAX_MESSAGE_BYTES} bytes")

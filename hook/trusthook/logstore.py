@@ -79,11 +79,14 @@ class LogStore:
         fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
         try:
             start = os.fstat(fd).st_size
-            written = os.write(fd, line)
-            if written != len(line):
-                os.ftruncate(fd, start)
-                raise EventLogError(f"short write to event log {self.path}; disk full?")
-            os.fsync(fd)
+            try:
+                written = os.write(fd, line)
+                if written != len(line):
+                    raise OSError(28, "short write (disk full?)")
+                os.fsync(fd)
+            except OSError:
+                os.ftruncate(fd, start)  # the record is not durable: take it back out
+                raise
             if start == 0:  # a new file: make its directory entry durable too
                 dir_fd = os.open(self.directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
                 try:

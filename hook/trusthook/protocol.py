@@ -12,6 +12,7 @@ from trusthook.errors import AgentRefusedError
 from trusthook.wire import exchange
 
 PROTOCOL_VERSION = 1
+MAX_RESULT_BYTES = 1 << 30  # a snapshot carries the whole log of the boot
 OP_HOOK = "hook"  # built by hand in trusthook.hook.request
 OP_SNAPSHOT = "snapshot"
 
@@ -24,7 +25,7 @@ def header(op: str, **fields: str) -> bytes:
 
 def call(path: str, op: str, *, timeout: float) -> dict[str, Any]:
     """Send a body-less request and return its decoded result."""
-    raw = exchange(path, header(op), timeout=timeout)
+    raw = exchange(path, header(op), timeout=timeout, max_answer=MAX_RESULT_BYTES)
     try:
         result = json.loads(raw)
     except (UnicodeDecodeError, json.JSONDecodeError) as e:

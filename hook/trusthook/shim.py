@@ -9,6 +9,7 @@ the identical arguments; every other subcommand passes straight through. Standar
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import sys
@@ -77,7 +78,7 @@ def hook_entry(config: Config, hook_path: Path) -> dict[str, Any]:
     return {
         "path": str(hook_path),
         "args": ["trusthook-hook", *config.hook_args, "--stage", HOOK_STAGE],
-        "timeout": max(1, int(config.hook_timeout)),
+        "timeout": math.ceil(config.hook_timeout),  # never shorter than the hook's own wait
     }
 
 

@@ -9,6 +9,7 @@ module's import alone would add several milliseconds to it.
 from __future__ import annotations
 
 import _socket
+import time
 
 from trusthook.errors import AgentRefusedError, AgentUnavailableError
 
@@ -18,17 +19,31 @@ OK = b"ok"
 ERROR = b"error "
 
 
-def exchange(path: str, request: bytes, *, timeout: float) -> bytes:
+def _connect(sock: _socket.socket, path: str, deadline: float) -> None:
+    """Connect, waiting while the agent's listen backlog is full (EAGAIN on unix sockets)."""
+    while True:
+        try:
+            sock.connect(path)
+            return
+        except BlockingIOError:
+            if time.monotonic() >= deadline:
+                raise TimeoutError from None
+            time.sleep(0.002)
+
+
+def exchange(
+    path: str, request: bytes, *, timeout: float, max_answer: int = MAX_MESSAGE_BYTES
+) -> bytes:
     """Send ``request`` to the agent at ``path``; return the result bytes after ``ok\\n``."""
     sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
     chunks: list[bytes] = []
     try:
         sock.settimeout(timeout)
-        sock.connect(path)
+        _connect(sock, path, time.monotonic() + timeout)
         sock.sendall(request)
         sock.shutdown(_socket.SHUT_WR)
         size = 0
-        while size <= MAX_MESSAGE_BYTES and (chunk := sock.recv(65536)):
+        while size <= max_answer and (chunk := sock.recv(65536)):
             chunks.append(chunk)
             size += len(chunk)
     except FileNotFoundError:
@@ -48,6 +63,8 @@ def exchange(path: str, request: bytes, *, timeout: float) -> bytes:
     finally:
         sock.close()
     answer = b"".join(chunks)
+    if size > max_answer:
+        raise AgentRefusedError(f"trusthook agent's answer is larger than {max_answer} bytes")
     status, _, result = answer.partition(b"\n")
     if status == OK:
         return result

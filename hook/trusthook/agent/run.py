@@ -34,6 +34,7 @@ def _notify_systemd(state: str) -> None:
 def run_agent(config: Config) -> None:
     """Serve until SIGTERM or SIGINT."""
     boot_id = read_boot_id()
+    config.state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     store = LogStore(config.state_dir / "eventlog", boot_id)
     lock_fd = store.lock()
     try:

@@ -7,6 +7,7 @@ import logging
 import os
 import socket
 import socketserver
+import stat
 import struct
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,7 @@ from trusthook.wire import ERROR, MAX_MESSAGE_BYTES, OK
 
 log = logging.getLogger(__name__)
 _UCRED = struct.Struct("3i")
+MAX_HEADER_BYTES = 4096  # a body may be MAX_MESSAGE_BYTES; its header comes on top
 
 
 def peer_uid(sock: socket.socket) -> int:
@@ -28,11 +30,12 @@ def peer_uid(sock: socket.socket) -> int:
 
 def _read_request(sock: socket.socket) -> bytes:
     chunks, size = [], 0
-    while size <= MAX_MESSAGE_BYTES and (chunk := sock.recv(65536)):
+    limit = MAX_MESSAGE_BYTES + MAX_HEADER_BYTES
+    while size <= limit and (chunk := sock.recv(65536)):
         chunks.append(chunk)
         size += len(chunk)
-    if size > MAX_MESSAGE_BYTES:
-        raise ValueError(f"request is larger than {MAX_MESSAGE_BYTES} bytes")
+    if size > limit:
+        raise ValueError(f"request is larger than {limit} bytes")
     return b"".join(chunks)
 
 
@@ -62,12 +65,17 @@ class _Handler(socketserver.BaseRequestHandler):
             log.warning("client connection failed: %s", e)
 
     def _respond(self, sock: socket.socket) -> bytes:
+        try:
+            raw = _read_request(sock)  # read first: closing on unread data resets the peer
+        except ValueError as e:
+            log.warning("malformed request: %s", e)
+            return _error(str(e))
         uid = peer_uid(sock)
         if uid != 0:
             log.warning("refused a request from uid %d", uid)
             return _error(f"only root may use the trusthook agent, not uid {uid}")
+        line, _, body = raw.partition(b"\n")
         try:
-            line, _, body = _read_request(sock).partition(b"\n")
             header = _parse_header(line)
         except ValueError as e:
             log.warning("malformed request: %s", e)
@@ -79,6 +87,9 @@ class _Handler(socketserver.BaseRequestHandler):
             level = logging.ERROR if isinstance(e, ServiceError) else logging.WARNING
             log.log(level, "%s failed: %s", op, e)
             return _error(str(e))
+        except Exception as e:  # outermost point for one request: answer, never drop it
+            log.exception("%s failed unexpectedly", op)
+            return _error(f"internal error in the trusthook agent ({type(e).__name__}: {e})")
         log.info("%s ok", op)
         return OK + b"\n" + json.dumps(result, separators=(",", ":")).encode()
 
@@ -86,6 +97,7 @@ class _Handler(socketserver.BaseRequestHandler):
 class AgentServer(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
     """Serves ``service`` on a unix socket that only root can reach."""
 
+    request_queue_size = 512  # many containers may start at once
     daemon_threads = False  # server_close() waits for in-flight launches
     allow_reuse_address = False
 
@@ -102,10 +114,19 @@ class AgentServer(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
 
 
 def _prepare_socket_path(path: Path) -> None:
-    """Create the socket's directory (0700) and remove a stale socket left by a dead agent."""
+    """Create the socket's directory (0700) or check that only root can write to it, and
+    remove a stale socket left by a dead agent."""
     path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    st = path.parent.stat()
+    if st.st_uid != 0 or st.st_mode & 0o022:
+        raise ServiceError(
+            f"agent socket directory {path.parent} is writable by others than root"
+            f" (owner uid {st.st_uid}, mode {st.st_mode & 0o7777:o}); refusing to serve there"
+        )
     if not path.exists() and not path.is_symlink():
         return
+    if not stat.S_ISSOCK(path.lstat().st_mode):
+        raise ServiceError(f"agent socket path {path} exists and is not a socket; refusing it")
     probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
         probe.connect(str(path))

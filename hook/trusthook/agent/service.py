@@ -38,7 +38,8 @@ class AgentService:
         self._clock = clock
 
     def handle(self, request: dict[str, Any], body: bytes) -> dict[str, Any]:
-        if request.get("version") != PROTOCOL_VERSION:
+        version = request.get("version")
+        if type(version) is not int or version != PROTOCOL_VERSION:
             raise RequestError(
                 f"protocol version {request.get('version')!r}, expected {PROTOCOL_VERSION}"
             )
@@ -51,6 +52,7 @@ class AgentService:
         if op == OP_SNAPSHOT:
             snap = self._log.snapshot()
             return {
+                "pcr": self._log.pcr,
                 "pcr_value": snap.pcr_value.hex(),
                 "records": [r.to_json() for r in snap.records],
             }

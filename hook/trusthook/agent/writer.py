@@ -40,6 +40,10 @@ class MeasuredLog:
         self._tip = b""
         self._consistent = False
 
+    @property
+    def pcr(self) -> int:
+        return self._pcr
+
     def recover(self) -> list[str]:
         """Bring log and PCR into agreement after a crash, or raise if they cannot be.
 
@@ -81,7 +85,11 @@ class MeasuredLog:
                 for note in self._recover():
                     log.warning("event log repaired: %s", note)
             record = Record.for_event(recnum=self._count, pcr=self._pcr, event=event)
-            start = self._store.append(record)
+            try:
+                start = self._store.append(record)
+            except EventLogError:
+                self._consistent = False  # recheck the file against the PCR before going on
+                raise
             try:
                 self._tpm.pcr_extend(self._pcr, record.digest)
             except TPMError:

@@ -32,7 +32,7 @@ class Kind(Enum):
 # Extended attributes that are part of the measurement. Everything else is left out because
 # the host, not the image, decides it (SELinux labels, IMA/EVM signatures, overlayfs internals).
 MEASURED_XATTR_PREFIXES = (b"user.", b"trusted.", b"security.capability")
-EXCLUDED_XATTR_PREFIXES = (b"trusted.overlay.",)
+EXCLUDED_XATTR_PREFIXES = (b"trusted.overlay.", b"user.overlay.")
 MEASURED_XATTR_NAMES = (b"system.posix_acl_access", b"system.posix_acl_default")
 
 

@@ -73,6 +73,15 @@ def _number(x: float) -> str:
     return sign + body
 
 
+def _as_double(value: int) -> float:
+    try:
+        return float(value)
+    except OverflowError:
+        raise CanonicalizationError(
+            f"integer {str(value)[:20]}... is beyond IEEE 754 range"
+        ) from None
+
+
 def _array(value: list[Any] | tuple[Any, ...], out: list[str]) -> None:
     out.append("[")
     for i, item in enumerate(value):
@@ -101,7 +110,7 @@ def _encode(value: Any, out: list[str]) -> None:
     if value is None or isinstance(value, bool):
         out.append(_LITERALS[value])
     elif isinstance(value, int):
-        out.append(str(value) if abs(value) < 2**53 else _number(float(value)))
+        out.append(str(value) if abs(value) < 2**53 else _number(_as_double(value)))
     elif isinstance(value, float):
         out.append(_number(value))
     elif isinstance(value, str):

@@ -8,6 +8,7 @@ same options give the same digest on any host and under any engine. Pure: dicts 
 from __future__ import annotations
 
 import hashlib
+import posixpath
 from collections.abc import Mapping
 from typing import Any
 
@@ -38,27 +39,35 @@ def _sorted(values: list[Any]) -> list[Any]:
     return sorted(values, key=canonicalize)
 
 
+def _env_name(entry: Any) -> str:
+    return entry.partition("=")[0] if isinstance(entry, str) else ""
+
+
 def _env(process: Mapping[str, Any]) -> list[Any]:
-    kept = [
-        e
-        for e in _list(process.get("env"))
-        if not (isinstance(e, str) and e.partition("=")[0] in PER_INSTANCE_ENV)
-    ]
-    return _sorted(kept)
+    """The environment minus per-instance variables, sorted by name. Engines build it from maps
+    (podman's order changes from one launch to the next); the sort is stable, so entries that
+    repeat a name keep their relative order, which decides which one a program sees."""
+    kept = [e for e in _list(process.get("env")) if _env_name(e) not in PER_INSTANCE_ENV]
+    return sorted(kept, key=_env_name)
+
+
+def _source(source: Any, container_id: str) -> Any:
+    """A mount source with every path component equal to the container id replaced."""
+    if not isinstance(source, str) or not container_id:
+        return source
+    parts = source.split("/")
+    return "/".join(CONTAINER_ID_PLACEHOLDER if p == container_id else p for p in parts)
 
 
 def _mount(mount: Any, container_id: str) -> Any:
     if not isinstance(mount, Mapping):
         return mount
-    source = mount.get("source")
-    if isinstance(source, str) and container_id:
-        source = source.replace(container_id, CONTAINER_ID_PLACEHOLDER)
-    return {
-        "destination": mount.get("destination"),
-        "type": mount.get("type"),
-        "source": source,
-        "options": mount.get("options"),
-    }
+    return {**mount, "source": _source(mount.get("source"), container_id)}
+
+
+def _per_instance(mount: Any) -> bool:
+    destination = _obj(mount).get("destination")
+    return isinstance(destination, str) and posixpath.normpath(destination) in PER_INSTANCE_MOUNTS
 
 
 def launch_profile(config: Mapping[str, Any], container_id: str) -> dict[str, Any]:
@@ -74,11 +83,11 @@ def launch_profile(config: Mapping[str, Any], container_id: str) -> dict[str, An
             "cwd": process.get("cwd"),
             "user": process.get("user"),
             "capabilities": {s: _sorted(_list(caps.get(s))) for s in CAPABILITY_SETS},
-            "noNewPrivileges": bool(process.get("noNewPrivileges", False)),
+            "noNewPrivileges": process.get("noNewPrivileges", False),
             "apparmorProfile": process.get("apparmorProfile"),
             "rlimits": _sorted(_list(process.get("rlimits"))),
         },
-        "root": {"readonly": bool(_obj(config.get("root")).get("readonly", False))},
+        "root": {"readonly": _obj(config.get("root")).get("readonly", False)},
         "linux": {
             "namespaces": _sorted(
                 [
@@ -95,11 +104,10 @@ def launch_profile(config: Mapping[str, Any], container_id: str) -> dict[str, An
             "deviceCgroup": _obj(linux.get("resources")).get("devices"),
             "sysctl": linux.get("sysctl"),
             "personality": linux.get("personality"),
+            "rootfsPropagation": linux.get("rootfsPropagation"),
         },
         "mounts": [
-            _mount(m, container_id)
-            for m in _list(config.get("mounts"))
-            if _obj(m).get("destination") not in PER_INSTANCE_MOUNTS
+            _mount(m, container_id) for m in _list(config.get("mounts")) if not _per_instance(m)
         ],
     }
 

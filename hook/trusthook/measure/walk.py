@@ -47,7 +47,7 @@ def open_rootfs(path: str | os.PathLike[str]) -> int:
     try:
         return os.open(path, _DIR_FLAGS)
     except OSError as e:
-        if e.errno == errno.ELOOP:
+        if e.errno in (errno.ELOOP, errno.ENOTDIR) and os.path.islink(path):
             raise MeasurementError(
                 f"rootfs {os.fspath(path)} is a symlink; refusing to follow it out of the bundle"
             ) from None

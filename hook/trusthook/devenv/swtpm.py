@@ -1,0 +1,123 @@
+"""A real TPM 2.0 simulator (swtpm) with EK and platform certificates from swtpm's local CA."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import time
+from pathlib import Path
+from types import TracebackType
+
+from trusthook.errors import ServiceError
+
+
+def free_port_pair() -> int:
+    """A loopback port p such that p and p+1 were both free a moment ago."""
+    for _ in range(50):
+        with socket.socket() as a:
+            a.bind(("127.0.0.1", 0))
+            port = a.getsockname()[1]
+            if port >= 65535:
+                continue
+            with socket.socket() as b:
+                try:
+                    b.bind(("127.0.0.1", port + 1))
+                except OSError:
+                    continue
+            return int(port)
+    raise ServiceError("no free pair of loopback ports for swtpm")
+
+
+class Swtpm:
+    """``swtpm socket`` on loopback, its state made by ``swtpm_setup`` on first start."""
+
+    def __init__(self, state_dir: Path) -> None:
+        self.state_dir = state_dir
+        self.port = 0
+        self._proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def tcti(self) -> str:
+        return f"swtpm:host=127.0.0.1,port={self.port}"
+
+    def setup(self) -> None:
+        """Manufacture the TPM: EK, EK certificate and platform certificate."""
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        if any(self.state_dir.glob("tpm2-*.permall")):
+            return
+        subprocess.run(
+            [
+                "swtpm_setup",
+                "--tpm2",
+                "--tpmstate",
+                str(self.state_dir),
+                "--create-ek-cert",
+                "--create-platform-cert",
+                "--overwrite",
+            ],
+            check=True,
+            capture_output=True,
+        )
+
+    def start(self) -> Swtpm:
+        self.setup()
+        self.port = free_port_pair()
+        log = open(self.state_dir / "swtpm.log", "ab")  # noqa: SIM115 - lives as long as swtpm
+        self._proc = subprocess.Popen(
+            [
+                "swtpm",
+                "socket",
+                "--tpm2",
+                "--tpmstate",
+                f"dir={self.state_dir}",
+                "--server",
+                f"type=tcp,port={self.port},bindaddr=127.0.0.1",
+                "--ctrl",
+                f"type=tcp,port={self.port + 1},bindaddr=127.0.0.1",
+                "--flags",
+                "not-need-init,startup-clear",
+            ],
+            stdout=log,
+            stderr=log,
+        )
+        log.close()
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            if self._proc.poll() is not None:
+                raise ServiceError(f"swtpm exited with {self._proc.returncode}; see {log.name}")
+            try:
+                socket.create_connection(("127.0.0.1", self.port + 1), timeout=0.2).close()
+                return self
+            except OSError:
+                time.sleep(0.02)
+        self.stop()
+        raise ServiceError("swtpm did not start listening within 10s")
+
+    def stop(self) -> None:
+        """Stop the swtpm this object started (by its PID, nobody else's)."""
+        if self._proc is not None and self._proc.poll() is None:
+            self._proc.send_signal(signal.SIGTERM)
+            try:
+                self._proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self._proc.kill()
+                self._proc.wait()
+        self._proc = None
+
+    def __enter__(self) -> Swtpm:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+
+def environ_without_tss_noise() -> dict[str, str]:
+    """The environment with tpm2-tss logging off (our errors say what failed)."""
+    return {**os.environ, "TSS2_LOG": "all+NONE"}

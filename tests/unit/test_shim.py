@@ -1,0 +1,111 @@
+"""The runtime shim's argument handling and config.json editing."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from trusthook.errors import RuntimeShimError
+from trusthook.shim import find_bundle, find_subcommand, global_flag, inject_hook
+
+ENTRY = {"path": "/usr/bin/trusthook-hook", "args": ["trusthook-hook"], "timeout": 30}
+
+
+@pytest.mark.parametrize(
+    ("args", "index"),
+    [
+        (["create", "--bundle", "/b", "id"], 0),
+        (["--root", "/run/x", "--log", "/l", "--log-format", "json", "create", "id"], 6),
+        (["--root=/run/x", "--systemd-cgroup", "run", "id"], 2),
+        (["--debug", "--rootless", "false", "state", "id"], 3),
+        (["--version"], None),
+        ([], None),
+    ],
+)
+def test_subcommand_after_global_flags(args: list[str], index: int | None) -> None:
+    assert find_subcommand(args) == index
+
+
+def test_docker_style_invocation() -> None:
+    args = [
+        "--root",
+        "/var/run/docker/runtime-runc/moby",
+        "--log",
+        "/run/containerd/x/log.json",
+        "--log-format",
+        "json",
+        "create",
+        "--bundle",
+        "/run/containerd/b",
+        "--pid-file",
+        "/p",
+        "cid",
+    ]
+    sub = find_subcommand(args)
+    assert sub == 6 and args[sub] == "create"
+    assert global_flag(args, sub, "--log") == "/run/containerd/x/log.json"
+    assert find_bundle(args[sub + 1 :], "/cwd") == "/run/containerd/b"
+
+
+@pytest.mark.parametrize(
+    ("sub_args", "bundle"),
+    [
+        (["-b", "rel", "id"], "/cwd/rel"),
+        (["--bundle=/abs", "id"], "/abs"),
+        (["id"], "/cwd"),
+    ],
+)
+def test_bundle(sub_args: list[str], bundle: str) -> None:
+    assert find_bundle(sub_args, "/cwd") == bundle
+
+
+def test_missing_flag_value_is_an_error() -> None:
+    with pytest.raises(RuntimeShimError, match="flag --bundle has no value"):
+        find_bundle(["--bundle"], "/cwd")
+
+
+def test_inject_keeps_everything_and_is_idempotent(tmp_path: Path) -> None:
+    path = tmp_path / "config.json"
+    original = {
+        "ociVersion": "1.0.2",
+        "x-unknown": {"nested": [1, 2.5, None]},
+        "hooks": {"createRuntime": [{"path": "/other"}], "poststop": [{"path": "/p"}]},
+    }
+    path.write_text(json.dumps(original))
+    os.chmod(path, 0o640)
+    assert inject_hook(path, ENTRY) is True
+    after = json.loads(path.read_text())
+    assert after["x-unknown"] == original["x-unknown"]
+    assert after["hooks"]["poststop"] == [{"path": "/p"}]
+    assert after["hooks"]["createRuntime"] == [{"path": "/other"}, ENTRY]
+    assert os.stat(path).st_mode & 0o777 == 0o640
+    assert inject_hook(path, ENTRY) is False
+    assert json.loads(path.read_text()) == after
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["config.json"]
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        ("{", "is not valid JSON"),
+        ("[]", "must hold a JSON object"),
+        ('{"hooks": []}', "'hooks' must be an object"),
+        ('{"hooks": {"createRuntime": {}}}', "'hooks.createRuntime' must be an array"),
+    ],
+)
+def test_malformed_config_is_refused_and_left_alone(
+    tmp_path: Path, content: str, message: str
+) -> None:
+    path = tmp_path / "config.json"
+    path.write_text(content)
+    with pytest.raises(RuntimeShimError, match=message):
+        inject_hook(path, ENTRY)
+    assert path.read_text() == content
+
+
+def test_missing_config_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(RuntimeShimError, match="cannot read"):
+        inject_hook(tmp_path / "config.json", ENTRY)

@@ -1,0 +1,49 @@
+"""The files platform teams copy from oci-config/ are valid and agree with the code."""
+
+from __future__ import annotations
+
+import json
+import tomllib
+from pathlib import Path
+
+from trusthook.config import Config, parse_config
+from trusthook.hook import HookArgs
+
+OCI_CONFIG = Path(__file__).resolve().parents[2] / "oci-config"
+
+
+def test_example_config_parses_to_the_defaults() -> None:
+    with open(OCI_CONFIG / "trusthook.toml", "rb") as f:
+        config = parse_config(tomllib.load(f))
+    defaults = Config()
+    assert (config.tcti, config.pcr, config.socket, config.state_dir, config.mode) == (
+        defaults.tcti,
+        defaults.pcr,
+        defaults.socket,
+        defaults.state_dir,
+        defaults.mode,
+    )
+
+
+def test_hooks_d_file_follows_schema_1_0_0_and_the_hook_accepts_its_args() -> None:
+    hook = json.loads((OCI_CONFIG / "hooks.d" / "trusthook.json").read_text())
+    assert hook["version"] == "1.0.0"
+    assert hook["stages"] == ["createRuntime"]
+    assert hook["when"] == {"always": True}
+    args = HookArgs(hook["hook"]["args"][1:])
+    assert args.socket == str(Config().socket)
+    assert args.stage == "createRuntime"
+    assert hook["hook"]["timeout"] >= args.timeout
+
+
+def test_docker_snippet_names_the_shim() -> None:
+    daemon = json.loads((OCI_CONFIG / "docker-daemon.json").read_text())
+    assert daemon["runtimes"]["trusthook"]["path"].endswith("/trusthook-runtime")
+
+
+def test_containerd_snippet_uses_runc_v2_with_the_shim_binary() -> None:
+    with open(OCI_CONFIG / "containerd-config.toml", "rb") as f:
+        conf = tomllib.load(f)
+    runtime = conf["plugins"]["io.containerd.grpc.v1.cri"]["containerd"]["runtimes"]["trusthook"]
+    assert runtime["runtime_type"] == "io.containerd.runc.v2"
+    assert runtime["options"]["BinaryName"].endswith("/trusthook-runtime")
