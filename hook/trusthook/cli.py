@@ -14,19 +14,21 @@ from trusthook.config import Config, load_config
 from trusthook.errors import AgentUnavailableError, EventLogError, TrusthookError
 from trusthook.eventlog import Record, parse_record, verify_against_pcr
 from trusthook.logstore import LogStore, read_boot_id
+from trusthook.measure.backend import select_hasher
 from trusthook.measure.profile import config_digest, launch_profile_digest
-from trusthook.measure.walk import measure_rootfs
 from trusthook.oci import read_config
 from trusthook.protocol import OP_SNAPSHOT, call
 
 
-def _cmd_measure(args: argparse.Namespace, _config: Config) -> int:
-    rootfs = measure_rootfs(args.rootfs)
+def _cmd_measure(args: argparse.Namespace, config: Config) -> int:
+    hasher = select_hasher(config.hasher)
+    rootfs = hasher.measure_rootfs(args.rootfs)
     out: dict[str, Any] = {
         "rootfs": os.path.abspath(args.rootfs),
         "rootfs_digest": "sha256:" + rootfs.digest.hex(),
         "rootfs_entries": rootfs.entries,
         "bytes_hashed": rootfs.bytes_hashed,
+        "hasher": hasher.backend,
     }
     if args.oci_config:
         bundle = os.path.dirname(os.path.abspath(args.oci_config))

@@ -6,6 +6,7 @@ The file format is documented in ``oci-config/trusthook.toml``.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import tomllib
 from collections.abc import Mapping
@@ -18,6 +19,8 @@ from trusthook.errors import ConfigError
 
 DEFAULT_CONFIG_PATH = Path("/etc/trusthook/config.toml")
 CONFIG_ENV = "TRUSTHOOK_CONFIG"
+HASHER_ENV = "TRUSTHOOK_HASHER"
+HASHERS = ("auto", "native", "python")
 
 
 class Mode(Enum):
@@ -35,6 +38,7 @@ class Config:
     pcr: int = 23
     socket: Path = Path("/run/trusthook/agent.sock")
     state_dir: Path = Path("/var/lib/trusthook")
+    hasher: str = "auto"
     mode: Mode = Mode.ENFORCE
     hook_timeout: float = 30.0
     runtime: str = "runc"
@@ -49,7 +53,7 @@ class Config:
 
 _SCHEMA: dict[str, dict[str, type | tuple[type, ...]]] = {
     "tpm": {"tcti": str, "pcr": int},
-    "agent": {"socket": str, "state_dir": str},
+    "agent": {"socket": str, "state_dir": str, "hasher": str},
     "hook": {"mode": str, "timeout": (int, float)},
     "runtime": {"path": str, "hook": str},
 }
@@ -89,11 +93,13 @@ def parse_config(data: Mapping[str, Any], *, source: Path | None = None) -> Conf
     if timeout <= 0:
         raise ConfigError(f"hook.timeout{where}: got {timeout}, expected seconds > 0")
     hook_path = runtime.get("hook")
+    hasher = _hasher(agent.get("hasher", "auto"), f"agent.hasher{where}")
     return Config(
         tcti=tpm.get("tcti", Config.tcti),
         pcr=pcr,
         socket=Path(agent.get("socket", Config.socket)),
         state_dir=Path(agent.get("state_dir", Config.state_dir)),
+        hasher=hasher,
         mode=mode,
         hook_timeout=timeout,
         runtime=runtime.get("path", Config.runtime),
@@ -101,12 +107,26 @@ def parse_config(data: Mapping[str, Any], *, source: Path | None = None) -> Conf
     )
 
 
+def _hasher(value: str, what: str) -> str:
+    if value not in HASHERS:
+        raise ConfigError(f"{what}: got {value!r}, expected one of {', '.join(HASHERS)}")
+    return value
+
+
 def load_config(path: str | Path | None = None, environ: Mapping[str, str] | None = None) -> Config:
-    """Load the configuration: explicit path, else $TRUSTHOOK_CONFIG, else the default file.
+    """Load the configuration: explicit path, else $TRUSTHOOK_CONFIG, else the default file;
+    then the environment overrides ($TRUSTHOOK_HASHER).
 
     The default file may be absent (built-in defaults apply); a named file must exist.
     """
     env = os.environ if environ is None else environ
+    config = _load_file(path, env)
+    if env.get(HASHER_ENV):
+        config = dataclasses.replace(config, hasher=_hasher(env[HASHER_ENV], HASHER_ENV))
+    return config
+
+
+def _load_file(path: str | Path | None, env: Mapping[str, str]) -> Config:
     explicit = path if path is not None else env.get(CONFIG_ENV)
     target = Path(explicit) if explicit else DEFAULT_CONFIG_PATH
     try:

@@ -14,7 +14,7 @@ from trusthook.agent.service import AgentService
 from trusthook.agent.writer import MeasuredLog
 from trusthook.config import Config
 from trusthook.logstore import LogStore, read_boot_id
-from trusthook.measure.walk import measure_rootfs
+from trusthook.measure.backend import select_hasher
 from trusthook.tpm import Tpm
 
 log = logging.getLogger(__name__)
@@ -33,6 +33,7 @@ def _notify_systemd(state: str) -> None:
 
 def run_agent(config: Config) -> None:
     """Serve until SIGTERM or SIGINT."""
+    hasher = select_hasher(config.hasher)
     boot_id = read_boot_id()
     config.state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     store = LogStore(config.state_dir / "eventlog", boot_id)
@@ -42,7 +43,9 @@ def run_agent(config: Config) -> None:
             measured = MeasuredLog(store=store, tpm=tpm, pcr=config.pcr)
             for note in measured.recover():
                 log.warning("event log repaired: %s", note)
-            service = AgentService(log=measured, boot_id=boot_id, measure_rootfs=measure_rootfs)
+            service = AgentService(
+                log=measured, boot_id=boot_id, measure_rootfs=hasher.measure_rootfs
+            )
             server = AgentServer(config.socket, service, io_timeout=config.hook_timeout)
             stop = threading.Event()
 
@@ -54,7 +57,13 @@ def run_agent(config: Config) -> None:
             signal.signal(signal.SIGINT, on_signal)
             thread = threading.Thread(target=server.serve_forever, name="agent-socket")
             thread.start()
-            log.info("listening on %s (PCR %d, log %s)", config.socket, config.pcr, store.path)
+            log.info(
+                "listening on %s (PCR %d, log %s, %s hasher)",
+                config.socket,
+                config.pcr,
+                store.path,
+                hasher.backend,
+            )
             _notify_systemd("READY=1")
             try:
                 stop.wait()

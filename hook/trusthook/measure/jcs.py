@@ -8,20 +8,12 @@ double nearest to them, exactly as JCS requires.
 from __future__ import annotations
 
 import math
+from json.encoder import encode_basestring
 from typing import Any
 
 from trusthook.errors import InputError
 
 _LITERALS = {None: "null", True: "true", False: "false"}
-_ESCAPES = {
-    '"': '\\"',
-    "\\": "\\\\",
-    "\b": "\\b",
-    "\f": "\\f",
-    "\n": "\\n",
-    "\r": "\\r",
-    "\t": "\\t",
-}
 
 
 class CanonicalizationError(InputError):
@@ -29,19 +21,15 @@ class CanonicalizationError(InputError):
 
 
 def _string(s: str) -> str:
-    out = ['"']
-    for ch in s:
-        code = ord(ch)
-        if ch in _ESCAPES:
-            out.append(_ESCAPES[ch])
-        elif code < 0x20:
-            out.append(f"\\u{code:04x}")
-        elif 0xD800 <= code <= 0xDFFF:
-            raise CanonicalizationError(f"string contains a lone surrogate U+{code:04X}")
-        else:
-            out.append(ch)
-    out.append('"')
-    return "".join(out)
+    # The json module's C string encoder escapes exactly what RFC 8785 3.2.2.2 asks: the two
+    # characters '"' and '\\', \b \t \n \f \r by name, other controls as lowercase \u00xx,
+    # and nothing else. It passes lone surrogates through, which JCS forbids.
+    try:
+        s.encode("utf-8")
+    except UnicodeEncodeError as e:
+        code = ord(s[e.start])
+        raise CanonicalizationError(f"string contains a lone surrogate U+{code:04X}") from None
+    return encode_basestring(s)
 
 
 def _number(x: float) -> str:

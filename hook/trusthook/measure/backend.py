@@ -1,0 +1,75 @@
+"""Choosing the hasher, in one place: ``Config.hasher`` (``[agent] hasher`` or
+``TRUSTHOOK_HASHER=auto|native|python``).
+
+``auto`` (the default) takes the native hasher and falls back to the Python reference with a
+warning; ``native`` fails loudly when the native hasher is missing. The chosen object's
+``backend`` attribute says which one is active.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+from collections.abc import Sequence
+from typing import Protocol
+
+from trusthook.config import HASHER_ENV, HASHERS
+from trusthook.errors import ConfigError
+from trusthook.measure.native import BlobError, NativeHasher, NativeUnavailableError
+from trusthook.measure.walk import RootfsMeasurement, measure_rootfs
+
+log = logging.getLogger(__name__)
+
+
+class Hasher(Protocol):
+    backend: str
+
+    def measure_rootfs(self, path: str | os.PathLike[str]) -> RootfsMeasurement: ...
+
+    def blob_digest_fd(self, fd: int) -> bytes: ...
+
+    def blob_digests(self, paths: Sequence[str | os.PathLike[str]]) -> list[bytes]: ...
+
+
+class PythonHasher:
+    """The pure-Python reference implementation."""
+
+    backend = "python"
+
+    def measure_rootfs(self, path: str | os.PathLike[str]) -> RootfsMeasurement:
+        return measure_rootfs(path)
+
+    def blob_digest_fd(self, fd: int) -> bytes:
+        h = hashlib.sha256()
+        try:
+            while chunk := os.read(fd, 1 << 16):
+                h.update(chunk)
+        except OSError as e:
+            raise BlobError(f"cannot read fd {fd}: {e.strerror}") from None
+        return h.digest()
+
+    def blob_digests(self, paths: Sequence[str | os.PathLike[str]]) -> list[bytes]:
+        out = []
+        for path in paths:
+            try:
+                with open(path, "rb") as f:
+                    out.append(hashlib.file_digest(f, "sha256").digest())
+            except OSError as e:
+                raise BlobError(f"cannot read blob {os.fsdecode(path)}: {e.strerror}") from None
+        return out
+
+
+def select_hasher(wanted: str, *, threads: int | None = None) -> Hasher:
+    """The hasher ``wanted`` (``Config.hasher``: auto, native or python) names."""
+    if wanted not in HASHERS:
+        raise ConfigError(f"hasher {wanted!r}; expected one of {', '.join(HASHERS)}")
+    if wanted == "python":
+        return PythonHasher()
+    try:
+        return NativeHasher(threads=threads)
+    except NativeUnavailableError as e:
+        if wanted == "native":
+            raise NativeUnavailableError(f"{HASHER_ENV}=native, but {e}") from e
+        log.warning("native hasher unavailable, using the Python reference: %s", e)
+        return PythonHasher()
