@@ -447,7 +447,7 @@ static void *worker(void *arg) {
         size_t n = t->queued - t->taken;
         if (n > BATCH) n = BATCH;
         if (t->failed) n = 0;
-        memcpy(mine, t->queue + t->taken, n * sizeof *mine);
+        if (n) memcpy(mine, t->queue + t->taken, n * sizeof *mine);
         t->taken += n;
         pthread_mutex_unlock(&t->lock);
         if (n == 0) break; /* walk done and queue empty, or failed */
