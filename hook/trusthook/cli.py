@@ -21,7 +21,7 @@ from trusthook.protocol import OP_SNAPSHOT, call
 
 
 def _cmd_measure(args: argparse.Namespace, config: Config) -> int:
-    hasher = select_hasher(config.hasher)
+    hasher = select_hasher(config.hasher, threads=args.threads)
     rootfs = hasher.measure_rootfs(args.rootfs)
     out: dict[str, Any] = {
         "rootfs": os.path.abspath(args.rootfs),
@@ -66,15 +66,15 @@ def _snapshot(config: Config, direct: bool) -> tuple[list[Record], int, bytes, s
     lock_fd = store.lock()  # refuses while an agent writes: its snapshot is the consistent one
     try:
         contents = store.read()
+        if contents.torn_tail:
+            raise EventLogError(
+                f"record {len(contents.records)}: {store.path} ends in a torn record;"
+                " start the agent to repair it"
+            )
+        with Tpm(config.tcti) as tpm:
+            return contents.records, config.pcr, tpm.pcr_read(config.pcr), "tpm"
     finally:
         os.close(lock_fd)
-    if contents.torn_tail:
-        raise EventLogError(
-            f"record {len(contents.records)}: {store.path} ends in a torn record;"
-            " start the agent to repair it"
-        )
-    with Tpm(config.tcti) as tpm:
-        return contents.records, config.pcr, tpm.pcr_read(config.pcr), "tpm"
 
 
 def _cmd_log_verify(args: argparse.Namespace, config: Config) -> int:
@@ -128,6 +128,9 @@ def _parser() -> argparse.ArgumentParser:
     m.add_argument("--config", dest="oci_config", metavar="CONFIG.json")
     m.add_argument("--container-id", default="", help="id whose occurrences mounts may carry")
     m.add_argument("--json", action="store_true")
+    m.add_argument(
+        "--threads", type=int, help="native hashing threads (default: cores; more for cold caches)"
+    )
     m.set_defaults(func=_cmd_measure)
 
     a = sub.add_parser("agent", help="run the node agent")

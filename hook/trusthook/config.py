@@ -90,7 +90,7 @@ def parse_config(data: Mapping[str, Any], *, source: Path | None = None) -> Conf
             f"hook.mode{where}: got {hook['mode']!r}, expected 'enforce' or 'audit'"
         ) from None
     timeout = float(hook.get("timeout", 30.0))
-    if timeout <= 0:
+    if not 0 < timeout < 1e9:  # also refuses nan and inf, as the hook does
         raise ConfigError(f"hook.timeout{where}: got {timeout}, expected seconds > 0")
     hook_path = runtime.get("hook")
     hasher = _hasher(agent.get("hasher", "auto"), f"agent.hasher{where}")

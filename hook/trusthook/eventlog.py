@@ -169,7 +169,7 @@ def parse_line(line: bytes, where: str) -> Record:
     """Parse one log line (JSON text); raises EventLogError naming ``where``."""
     try:
         data = json.loads(line)
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+    except (ValueError, RecursionError) as e:  # bad UTF-8, bad JSON, too deep, huge numbers
         raise EventLogError(f"{where}: not valid JSON ({e})") from None
     return parse_record(data, where)
 

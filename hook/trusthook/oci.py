@@ -55,7 +55,7 @@ def parse_state(raw: bytes) -> ContainerState:
         raise StateError("state JSON on stdin is empty; is this running as an OCI hook?")
     try:
         data = json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+    except (ValueError, RecursionError) as e:  # bad UTF-8, bad JSON, too deep, huge numbers
         raise StateError(f"state JSON on stdin is malformed: {e}") from None
     if not isinstance(data, dict):
         raise StateError(f"state JSON must be an object, got {type(data).__name__}")
@@ -99,7 +99,7 @@ def read_config(bundle: str | os.PathLike[str]) -> dict[str, Any]:
         raise BundleError(f"{path} is larger than {MAX_CONFIG_BYTES} bytes")
     try:
         config = json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+    except (ValueError, RecursionError) as e:  # bad UTF-8, bad JSON, too deep, huge numbers
         raise BundleError(f"{path} is not valid JSON: {e}") from None
     if not isinstance(config, dict):
         raise BundleError(f"{path} must hold a JSON object")

@@ -28,7 +28,7 @@ def call(path: str, op: str, *, timeout: float) -> dict[str, Any]:
     raw = exchange(path, header(op), timeout=timeout, max_answer=MAX_RESULT_BYTES)
     try:
         result = json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+    except (ValueError, RecursionError) as e:  # bad UTF-8, bad JSON, too deep, huge numbers
         raise AgentRefusedError(f"agent result is not valid JSON: {e}") from None
     if not isinstance(result, dict):
         raise AgentRefusedError("agent result is not a JSON object")

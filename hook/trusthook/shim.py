@@ -92,7 +92,7 @@ def inject_hook(config_path: Path, entry: dict[str, Any]) -> bool:
         raise RuntimeShimError(f"cannot read {config_path}: {e.strerror}") from e
     try:
         spec = json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+    except (ValueError, RecursionError) as e:  # bad UTF-8, bad JSON, too deep, huge numbers
         raise RuntimeShimError(f"{config_path} is not valid JSON: {e}") from e
     if not isinstance(spec, dict):
         raise RuntimeShimError(f"{config_path} must hold a JSON object")

@@ -73,6 +73,11 @@ def test_peer_credentials_are_checked_even_if_permissions_are_loosened(host: Hos
         (b'{"op":"extend","version":1}\n', "unknown op 'extend'"),
         (b'{"op":"hook","stage":"poststop","version":1}\n{}', "'stage' must be one of"),
         (b"x" * (MAX_MESSAGE_BYTES + MAX_HEADER_BYTES + 10), "request is larger than"),
+        (b"[" * 100_000 + b"\n", "request header is not valid JSON"),
+        (
+            b'{"op":"hook","stage":"createRuntime","version":1}\n{"id":' + b"9" * 5000 + b"}",
+            "state JSON on stdin is malformed",
+        ),
     ],
 )
 def test_malformed_requests_get_one_line_reasons(host: Host, raw: bytes, message: str) -> None:

@@ -129,6 +129,48 @@ def test_native_required_but_missing_fails_loudly() -> None:
     assert result.stdout == "python\n"
     assert result.returncode == 1
     assert (
-        "NativeUnavailableError: TRUSTHOOK_HASHER=native, but trusthook._native is not built"
-        in result.stderr
+        "NativeUnavailableError: hasher 'native' is required ([agent] hasher or TRUSTHOOK_HASHER),"
+        " but trusthook._native is not built" in result.stderr
     )
+
+
+STALE_BUILD = """
+import sys, types
+# A compiled module from another trusthook version. Building a second real variant inside a
+# test is not practical, so this one fault is simulated with a stand-in module object.
+sys.modules["trusthook._native"] = types.SimpleNamespace(
+    ffi=None, lib=types.SimpleNamespace(th_version=lambda: 99)
+)
+from trusthook.measure.backend import select_hasher
+select_hasher("native")
+"""
+
+
+def test_native_module_of_another_version_is_refused() -> None:
+    result = subprocess.run(
+        [sys.executable, "-c", STALE_BUILD], capture_output=True, text=True, check=False
+    )
+    assert result.returncode == 1
+    assert "trusthook._native has version 99, expected 1" in result.stderr
+
+
+def test_measure_cli_reports_the_backend(tmp_path: Path) -> None:
+    (tmp_path / "f").write_bytes(b"x")
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "trusthook.cli",
+            "measure",
+            str(tmp_path),
+            "--json",
+            "--threads",
+            "3",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+        env={**os.environ, "TRUSTHOOK_HASHER": "native"},
+    )
+    assert '"hasher": "native"' in out.stdout
+    assert NativeHasher().measure_rootfs(tmp_path).digest.hex() in out.stdout

@@ -47,6 +47,8 @@ def test_env_names_the_file(tmp_path: Path) -> None:
         ("[tmp]\n", r"unknown section \[tmp\]"),
         ('[hook]\nmode = "permissive"\n', "hook.mode .*expected 'enforce' or 'audit'"),
         ("[hook]\ntimeout = 0\n", "hook.timeout .*expected seconds > 0"),
+        ("[hook]\ntimeout = inf\n", "hook.timeout .*expected seconds > 0"),
+        ('[agent]\nhasher = "fast"\n', "agent.hasher .*expected one of auto, native, python"),
         ("tpm = 1\n", r"\[tpm\] .*must be a table"),
         ("[tpm\n", "is not valid TOML"),
     ],

@@ -42,7 +42,7 @@ def _read_request(sock: socket.socket) -> bytes:
 def _parse_header(line: bytes) -> dict[str, Any]:
     try:
         header = json.loads(line)
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+    except (ValueError, RecursionError) as e:  # bad UTF-8, bad JSON, too deep, huge numbers
         raise ValueError(f"request header is not valid JSON: {e}") from None
     if not isinstance(header, dict):
         raise ValueError("request header must be a JSON object")

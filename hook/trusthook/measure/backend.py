@@ -70,6 +70,8 @@ def select_hasher(wanted: str, *, threads: int | None = None) -> Hasher:
         return NativeHasher(threads=threads)
     except NativeUnavailableError as e:
         if wanted == "native":
-            raise NativeUnavailableError(f"{HASHER_ENV}=native, but {e}") from e
+            raise NativeUnavailableError(
+                f"hasher 'native' is required ([agent] hasher or {HASHER_ENV}), but {e}"
+            ) from e
         log.warning("native hasher unavailable, using the Python reference: %s", e)
         return PythonHasher()
