@@ -6,7 +6,6 @@ Standard library only: the hook imports this on every container start.
 from __future__ import annotations
 
 import errno
-import json
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -14,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from trusthook.errors import BundleError, StateError
+from trusthook.jsonobject import parse_object
 
 MAX_STATE_BYTES = 1 << 20
 MAX_CONFIG_BYTES = 16 << 20
@@ -53,12 +53,7 @@ def parse_state(raw: bytes) -> ContainerState:
         raise StateError(f"state JSON is {len(raw)} bytes, more than {MAX_STATE_BYTES}")
     if not raw.strip():
         raise StateError("state JSON on stdin is empty; is this running as an OCI hook?")
-    try:
-        data = json.loads(raw)
-    except (ValueError, RecursionError) as e:  # bad UTF-8, bad JSON, too deep, huge numbers
-        raise StateError(f"state JSON on stdin is malformed: {e}") from None
-    if not isinstance(data, dict):
-        raise StateError(f"state JSON must be an object, got {type(data).__name__}")
+    data = parse_object(raw, "state JSON on stdin", StateError)
     bundle = data.get("bundle")
     if not isinstance(bundle, str) or not os.path.isabs(bundle):
         raise StateError(f"state JSON: 'bundle' must be an absolute path, got {bundle!r}")
@@ -97,13 +92,7 @@ def read_config(bundle: str | os.PathLike[str]) -> dict[str, Any]:
         raw = f.read(MAX_CONFIG_BYTES + 1)
     if len(raw) > MAX_CONFIG_BYTES:
         raise BundleError(f"{path} is larger than {MAX_CONFIG_BYTES} bytes")
-    try:
-        config = json.loads(raw)
-    except (ValueError, RecursionError) as e:  # bad UTF-8, bad JSON, too deep, huge numbers
-        raise BundleError(f"{path} is not valid JSON: {e}") from None
-    if not isinstance(config, dict):
-        raise BundleError(f"{path} must hold a JSON object")
-    return config
+    return parse_object(raw, path, BundleError)
 
 
 def rootfs_path(bundle: str | os.PathLike[str], config: Mapping[str, Any]) -> Path:

@@ -9,6 +9,7 @@ import json
 from typing import Any
 
 from trusthook.errors import AgentRefusedError
+from trusthook.jsonobject import parse_object
 from trusthook.wire import exchange
 
 PROTOCOL_VERSION = 1
@@ -17,19 +18,13 @@ OP_HOOK = "hook"  # built by hand in trusthook.hook.request
 OP_SNAPSHOT = "snapshot"
 
 
-def header(op: str, **fields: str) -> bytes:
-    """The header line of a request."""
-    message = {"version": PROTOCOL_VERSION, "op": op, **fields}
+def header(op: str) -> bytes:
+    """The header line of a body-less request."""
+    message = {"version": PROTOCOL_VERSION, "op": op}
     return json.dumps(message, separators=(",", ":"), sort_keys=True).encode() + b"\n"
 
 
 def call(path: str, op: str, *, timeout: float) -> dict[str, Any]:
     """Send a body-less request and return its decoded result."""
     raw = exchange(path, header(op), timeout=timeout, max_answer=MAX_RESULT_BYTES)
-    try:
-        result = json.loads(raw)
-    except (ValueError, RecursionError) as e:  # bad UTF-8, bad JSON, too deep, huge numbers
-        raise AgentRefusedError(f"agent result is not valid JSON: {e}") from None
-    if not isinstance(result, dict):
-        raise AgentRefusedError("agent result is not a JSON object")
-    return result
+    return parse_object(raw, "agent result", AgentRefusedError)

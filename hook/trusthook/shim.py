@@ -20,6 +20,7 @@ from typing import Any
 
 from trusthook.config import Config, load_config
 from trusthook.errors import RuntimeShimError, TrusthookError
+from trusthook.jsonobject import parse_object
 
 # Global flags of runc and crun that take a separate value argument.
 VALUE_FLAGS = frozenset(
@@ -90,12 +91,7 @@ def inject_hook(config_path: Path, entry: dict[str, Any]) -> bool:
         mode = os.stat(config_path).st_mode & 0o7777
     except OSError as e:
         raise RuntimeShimError(f"cannot read {config_path}: {e.strerror}") from e
-    try:
-        spec = json.loads(raw)
-    except (ValueError, RecursionError) as e:  # bad UTF-8, bad JSON, too deep, huge numbers
-        raise RuntimeShimError(f"{config_path} is not valid JSON: {e}") from e
-    if not isinstance(spec, dict):
-        raise RuntimeShimError(f"{config_path} must hold a JSON object")
+    spec = parse_object(raw, str(config_path), RuntimeShimError)
     hooks = spec.setdefault("hooks", {})
     if not isinstance(hooks, dict):
         raise RuntimeShimError(f"{config_path}: 'hooks' must be an object")

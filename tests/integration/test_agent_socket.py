@@ -76,7 +76,7 @@ def test_peer_credentials_are_checked_even_if_permissions_are_loosened(host: Hos
         (b"[" * 100_000 + b"\n", "request header is not valid JSON"),
         (
             b'{"op":"hook","stage":"createRuntime","version":1}\n{"id":' + b"9" * 5000 + b"}",
-            "state JSON on stdin is malformed",
+            "state JSON on stdin is not valid JSON",
         ),
     ],
 )

@@ -92,18 +92,20 @@ def test_twenty_concurrent_starts_are_each_measured_once_and_replay(
     verify_against_pcr(records, host.config.pcr, pcr_value)
 
 
+def _touch_bundle(host: Host, bundle_factory: Any, out: Path) -> Path:
+    """A hooked bundle whose container creates ``out/ran``: proof that it started."""
+    out.mkdir()
+    mount = {"destination": "/out", "type": "bind", "source": str(out), "options": ["rbind", "rw"]}
+    return bundle_factory(  # type: ignore[no-any-return]
+        ["/bin/touch", "/out/ran"], hooks={"createRuntime": [host.hook_entry()]}, mounts=[mount]
+    )
+
+
 def test_container_does_not_start_when_the_agent_is_stopped(
     host: Host, bundle_factory: Any, tmp_path: Path
 ) -> None:
     out = tmp_path / "out"
-    out.mkdir()
-    bundle = bundle_factory(
-        ["/bin/touch", "/out/ran"],
-        hooks={"createRuntime": [host.hook_entry()]},
-        mounts=[
-            {"destination": "/out", "type": "bind", "source": str(out), "options": ["rbind", "rw"]}
-        ],
-    )
+    bundle = _touch_bundle(host, bundle_factory, out)
     host.agent.stop()
     result = runc("run", "--bundle", str(bundle), _cid())
     assert result.returncode != 0
@@ -118,14 +120,7 @@ def test_audit_mode_starts_the_container_and_says_it_is_unmeasured(
 
     host = make_host(swtpm, tmp_path, mode="audit")
     out = tmp_path / "out"
-    out.mkdir()
-    bundle = bundle_factory(
-        ["/bin/touch", "/out/ran"],
-        hooks={"createRuntime": [host.hook_entry()]},
-        mounts=[
-            {"destination": "/out", "type": "bind", "source": str(out), "options": ["rbind", "rw"]}
-        ],
-    )
+    bundle = _touch_bundle(host, bundle_factory, out)
     result = runc("run", "--bundle", str(bundle), _cid())
     assert result.returncode == 0, result.stderr
     assert (out / "ran").exists()
@@ -142,8 +137,8 @@ def _state(bundle: Path, cid: str = "direct-1") -> bytes:
     ("stdin", "message"),
     [
         (b"", "state JSON on stdin is empty"),
-        (b"{not json", "state JSON on stdin is malformed"),
-        (b"[]", "state JSON must be an object"),
+        (b"{not json", "state JSON on stdin is not valid JSON"),
+        (b"[]", "state JSON on stdin must be a JSON object, got list"),
         (
             b'{"id": "x", "status": "creating", "bundle": "relative"}',
             "'bundle' must be an absolute path",

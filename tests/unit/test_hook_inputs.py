@@ -56,8 +56,8 @@ def test_crun_state_with_root_and_created_status() -> None:
     ("raw", "message"),
     [
         (b"", "is empty"),
-        (b"\xff", "malformed"),
-        (b"null", "must be an object"),
+        (b"\xff", "is not valid JSON"),
+        (b"null", "must be a JSON object, got NoneType"),
         (
             b'{"id":"c","status":"creating","bundle":"/b","pid":true}',
             "'pid' must be a positive integer",

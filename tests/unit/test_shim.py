@@ -91,7 +91,7 @@ def test_inject_keeps_everything_and_is_idempotent(tmp_path: Path) -> None:
     ("content", "message"),
     [
         ("{", "is not valid JSON"),
-        ("[]", "must hold a JSON object"),
+        ("[]", "must be a JSON object, got list"),
         ('{"hooks": []}', "'hooks' must be an object"),
         ('{"hooks": {"createRuntime": {}}}', "'hooks.createRuntime' must be an array"),
     ],

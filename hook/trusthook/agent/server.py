@@ -10,10 +10,10 @@ import socketserver
 import stat
 import struct
 from pathlib import Path
-from typing import Any
 
 from trusthook.agent.service import AgentService
 from trusthook.errors import ServiceError, TrusthookError
+from trusthook.jsonobject import parse_object
 from trusthook.wire import ERROR, MAX_MESSAGE_BYTES, OK
 
 log = logging.getLogger(__name__)
@@ -37,16 +37,6 @@ def _read_request(sock: socket.socket) -> bytes:
     if size > limit:
         raise ValueError(f"request is larger than {limit} bytes")
     return b"".join(chunks)
-
-
-def _parse_header(line: bytes) -> dict[str, Any]:
-    try:
-        header = json.loads(line)
-    except (ValueError, RecursionError) as e:  # bad UTF-8, bad JSON, too deep, huge numbers
-        raise ValueError(f"request header is not valid JSON: {e}") from None
-    if not isinstance(header, dict):
-        raise ValueError("request header must be a JSON object")
-    return header
 
 
 def _error(message: str) -> bytes:
@@ -76,7 +66,7 @@ class _Handler(socketserver.BaseRequestHandler):
             return _error(f"only root may use the trusthook agent, not uid {uid}")
         line, _, body = raw.partition(b"\n")
         try:
-            header = _parse_header(line)
+            header = parse_object(line, "request header", ValueError)
         except ValueError as e:
             log.warning("malformed request: %s", e)
             return _error(str(e))
