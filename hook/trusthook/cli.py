@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from trusthook.config import Config, load_config
-from trusthook.errors import AgentUnavailableError, EventLogError, TrusthookError
+from trusthook.errors import AgentUnavailableError, BundleError, EventLogError, TrusthookError
 from trusthook.eventlog import Record, parse_record, verify_against_pcr
 from trusthook.logstore import LogStore, read_boot_id
 from trusthook.measure.backend import select_hasher
@@ -33,9 +33,7 @@ def _cmd_measure(args: argparse.Namespace, config: Config) -> int:
     if args.oci_config:
         bundle = os.path.dirname(os.path.abspath(args.oci_config))
         if os.path.basename(args.oci_config) != "config.json":
-            raise TrusthookError(
-                f"--config must name a bundle's config.json, got {args.oci_config}"
-            )
+            raise BundleError(f"--config must name a bundle's config.json, got {args.oci_config}")
         oci_config = read_config(bundle)
         out["config_digest"] = config_digest(oci_config)
         out["launch_profile_digest"] = launch_profile_digest(oci_config, args.container_id)
@@ -56,10 +54,13 @@ def _snapshot(config: Config, direct: bool) -> tuple[list[Record], int, bytes, s
         except AgentUnavailableError:
             pass
         else:
-            records = [
-                parse_record(r, f"agent record {i}") for i, r in enumerate(result["records"])
-            ]
-            return records, int(result["pcr"]), bytes.fromhex(result["pcr_value"]), "agent"
+            try:
+                records = [
+                    parse_record(r, f"agent record {i}") for i, r in enumerate(result["records"])
+                ]
+                return records, int(result["pcr"]), bytes.fromhex(result["pcr_value"]), "agent"
+            except (KeyError, TypeError, ValueError) as e:
+                raise EventLogError(f"the agent's snapshot is malformed ({e!r})") from None
     from trusthook.tpm import Tpm  # noqa: PLC0415 - tpm2-pytss is slow to import; only here
 
     store = LogStore(config.state_dir / "eventlog", read_boot_id())

@@ -80,7 +80,7 @@ class _Handler(socketserver.BaseRequestHandler):
         except Exception as e:  # outermost point for one request: answer, never drop it
             log.exception("%s failed unexpectedly", op)
             return _error(f"internal error in the trusthook agent ({type(e).__name__}: {e})")
-        log.info("%s ok", op)
+        log.debug("%s ok", op)
         return OK + b"\n" + json.dumps(result, separators=(",", ":")).encode()
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -15,6 +16,8 @@ from trusthook.measure.walk import RootfsMeasurement
 from trusthook.oci import ContainerState, image_of, parse_state, read_config, rootfs_path
 from trusthook.protocol import OP_HOOK, OP_SNAPSHOT, PROTOCOL_VERSION
 from trusthook.wire import STAGES
+
+log = logging.getLogger(__name__)
 
 
 class RequestError(InputError):
@@ -78,4 +81,5 @@ class AgentService:
             boot_id=self._boot_id,
         )
         record = self._log.append(event)
+        log.info("measured container %s (%s) as record %d", container_id, stage, record.recnum)
         return {"recnum": record.recnum, "record": record.to_json()}
