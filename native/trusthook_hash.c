@@ -78,6 +78,7 @@ struct tree {
     struct entry **queue;
     size_t queued, taken, qcap;
     int walk_done;
+    int no_listxattrat; /* the kernel predates listxattrat(2) (Linux 6.13) */
     int failed; /* set once (atomic); the first error message wins */
     int status;
     char *errbuf;
@@ -272,6 +273,20 @@ static int read_symlink(struct tree *t, struct entry *e, int dir_fd, const char 
     }
 }
 
+#ifndef SYS_listxattrat
+#define SYS_listxattrat 465
+#endif
+
+/* False only when listxattrat(2) says dir_fd/name has no xattrs at all: the common case, four
+ * times cheaper than listing through /proc. Anything else (some xattrs, an error, an older
+ * kernel) sends the caller down the /proc path, which reports errors. */
+static int has_xattrs_at(struct tree *t, int dir_fd, const char *name) {
+    if (t->no_listxattrat) return 1;
+    long size = syscall(SYS_listxattrat, dir_fd, name, AT_SYMLINK_NOFOLLOW, NULL, 0);
+    if (size < 0 && errno == ENOSYS) t->no_listxattrat = 1;
+    return size != 0;
+}
+
 /* An entry whose d_type is not DT_REG or DT_DIR: fstatat and fill; *is_dir when a directory. */
 static int stat_entry(struct tree *t, struct entry *e, int dir_fd, const char *name, int *is_dir) {
     struct stat st;
@@ -294,11 +309,14 @@ static int stat_entry(struct tree *t, struct entry *e, int dir_fd, const char *n
         e->rmaj = major(st.st_rdev);
         e->rmin = minor(st.st_rdev);
     }
-    /* xattrs of an object that must not be opened: through the directory fd's /proc link */
-    char *path;
-    if (asprintf(&path, "/proc/self/fd/%d/%s", dir_fd, name) < 0) return oom(t);
-    int rc = read_xattrs(t, e, -1, path);
-    free(path);
+    int rc = TH_OK;
+    if (has_xattrs_at(t, dir_fd, name)) {
+        /* xattrs of an object that must not be opened: through the directory fd's /proc link */
+        char *path;
+        if (asprintf(&path, "/proc/self/fd/%d/%s", dir_fd, name) < 0) return oom(t);
+        rc = read_xattrs(t, e, -1, path);
+        free(path);
+    }
     if (rc == TH_OK && e->kind == 'l') rc = read_symlink(t, e, dir_fd, name, (size_t)st.st_size);
     return rc;
 }

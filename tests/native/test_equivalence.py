@@ -159,3 +159,16 @@ def test_backend_selection() -> None:
     assert select_hasher("native").backend == "native"
     assert select_hasher("auto").backend == "native"
     assert select_hasher("python").backend == "python"
+
+
+def test_xattrs_on_objects_that_are_never_opened(native: NativeHasher, scratch: Path) -> None:
+    root = scratch / "special"
+    root.mkdir()
+    (root / "link").symlink_to("/nowhere")
+    os.mkfifo(root / "fifo")
+    before = native.measure_rootfs(root)
+    os.setxattr(root / "link", "trusted.mark", b"1", follow_symlinks=False)
+    os.setxattr(root / "fifo", "trusted.mark", b"2", follow_symlinks=False)
+    after = native.measure_rootfs(root)
+    assert after != before
+    assert after == PythonHasher().measure_rootfs(root)
