@@ -105,7 +105,6 @@ def _cmd_log_show(args: argparse.Namespace, config: Config) -> int:
 
 
 def _cmd_agent(_args: argparse.Namespace, config: Config) -> int:
-    os.environ.setdefault("TSS2_LOG", "all+NONE")  # our errors say what failed, once
     from trusthook.agent.run import run_agent  # noqa: PLC0415 - imports tpm2-pytss
 
     run_agent(config)
@@ -156,6 +155,7 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    os.environ.setdefault("TSS2_LOG", "all+NONE")  # tpm2-tss logging off: our errors say it once
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="trusthook %(levelname)s %(name)s: %(message)s",

@@ -124,3 +124,15 @@ def test_agent_stops_cleanly_on_sigterm_and_keeps_the_log(host: Host, bundle_fac
     assert not host.config.socket.exists()
     host.agent.start()
     assert len(host.snapshot()[0]) == 1
+
+
+def test_unreachable_tpm_is_one_clear_line(host: Host) -> None:
+    host.agent.stop()
+    host.tpm.stop()
+    verify = host.cli("log", "verify", "--direct")
+    assert verify.returncode == 1
+    assert verify.stderr.startswith(f"trusthook: cannot open TPM via TCTI '{host.tpm.tcti}'")
+    assert verify.stderr.count("\n") == 1
+    with pytest.raises(Exception, match="trusthook agent exited with 1"):
+        host.agent.start()
+    assert "cannot open TPM via TCTI" in host.agent.output()

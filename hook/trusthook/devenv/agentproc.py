@@ -10,7 +10,6 @@ from pathlib import Path
 from types import TracebackType
 
 from trusthook.config import Config, load_config
-from trusthook.devenv.swtpm import environ_without_tss_noise
 from trusthook.errors import AgentUnavailableError, ServiceError
 from trusthook.protocol import OP_SNAPSHOT, call
 
@@ -50,7 +49,6 @@ class AgentProcess:
             ],
             stdout=log,
             stderr=log,
-            env=environ_without_tss_noise(),
         )
         log.close()
         deadline = time.monotonic() + timeout

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import signal
 import socket
 import subprocess
@@ -116,8 +115,3 @@ class Swtpm:
         tb: TracebackType | None,
     ) -> None:
         self.stop()
-
-
-def environ_without_tss_noise() -> dict[str, str]:
-    """The environment with tpm2-tss logging off (our errors say what failed)."""
-    return {**os.environ, "TSS2_LOG": "all+NONE"}
