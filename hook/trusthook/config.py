@@ -39,6 +39,7 @@ class Config:
     socket: Path = Path("/run/trusthook/agent.sock")
     state_dir: Path = Path("/var/lib/trusthook")
     hasher: str = "auto"
+    hash_threads: int = 0  # 0: one per CPU; more helps when rootfs files are not in the page cache
     mode: Mode = Mode.ENFORCE
     hook_timeout: float = 30.0
     runtime: str = "runc"
@@ -53,7 +54,7 @@ class Config:
 
 _SCHEMA: dict[str, dict[str, type | tuple[type, ...]]] = {
     "tpm": {"tcti": str, "pcr": int},
-    "agent": {"socket": str, "state_dir": str, "hasher": str},
+    "agent": {"socket": str, "state_dir": str, "hasher": str, "hash_threads": int},
     "hook": {"mode": str, "timeout": (int, float)},
     "runtime": {"path": str, "hook": str},
 }
@@ -94,12 +95,16 @@ def parse_config(data: Mapping[str, Any], *, source: Path | None = None) -> Conf
         raise ConfigError(f"hook.timeout{where}: got {timeout}, expected seconds > 0")
     hook_path = runtime.get("hook")
     hasher = _hasher(agent.get("hasher", "auto"), f"agent.hasher{where}")
+    hash_threads = agent.get("hash_threads", 0)
+    if not 0 <= hash_threads <= 1024:
+        raise ConfigError(f"agent.hash_threads{where}: got {hash_threads}, expected 0..1024")
     return Config(
         tcti=tpm.get("tcti", Config.tcti),
         pcr=pcr,
         socket=Path(agent.get("socket", Config.socket)),
         state_dir=Path(agent.get("state_dir", Config.state_dir)),
         hasher=hasher,
+        hash_threads=hash_threads,
         mode=mode,
         hook_timeout=timeout,
         runtime=runtime.get("path", Config.runtime),

@@ -19,10 +19,12 @@ def test_defaults_suit_a_production_host() -> None:
 def test_full_file(tmp_path: Path) -> None:
     path = tmp_path / "c.toml"
     path.write_text(
-        '[tpm]\ntcti = "swtpm:port=1"\npcr = 16\n[agent]\nsocket = "/s"\nstate_dir = "/d"\n'
+        '[tpm]\ntcti = "swtpm:port=1"\npcr = 16\n'
+        '[agent]\nsocket = "/s"\nstate_dir = "/d"\nhash_threads = 16\n'
         '[hook]\nmode = "audit"\ntimeout = 5\n[runtime]\npath = "crun"\nhook = "/h"\n'
     )
     config = load_config(path)
+    assert config.hash_threads == 16
     assert (config.tcti, config.pcr, config.mode, config.runtime) == (
         "swtpm:port=1",
         16,
@@ -49,6 +51,7 @@ def test_env_names_the_file(tmp_path: Path) -> None:
         ("[hook]\ntimeout = 0\n", "hook.timeout .*expected seconds > 0"),
         ("[hook]\ntimeout = inf\n", "hook.timeout .*expected seconds > 0"),
         ('[agent]\nhasher = "fast"\n', "agent.hasher .*expected one of auto, native, python"),
+        ("[agent]\nhash_threads = -1\n", "agent.hash_threads .*expected 0..1024"),
         ("tpm = 1\n", r"\[tpm\] .*must be a table"),
         ("[tpm\n", "is not valid TOML"),
     ],

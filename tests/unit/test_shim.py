@@ -109,3 +109,21 @@ def test_malformed_config_is_refused_and_left_alone(
 def test_missing_config_is_refused(tmp_path: Path) -> None:
     with pytest.raises(RuntimeShimError, match="cannot read"):
         inject_hook(tmp_path / "config.json", ENTRY)
+
+
+def test_shim_failure_reaches_the_engine_through_the_runtime_log(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from trusthook.shim import main
+
+    config = tmp_path / "trusthook.toml"
+    config.write_text('[runtime]\npath = "/nonexistent/runc"\n')
+    monkeypatch.setenv("TRUSTHOOK_CONFIG", str(config))
+    log = tmp_path / "log.json"
+    args = ["--log", str(log), "--log-format", "json", "create", "--bundle", str(tmp_path), "id"]
+    assert main(args) == 1
+    message = "trusthook-runtime: runtime '/nonexistent/runc' not found or not executable"
+    assert capsys.readouterr().err == message + "\n"
+    entry = json.loads(log.read_text())
+    assert (entry["level"], entry["msg"]) == ("error", message)
+    assert not (tmp_path / "config.json").exists()

@@ -33,7 +33,7 @@ def _notify_systemd(state: str) -> None:
 
 def run_agent(config: Config) -> None:
     """Serve until SIGTERM or SIGINT."""
-    hasher = select_hasher(config.hasher)
+    hasher = select_hasher(config.hasher, threads=config.hash_threads or None)
     boot_id = read_boot_id()
     config.state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     store = LogStore(config.state_dir / "eventlog", boot_id)
