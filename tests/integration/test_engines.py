@@ -30,6 +30,17 @@ def _tar(rootfs: Path, dest: Path) -> Path:
     return dest
 
 
+def _two_launches_of_one_image_were_measured(host: Host) -> None:
+    """Two records that replay to the PCR: two containers, one rootfs, one launch profile."""
+    records, pcr_value = host.snapshot()
+    assert len(records) == 2
+    verify_against_pcr(records, 23, pcr_value)
+    a, b = (r.event for r in records)
+    assert a.container_id != b.container_id
+    assert a.rootfs_digest == b.rootfs_digest
+    assert a.launch_profile_digest == b.launch_profile_digest
+
+
 def test_crun_run_with_hook_is_measured(host: Host, bundle_factory: Any) -> None:
     bundle = bundle_factory(hooks={"createRuntime": [host.hook_entry()]})
     cid = f"crun-{uuid.uuid4().hex[:8]}"
@@ -120,12 +131,7 @@ def test_podman_with_hooks_d_measures_and_profiles_match(
             check=False,
         )
         assert result.returncode == 0, result.stderr
-    records, pcr_value = host.snapshot()
-    assert len(records) == 2
-    verify_against_pcr(records, 23, pcr_value)
-    a, b = (r.event for r in records)
-    assert a.container_id != b.container_id
-    assert a.launch_profile_digest == b.launch_profile_digest
+    _two_launches_of_one_image_were_measured(host)
 
 
 def test_podman_container_does_not_start_without_the_agent(host: Host, podman: list[str]) -> None:
@@ -228,13 +234,7 @@ def test_docker_run_with_trusthook_runtime_is_measured(host: Host, dockerd: list
         )
         assert result.returncode == 0, result.stderr
         assert result.stdout.strip() == "hello"
-    records, pcr_value = host.snapshot()
-    assert len(records) == 2
-    verify_against_pcr(records, 23, pcr_value)
-    a, b = (r.event for r in records)
-    assert a.container_id != b.container_id
-    assert a.rootfs_digest == b.rootfs_digest
-    assert a.launch_profile_digest == b.launch_profile_digest
+    _two_launches_of_one_image_were_measured(host)
 
 
 def test_docker_run_fails_closed_without_the_agent(host: Host, dockerd: list[str]) -> None:
