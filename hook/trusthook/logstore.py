@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import os
 from dataclasses import dataclass
@@ -82,7 +83,7 @@ class LogStore:
             try:
                 written = os.write(fd, line)
                 if written != len(line):
-                    raise OSError(28, "short write (disk full?)")
+                    raise OSError(errno.ENOSPC, f"{os.strerror(errno.ENOSPC)} (short write)")
                 os.fsync(fd)
             except OSError:
                 os.ftruncate(fd, start)  # the record is not durable: take it back out

@@ -70,6 +70,7 @@ def test_peer_credentials_are_checked_even_if_permissions_are_loosened(host: Hos
         (b"not json\n", "request header is not valid JSON"),
         (b"[1]\n", "request header must be a JSON object"),
         (b'{"op":"snapshot","version":9}\n', "protocol version 9, expected 1"),
+        (b'{"op":"snapshot","version":true}\n', "protocol version True, expected 1"),
         (b'{"op":"extend","version":1}\n', "unknown op 'extend'"),
         (b'{"op":"hook","stage":"poststop","version":1}\n{}', "'stage' must be one of"),
         (b"x" * (MAX_MESSAGE_BYTES + MAX_HEADER_BYTES + 10), "request is larger than"),

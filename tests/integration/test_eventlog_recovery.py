@@ -7,8 +7,10 @@ extended) with the agent stopped, then start the real agent against the real swt
 
 from __future__ import annotations
 
+import contextlib
 import json
 import signal
+import subprocess
 from typing import Any
 
 import pytest
@@ -136,3 +138,43 @@ def test_unreachable_tpm_is_one_clear_line(host: Host) -> None:
     with pytest.raises(Exception, match="trusthook agent exited with 1"):
         host.agent.start()
     assert "cannot open TPM via TCTI" in host.agent.output()
+
+
+def test_disk_full_refuses_the_launch_and_leaves_no_partial_record(
+    host: Host, bundle_factory: Any
+) -> None:
+    """A real ENOSPC: the event log directory is a tiny tmpfs filled to the brim."""
+    _launch(host, bundle_factory, 1)
+    host.agent.stop()
+    logdir = _store(host).directory
+    saved = _store(host).path.read_bytes()
+    subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=16k,mode=0700", "tmpfs", str(logdir)], check=True
+    )
+    try:
+        _store(host).path.write_bytes(saved)
+        filler = logdir / "filler"
+        with open(filler, "wb", buffering=0) as f, contextlib.suppress(OSError):
+            while True:
+                f.write(b"\0" * 512)
+        host.agent.start()
+        bundle = bundle_factory(hooks={"createRuntime": [host.hook_entry()]})
+        for i in range(10):  # the log's last page has room for a few records; then ENOSPC
+            before = _store(host).path.read_bytes()
+            result = runc("run", "--bundle", str(bundle), f"enospc-{i}")
+            if result.returncode != 0:
+                break
+        else:
+            pytest.fail("ten launches fitted into a full 16 KiB log directory")
+        assert "cannot append to event log" in result.stderr
+        assert "No space left on device" in result.stderr
+        assert _store(host).path.read_bytes() == before  # nothing half-written
+        filler.unlink()
+        assert runc("run", "--bundle", str(bundle), "after-enospc").returncode == 0
+        records, pcr_value = host.snapshot()
+        assert records[-1].event.container_id == "after-enospc"
+        assert f"enospc-{i}" not in [r.event.container_id for r in records]
+        assert pcr_value == replay(records)
+    finally:
+        host.agent.stop()
+        subprocess.run(["umount", str(logdir)], check=True)

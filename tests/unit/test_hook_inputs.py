@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import contextlib
 import json
+from pathlib import Path
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from trusthook.errors import StateError, TrusthookError
+from trusthook.errors import BundleError, StateError, TrusthookError
 from trusthook.hook import HookArgs, UsageError, request
-from trusthook.oci import image_of, parse_state
+from trusthook.oci import MAX_CONFIG_BYTES, image_of, parse_state, read_config, rootfs_path
 
 
 def test_hook_args() -> None:
@@ -100,3 +101,27 @@ def test_audit_mode_covers_bad_arguments(capsys: pytest.CaptureFixture[str]) -> 
     )
     assert main(["--audit", "--bogus"]) == 0
     assert "audit mode, container starts unmeasured" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("config", "message"),
+    [
+        ({"root": {"path": "../elsewhere"}}, "contains '..'; refusing it"),
+        ({"root": {"path": ""}}, "has no root.path"),
+        ({"root": "rootfs"}, "has no root.path"),
+        ({}, "has no root.path"),
+    ],
+)
+def test_bad_root_paths_are_refused(config: dict[str, object], message: str) -> None:
+    with pytest.raises(BundleError, match=message):
+        rootfs_path("/bundle", config)
+
+
+def test_config_json_symlink_or_oversize_is_refused(tmp_path: Path) -> None:
+    (tmp_path / "config.json").symlink_to("/etc/passwd")
+    with pytest.raises(BundleError, match="config.json is a symlink; refusing to follow it"):
+        read_config(tmp_path)
+    (tmp_path / "config.json").unlink()
+    (tmp_path / "config.json").write_bytes(b" " * (MAX_CONFIG_BYTES + 1))
+    with pytest.raises(BundleError, match="is larger than"):
+        read_config(tmp_path)
