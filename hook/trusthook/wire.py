@@ -19,6 +19,16 @@ OK = b"ok"
 ERROR = b"error "
 
 
+def read_to_eof(sock: _socket.socket, limit: int) -> bytes | None:
+    """Everything the peer sends until it shuts down its side, or None past ``limit`` bytes."""
+    chunks: list[bytes] = []
+    size = 0
+    while size <= limit and (chunk := sock.recv(65536)):
+        chunks.append(chunk)
+        size += len(chunk)
+    return None if size > limit else b"".join(chunks)
+
+
 def _connect(sock: _socket.socket, path: str, deadline: float) -> None:
     """Connect, waiting while the agent's listen backlog is full (EAGAIN on unix sockets)."""
     while True:
@@ -36,16 +46,12 @@ def exchange(
 ) -> bytes:
     """Send ``request`` to the agent at ``path``; return the result bytes after ``ok\\n``."""
     sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
-    chunks: list[bytes] = []
     try:
         sock.settimeout(timeout)
         _connect(sock, path, time.monotonic() + timeout)
         sock.sendall(request)
         sock.shutdown(_socket.SHUT_WR)
-        size = 0
-        while size <= max_answer and (chunk := sock.recv(65536)):
-            chunks.append(chunk)
-            size += len(chunk)
+        answer = read_to_eof(sock, max_answer)
     except FileNotFoundError:
         raise AgentUnavailableError(
             f"agent socket {path} does not exist; is the trusthook agent running?"
@@ -62,8 +68,7 @@ def exchange(
         raise AgentUnavailableError(f"cannot talk to the trusthook agent on {path}: {e}") from None
     finally:
         sock.close()
-    answer = b"".join(chunks)
-    if size > max_answer:
+    if answer is None:
         raise AgentRefusedError(f"trusthook agent's answer is larger than {max_answer} bytes")
     status, _, result = answer.partition(b"\n")
     if status == OK:

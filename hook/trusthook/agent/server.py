@@ -14,7 +14,7 @@ from pathlib import Path
 from trusthook.agent.service import AgentService
 from trusthook.errors import ServiceError, TrusthookError
 from trusthook.jsonobject import parse_object
-from trusthook.wire import ERROR, MAX_MESSAGE_BYTES, OK
+from trusthook.wire import ERROR, MAX_MESSAGE_BYTES, OK, read_to_eof
 
 log = logging.getLogger(__name__)
 _UCRED = struct.Struct("3i")
@@ -26,17 +26,6 @@ def peer_uid(sock: socket.socket) -> int:
     raw = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _UCRED.size)
     _pid, uid, _gid = _UCRED.unpack(raw)
     return int(uid)
-
-
-def _read_request(sock: socket.socket) -> bytes:
-    chunks, size = [], 0
-    limit = MAX_MESSAGE_BYTES + MAX_HEADER_BYTES
-    while size <= limit and (chunk := sock.recv(65536)):
-        chunks.append(chunk)
-        size += len(chunk)
-    if size > limit:
-        raise ValueError(f"request is larger than {limit} bytes")
-    return b"".join(chunks)
 
 
 def _error(message: str) -> bytes:
@@ -55,11 +44,11 @@ class _Handler(socketserver.BaseRequestHandler):
             log.warning("client connection failed: %s", e)
 
     def _respond(self, sock: socket.socket) -> bytes:
-        try:
-            raw = _read_request(sock)  # read first: closing on unread data resets the peer
-        except ValueError as e:
-            log.warning("malformed request: %s", e)
-            return _error(str(e))
+        limit = MAX_MESSAGE_BYTES + MAX_HEADER_BYTES
+        raw = read_to_eof(sock, limit)  # read first: closing on unread data resets the peer
+        if raw is None:
+            log.warning("refused a request larger than %d bytes", limit)
+            return _error(f"request is larger than {limit} bytes")
         uid = peer_uid(sock)
         if uid != 0:
             log.warning("refused a request from uid %d", uid)
