@@ -217,9 +217,13 @@ static int read_xattrs(struct tree *t, struct entry *e, int fd, const char *path
     ssize_t len = list_x(fd, path, small, sizeof small);
     while (len < 0 && errno == ERANGE) { /* the list is longer than the stack buffer */
         if (names != small) free(names);
+        names = small;
         ssize_t want = list_x(fd, path, NULL, 0);
-        names = want > 0 ? malloc((size_t)want) : NULL;
-        if (!names) return want < 0 ? fail(t, TH_ERR_MEASURE, e, "cannot list xattrs: %s", strerror(errno)) : oom(t);
+        if (want <= 0) { /* an error (reported below), or the list emptied meanwhile */
+            len = want;
+            break;
+        }
+        if (!(names = malloc((size_t)want))) return oom(t);
         len = list_x(fd, path, names, (size_t)want);
     }
     int rc = TH_OK;

@@ -172,3 +172,15 @@ def test_xattrs_on_objects_that_are_never_opened(native: NativeHasher, scratch: 
     after = native.measure_rootfs(root)
     assert after != before
     assert after == PythonHasher().measure_rootfs(root)
+
+
+def test_xattr_list_longer_than_the_first_buffer(native: NativeHasher, scratch: Path) -> None:
+    root = scratch / "many"
+    root.mkdir()
+    (root / "f").write_bytes(b"x")
+    before = native.measure_rootfs(root)
+    for i in range(40):  # 40 names of ~30 bytes: past the C side's 256-byte first try
+        os.setxattr(root / "f", f"user.trusthook-attribute-{i:03d}", b"v" * i)
+    after = native.measure_rootfs(root)
+    assert after != before
+    assert after == PythonHasher().measure_rootfs(root)
