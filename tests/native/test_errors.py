@@ -174,3 +174,14 @@ def test_measure_cli_reports_the_backend(tmp_path: Path) -> None:
     )
     assert '"hasher": "native"' in out.stdout
     assert NativeHasher().measure_rootfs(tmp_path).digest.hex() in out.stdout
+
+
+def test_native_arguments_are_checked_before_c_sees_them(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="threads must be 1..1024"):
+        NativeHasher(threads=0)
+    with pytest.raises(MeasurementError, match="contains a NUL byte"):
+        NativeHasher().measure_rootfs("bad\0path")
+    with pytest.raises(BlobError, match="contains a NUL byte"):
+        NativeHasher().blob_digests([tmp_path, "bad\0path"])
+    with pytest.raises(ValueError, match="fd must be >= 0"):
+        NativeHasher().blob_digest_fd(-1)
