@@ -22,6 +22,18 @@ from .conftest import SHIM, Host, runc
 pytestmark = pytest.mark.integration
 REPO = Path(__file__).resolve().parents[2]
 ULIMITS = ["--ulimit", "nofile=1024:1024", "--ulimit", "nproc=1024:1024"]
+PODMAN_IMAGE = "localhost/busybox:trusthook"
+DOCKER_IMAGE = "busybox:trusthook"
+
+
+def _engine_run(engine: list[str], *args: str) -> subprocess.CompletedProcess[str]:
+    """``ENGINE run --rm --network none ARGS`` with its output captured."""
+    return subprocess.run(
+        [*engine, "run", "--rm", "--network", "none", *args],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
 
 
 def _tar(rootfs: Path, dest: Path) -> Path:
@@ -93,9 +105,7 @@ def podman(host: Host, busybox_rootfs: Path, tmp_path: Path) -> Iterator[list[st
         str(hooks_dir),
     ]
     tar = _tar(busybox_rootfs, tmp_path / "busybox.tar")
-    subprocess.run(
-        [*cmd, "import", str(tar), "localhost/busybox:trusthook"], check=True, capture_output=True
-    )
+    subprocess.run([*cmd, "import", str(tar), PODMAN_IMAGE], check=True, capture_output=True)
     yield cmd
     subprocess.run([*cmd, "rm", "--all", "--force"], check=False, capture_output=True)
     subprocess.run([*cmd, "rmi", "--all", "--force"], check=False, capture_output=True)
@@ -111,24 +121,8 @@ def test_podman_with_hooks_d_measures_and_profiles_match(
 ) -> None:
     names = [f"pod-{uuid.uuid4().hex[:8]}" for _ in range(2)]
     for name in names:
-        result = subprocess.run(
-            [
-                *podman,
-                "run",
-                "--rm",
-                "--runtime",
-                runtime,
-                "--network",
-                "none",
-                *ULIMITS,
-                "--name",
-                name,
-                "localhost/busybox:trusthook",
-                "/bin/true",
-            ],
-            capture_output=True,
-            text=True,
-            check=False,
+        result = _engine_run(
+            podman, "--runtime", runtime, *ULIMITS, "--name", name, PODMAN_IMAGE, "/bin/true"
         )
         assert result.returncode == 0, result.stderr
     _two_launches_of_one_image_were_measured(host)
@@ -136,22 +130,7 @@ def test_podman_with_hooks_d_measures_and_profiles_match(
 
 def test_podman_container_does_not_start_without_the_agent(host: Host, podman: list[str]) -> None:
     host.agent.stop()
-    result = subprocess.run(
-        [
-            *podman,
-            "run",
-            "--rm",
-            "--network",
-            "none",
-            *ULIMITS,
-            "localhost/busybox:trusthook",
-            "/bin/echo",
-            "should-not-run",
-        ],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
+    result = _engine_run(podman, *ULIMITS, PODMAN_IMAGE, "/bin/echo", "should-not-run")
     assert result.returncode != 0
     assert "should-not-run" not in result.stdout
     assert "trusthook" in result.stderr
@@ -197,9 +176,7 @@ def dockerd(host: Host, busybox_rootfs: Path, tmp_path: Path) -> Iterator[list[s
             assert time.monotonic() < deadline, "dockerd did not come up in 60s"
             time.sleep(0.25)
         tar = _tar(busybox_rootfs, tmp_path / "busybox.tar")
-        subprocess.run(
-            [*cmd, "import", str(tar), "busybox:trusthook"], check=True, capture_output=True
-        )
+        subprocess.run([*cmd, "import", str(tar), DOCKER_IMAGE], check=True, capture_output=True)
         yield cmd
     finally:
         proc.send_signal(signal.SIGTERM)
@@ -215,23 +192,7 @@ def dockerd(host: Host, busybox_rootfs: Path, tmp_path: Path) -> Iterator[list[s
 
 def test_docker_run_with_trusthook_runtime_is_measured(host: Host, dockerd: list[str]) -> None:
     for _ in range(2):
-        result = subprocess.run(
-            [
-                *dockerd,
-                "run",
-                "--rm",
-                "--runtime",
-                "trusthook",
-                "--network",
-                "none",
-                "busybox:trusthook",
-                "/bin/echo",
-                "hello",
-            ],
-            capture_output=True,
-            text=True,
-            check=False,
-        )
+        result = _engine_run(dockerd, "--runtime", "trusthook", DOCKER_IMAGE, "/bin/echo", "hello")
         assert result.returncode == 0, result.stderr
         assert result.stdout.strip() == "hello"
     _two_launches_of_one_image_were_measured(host)
@@ -239,22 +200,8 @@ def test_docker_run_with_trusthook_runtime_is_measured(host: Host, dockerd: list
 
 def test_docker_run_fails_closed_without_the_agent(host: Host, dockerd: list[str]) -> None:
     host.agent.stop()
-    result = subprocess.run(
-        [
-            *dockerd,
-            "run",
-            "--rm",
-            "--runtime",
-            "trusthook",
-            "--network",
-            "none",
-            "busybox:trusthook",
-            "/bin/echo",
-            "should-not-run",
-        ],
-        capture_output=True,
-        text=True,
-        check=False,
+    result = _engine_run(
+        dockerd, "--runtime", "trusthook", DOCKER_IMAGE, "/bin/echo", "should-not-run"
     )
     assert result.returncode != 0
     assert "should-not-run" not in result.stdout
