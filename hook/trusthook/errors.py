@@ -2,7 +2,7 @@
 
 Two subtrees by source:
 - ``InputError``: something handed to us is bad (state JSON, config.json, a rootfs, a log).
-- ``ServiceError``: a part we depend on failed (TPM, agent socket, runtime).
+- ``ServiceError``: a part we depend on failed (TPM, agent socket, runtime, server, database).
 Standard library only: the hook imports this module.
 """
 
@@ -53,3 +53,32 @@ class AgentRefusedError(ServiceError):
 
 class RuntimeShimError(ServiceError):
     """The runtime shim could not prepare or hand over to the real runtime."""
+
+
+class EnrollmentError(InputError):
+    """Enrollment evidence was refused: EK certificate, EK or AK public area, credential answer."""
+
+
+class AttestationError(InputError):
+    """Attestation evidence failed a check; ``check``, ``expected`` and ``got`` say which and how."""
+
+    def __init__(
+        self, check: str, message: str, *, expected: str | None = None, got: str | None = None
+    ) -> None:
+        super().__init__(f"{check}: {message}")
+        self.check = check
+        self.message = message
+        self.expected = expected
+        self.got = got
+
+
+class ServerUnavailableError(ServiceError):
+    """The attestation server could not be reached."""
+
+
+class ServerRefusedError(ServiceError):
+    """The attestation server answered with an error."""
+
+
+class StorageError(ServiceError):
+    """The attestation server's database failed."""

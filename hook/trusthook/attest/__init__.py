@@ -1,0 +1,1 @@
+"""Attestation: the pure verification core shared by the server and the agent."""

@@ -1,0 +1,1 @@
+"""The attestation server (``trusthook server``): enrollment, verification, host trust."""
