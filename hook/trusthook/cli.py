@@ -1,4 +1,5 @@
-"""``trusthook``: measure a rootfs, run the agent, show and verify the event log."""
+"""``trusthook``: measure a rootfs, run the agent, show and verify the event log, enroll and
+attest this host, run the attestation server."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import argparse
 import json
 import logging
 import os
+import socket
 import sys
 from pathlib import Path
 from typing import Any
@@ -17,7 +19,9 @@ from trusthook.logstore import LogStore, read_boot_id
 from trusthook.measure.backend import select_hasher
 from trusthook.measure.profile import config_digest, launch_profile_digest
 from trusthook.oci import read_config
-from trusthook.protocol import OP_SNAPSHOT, call
+from trusthook.protocol import OP_ATTEST, OP_ENROLL, OP_SNAPSHOT, OP_STATUS, call
+
+AGENT_EXCHANGE_TIMEOUT = 300.0  # enrollment creates keys: seconds on a hardware TPM
 
 
 def _cmd_measure(args: argparse.Namespace, config: Config) -> int:
@@ -111,6 +115,93 @@ def _cmd_agent(_args: argparse.Namespace, config: Config) -> int:
     return 0
 
 
+def _cmd_enroll(args: argparse.Namespace, config: Config) -> int:
+    params = {
+        "server": args.server,
+        "server_ca": os.path.abspath(args.server_ca),
+        "hostname": args.hostname or socket.gethostname(),
+        "group": args.group,
+        "reenroll": args.reenroll,
+    }
+    result = call(str(config.socket), OP_ENROLL, timeout=AGENT_EXCHANGE_TIMEOUT, params=params)
+    verb = "re-enrolled" if result.get("reenrolled") else "enrolled"
+    print(f"{verb} with {result.get('server')} as host {result.get('host_id')}")
+    return 0
+
+
+def _print_verdict(verdict: dict[str, Any]) -> int:
+    trusted = verdict.get("trusted") is True
+    host = f"{verdict.get('host_id')} ({verdict.get('hostname')}, group {verdict.get('group')})"
+    print(f"host      {host}")
+    print(f"status    {'TRUSTED' if trusted else 'UNTRUSTED'} since {verdict.get('since')}")
+    if trusted:
+        print(f"valid     until {verdict.get('valid_until')}")
+    for reason in verdict.get("reasons") or []:
+        line = f"reason    {reason.get('check')}: {reason.get('message')}"
+        if reason.get("expected") is not None or reason.get("got") is not None:
+            line += f" (expected {reason.get('expected')}, got {reason.get('got')})"
+        print(line)
+    return 0 if trusted else 2
+
+
+def _cmd_attest(args: argparse.Namespace, config: Config) -> int:
+    verdict = call(str(config.socket), OP_ATTEST, timeout=AGENT_EXCHANGE_TIMEOUT)
+    if args.json:
+        print(json.dumps(verdict, indent=2))
+        return 0 if verdict.get("trusted") is True else 2
+    return _print_verdict(verdict)
+
+
+def _cmd_status(args: argparse.Namespace, config: Config) -> int:
+    status = call(str(config.socket), OP_STATUS, timeout=config.hook_timeout)
+    if args.json:
+        print(json.dumps(status, indent=2))
+    if not status.get("enrolled"):
+        if not args.json:
+            print("not enrolled: run 'trusthook enroll --server URL --server-ca FILE'")
+        return 1
+    verdict = status.get("last_verdict")
+    if args.json:
+        return (
+            0
+            if isinstance(verdict, dict)
+            and verdict.get("trusted") is True
+            and not status.get("error")
+            else 2
+        )
+    enrollment = status.get("enrollment") or {}
+    print(f"server    {enrollment.get('server')}")
+    print(f"attempt   {status.get('last_attempt')}")
+    if status.get("error"):
+        print(f"error     {status['error']}")
+    if not isinstance(verdict, dict):
+        print("status    UNKNOWN: no verdict from the server yet")
+        return 2
+    code = _print_verdict(verdict)
+    return 2 if status.get("error") else code
+
+
+def _cmd_server(args: argparse.Namespace, _config: Config) -> int:
+    from trusthook.server import run as server_run  # noqa: PLC0415 - server-only imports
+    from trusthook.server.config import load_server_config  # noqa: PLC0415
+
+    config = load_server_config(Path(args.config))
+    if args.server_command == "init":
+        for line in server_run.init_server(config):
+            print(f"ready: {line}")
+    elif args.server_command == "run":
+        server_run.run_server(config)
+    elif args.server_command == "operator-cert":
+        key, cert = server_run.operator_certificate(config, args.name, Path(args.out))
+        print(f"wrote {cert} and {key}")
+    else:
+        from trusthook.server.app import create_app, openapi_document  # noqa: PLC0415
+
+        service, _store = server_run.build_service(config)
+        sys.stdout.write(openapi_document(create_app(service, max_body=config.max_body)))
+    return 0
+
+
 def _cmd_demo(args: argparse.Namespace, _config: Config) -> int:
     from trusthook.devenv.demo import run_demo  # noqa: PLC0415 - development only
 
@@ -139,6 +230,40 @@ def _parser() -> argparse.ArgumentParser:
     d = sub.add_parser("demo", help="measured launch end to end on swtpm and busybox (root)")
     d.add_argument("--workdir", default="/var/lib/trusthook-demo")
     d.set_defaults(func=_cmd_demo)
+
+    e = sub.add_parser("enroll", help="enroll this host with an attestation server")
+    e.add_argument("--server", required=True, metavar="URL", help="https://host:port")
+    e.add_argument("--server-ca", required=True, metavar="FILE", help="the server's CA (PEM)")
+    e.add_argument("--group", default="default", help="host group (golden values)")
+    e.add_argument("--hostname", help="name to enroll under (default: this host's name)")
+    e.add_argument(
+        "--reenroll", action="store_true", help="replace this host's enrollment and keys"
+    )
+    e.set_defaults(func=_cmd_enroll)
+
+    at = sub.add_parser("attest", help="attest now and print the server's verdict")
+    at.add_argument("--json", action="store_true")
+    at.set_defaults(func=_cmd_attest)
+
+    st = sub.add_parser("status", help="this host's enrollment and last verdict")
+    st.add_argument("--json", action="store_true")
+    st.set_defaults(func=_cmd_status)
+
+    sv = sub.add_parser("server", help="the attestation server").add_subparsers(
+        dest="server_command", required=True
+    )
+    for name, text in (
+        ("init", "create the CA, TLS certificate and database schema"),
+        ("run", "serve over mutual TLS"),
+        ("operator-cert", "issue a client certificate that reads every host's status"),
+        ("openapi", "print the OpenAPI document"),
+    ):
+        cmd = sv.add_parser(name, help=text)
+        cmd.add_argument("--config", required=True, metavar="FILE", help="server config (TOML)")
+        cmd.set_defaults(func=_cmd_server)
+        if name == "operator-cert":
+            cmd.add_argument("name")
+            cmd.add_argument("--out", required=True, metavar="DIR")
 
     lg = sub.add_parser("log", help="the event log of this boot").add_subparsers(
         dest="log_command", required=True

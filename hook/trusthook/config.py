@@ -44,6 +44,8 @@ class Config:
     hook_timeout: float = 30.0
     runtime: str = "runc"
     hook_path: Path | None = None
+    attest_interval: float = 60.0  # seconds between attestations once enrolled
+    attest_timeout: float = 30.0  # seconds for one exchange with the attestation server
 
     @property
     def hook_args(self) -> list[str]:
@@ -57,6 +59,7 @@ _SCHEMA: dict[str, dict[str, type | tuple[type, ...]]] = {
     "agent": {"socket": str, "state_dir": str, "hasher": str, "hash_threads": int},
     "hook": {"mode": str, "timeout": (int, float)},
     "runtime": {"path": str, "hook": str},
+    "attestation": {"interval": (int, float), "timeout": (int, float)},
 }
 
 
@@ -81,6 +84,12 @@ def parse_config(data: Mapping[str, Any], *, source: Path | None = None) -> Conf
     agent = data.get("agent", {})
     hook = data.get("hook", {})
     runtime = data.get("runtime", {})
+    attestation = data.get("attestation", {})
+    for key in ("interval", "timeout"):
+        if key in attestation and not 0 < attestation[key] < 1e9:
+            raise ConfigError(
+                f"attestation.{key}{where}: got {attestation[key]}, expected seconds > 0"
+            )
     pcr = tpm.get("pcr", 23)
     if not 0 <= pcr <= 23:
         raise ConfigError(f"tpm.pcr{where}: got {pcr}, expected a PCR index 0..23")
@@ -109,6 +118,8 @@ def parse_config(data: Mapping[str, Any], *, source: Path | None = None) -> Conf
         hook_timeout=timeout,
         runtime=runtime.get("path", Config.runtime),
         hook_path=Path(hook_path) if hook_path else None,
+        attest_interval=float(attestation.get("interval", Config.attest_interval)),
+        attest_timeout=float(attestation.get("timeout", Config.attest_timeout)),
     )
 
 

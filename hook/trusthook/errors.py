@@ -60,7 +60,7 @@ class EnrollmentError(InputError):
 
 
 class AttestationError(InputError):
-    """Attestation evidence failed a check; ``check``, ``expected`` and ``got`` say which and how."""
+    """Attestation evidence failed a check: ``check`` names it, ``expected``/``got`` say how."""
 
     def __init__(
         self, check: str, message: str, *, expected: str | None = None, got: str | None = None

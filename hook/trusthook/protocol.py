@@ -16,15 +16,22 @@ PROTOCOL_VERSION = 1
 MAX_RESULT_BYTES = 1 << 30  # a snapshot carries the whole log of the boot
 OP_HOOK = "hook"  # built by hand in trusthook.hook.request
 OP_SNAPSHOT = "snapshot"
+OP_ENROLL = "enroll"
+OP_ATTEST = "attest"
+OP_STATUS = "status"
 
 
-def header(op: str) -> bytes:
+def header(op: str, params: dict[str, Any] | None = None) -> bytes:
     """The header line of a body-less request."""
-    message = {"version": PROTOCOL_VERSION, "op": op}
+    message: dict[str, Any] = {"version": PROTOCOL_VERSION, "op": op}
+    if params is not None:
+        message["params"] = params
     return json.dumps(message, separators=(",", ":"), sort_keys=True).encode() + b"\n"
 
 
-def call(path: str, op: str, *, timeout: float) -> dict[str, Any]:
+def call(
+    path: str, op: str, *, timeout: float, params: dict[str, Any] | None = None
+) -> dict[str, Any]:
     """Send a body-less request and return its decoded result."""
-    raw = exchange(path, header(op), timeout=timeout, max_answer=MAX_RESULT_BYTES)
+    raw = exchange(path, header(op, params), timeout=timeout, max_answer=MAX_RESULT_BYTES)
     return parse_object(raw, "agent result", AgentRefusedError)

@@ -5,8 +5,10 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import ssl
 import subprocess
 import sys
+import tempfile
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -14,14 +16,19 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import sqlalchemy
+from trusthook.devenv.postgres import Postgres
 
+from trusthook.agent.serverclient import tls_context
 from trusthook.config import Config
 from trusthook.devenv.agentproc import AgentProcess, write_config
 from trusthook.devenv.bundle import build_rootfs
 from trusthook.devenv.bundle import write_config as write_bundle_config
-from trusthook.devenv.swtpm import Swtpm
+from trusthook.devenv.server import ServerProcess, swtpm_ek_bundle, write_server_config
+from trusthook.devenv.swtpm import Swtpm, free_port_pair
 from trusthook.eventlog import Record, parse_record
 from trusthook.protocol import OP_SNAPSHOT, call
+from trusthook.server.run import operator_certificate
 
 BIN = Path(sys.executable).parent
 HOOK = BIN / "trusthook-hook"
@@ -92,10 +99,17 @@ class Host:
         )
 
 
-def make_host(swtpm: Swtpm, root: Path, mode: str = "enforce") -> Host:
+def make_host(
+    swtpm: Swtpm, root: Path, mode: str = "enforce", attest_interval: float = 60.0
+) -> Host:
     config_path = root / "trusthook.toml"
     config = write_config(
-        config_path, tcti=swtpm.tcti, state_dir=root / "state", hook=HOOK, mode=mode
+        config_path,
+        tcti=swtpm.tcti,
+        state_dir=root / "state",
+        hook=HOOK,
+        mode=mode,
+        attest_interval=attest_interval,
     )
     return Host(
         swtpm, config_path, config, AgentProcess(config_path, config, root / "agent.log"), root
@@ -147,3 +161,99 @@ def runc(
     return subprocess.run(
         [binary, *args], capture_output=True, text=True, check=False, env=env, timeout=120
     )
+
+
+# The attestation server: SQLite, or PostgreSQL (one private cluster per session, one database
+# per test).
+
+
+@pytest.fixture(scope="session")
+def ek_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return swtpm_ek_bundle(tmp_path_factory.mktemp("ek-ca") / "ek-ca.pem")
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[Postgres]:
+    pg = Postgres(Path(tempfile.mkdtemp(prefix="trusthook-pg-")))
+    pg.start()
+    yield pg
+    pg.stop()
+    pg.cleanup()
+
+
+def fresh_database(pg: Postgres) -> str:
+    """A new empty database in the session's cluster; its SQLAlchemy URL."""
+    name = f"t_{uuid.uuid4().hex[:12]}"
+    engine = sqlalchemy.create_engine(pg.url, isolation_level="AUTOCOMMIT")
+    with engine.connect() as conn:
+        conn.execute(sqlalchemy.text(f"CREATE DATABASE {name}"))
+    engine.dispose()
+    return f"{pg.url.rsplit('/', 1)[0]}/{name}"
+
+
+@dataclass
+class AttestServer:
+    """A server config and its process (started by the fixture)."""
+
+    config_path: Path
+    process: ServerProcess
+    backend: str
+    root: Path
+
+    @property
+    def url(self) -> str:
+        return self.process.url
+
+    @property
+    def ca_cert(self) -> Path:
+        return self.process.ca_cert
+
+    def operator(self, name: str = "scheduler") -> ssl.SSLContext:
+        """A TLS context presenting an operator certificate from this server's CA."""
+        out = self.root / "operators"
+        key, cert = operator_certificate(self.process.config, name, out)
+        return tls_context(self.ca_cert, cert, key)
+
+
+def make_server(
+    root: Path,
+    ek_bundle: Path,
+    database: str = "",
+    backend: str = "sqlite",
+    **options: Any,
+) -> AttestServer:
+    root.mkdir(parents=True, exist_ok=True)
+    config_path = root / "server.toml"
+    write_server_config(
+        config_path,
+        state_dir=root / "state",
+        port=free_port_pair(),
+        ek_ca_bundle=ek_bundle,
+        database=database,
+        **options,
+    )
+    process = ServerProcess(config_path, root / "server.log")
+    process.init()
+    return AttestServer(config_path, process, backend, root)
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def server_backend(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+@pytest.fixture
+def database(server_backend: str, request: pytest.FixtureRequest) -> str:
+    if server_backend == "sqlite":
+        return ""
+    return fresh_database(request.getfixturevalue("postgres"))
+
+
+@pytest.fixture
+def attest_server(
+    tmp_path: Path, ek_bundle: Path, database: str, server_backend: str
+) -> Iterator[AttestServer]:
+    server = make_server(tmp_path / "server", ek_bundle, database, server_backend)
+    server.process.start()
+    yield server
+    server.process.stop()

@@ -9,6 +9,7 @@ import socket
 import threading
 from types import FrameType
 
+from trusthook.agent.attester import Attester
 from trusthook.agent.server import AgentServer
 from trusthook.agent.service import AgentService
 from trusthook.agent.writer import MeasuredLog
@@ -43,8 +44,18 @@ def run_agent(config: Config) -> None:
             measured = MeasuredLog(store=store, tpm=tpm, pcr=config.pcr)
             for note in measured.recover():
                 log.warning("event log repaired: %s", note)
+            attester = Attester(
+                log=measured,
+                state_dir=config.state_dir,
+                boot_id=boot_id,
+                interval=config.attest_interval,
+                timeout=config.attest_timeout,
+            )
             service = AgentService(
-                log=measured, boot_id=boot_id, measure_rootfs=hasher.measure_rootfs
+                log=measured,
+                attester=attester,
+                boot_id=boot_id,
+                measure_rootfs=hasher.measure_rootfs,
             )
             server = AgentServer(config.socket, service, io_timeout=config.hook_timeout)
             stop = threading.Event()
@@ -57,6 +68,8 @@ def run_agent(config: Config) -> None:
             signal.signal(signal.SIGINT, on_signal)
             thread = threading.Thread(target=server.serve_forever, name="agent-socket")
             thread.start()
+            attesting = threading.Thread(target=attester.run, args=(stop,), name="attester")
+            attesting.start()
             log.info(
                 "listening on %s (PCR %d, log %s, %s hasher)",
                 config.socket,
@@ -71,6 +84,7 @@ def run_agent(config: Config) -> None:
                 _notify_systemd("STOPPING=1")
                 server.shutdown()
                 thread.join()
+                attesting.join()
                 server.server_close()
                 config.socket.unlink(missing_ok=True)
     finally:

@@ -6,15 +6,24 @@ import logging
 import os
 from collections.abc import Callable
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
+from trusthook.agent.attester import Attester
 from trusthook.agent.writer import MeasuredLog
 from trusthook.errors import InputError
 from trusthook.eventlog import LaunchEvent
 from trusthook.measure.profile import config_digest, launch_profile_digest
 from trusthook.measure.walk import RootfsMeasurement
 from trusthook.oci import ContainerState, image_of, parse_state, read_config, rootfs_path
-from trusthook.protocol import OP_HOOK, OP_SNAPSHOT, PROTOCOL_VERSION
+from trusthook.protocol import (
+    OP_ATTEST,
+    OP_ENROLL,
+    OP_HOOK,
+    OP_SNAPSHOT,
+    OP_STATUS,
+    PROTOCOL_VERSION,
+)
 from trusthook.wire import STAGES
 
 log = logging.getLogger(__name__)
@@ -31,11 +40,13 @@ class AgentService:
         self,
         *,
         log: MeasuredLog,
+        attester: Attester,
         boot_id: str,
         measure_rootfs: Callable[[str | os.PathLike[str]], RootfsMeasurement],
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
         self._log = log
+        self._attester = attester
         self._boot_id = boot_id
         self._measure_rootfs = measure_rootfs
         self._clock = clock
@@ -59,7 +70,14 @@ class AgentService:
                 "pcr_value": snap.pcr_value.hex(),
                 "records": [r.to_json() for r in snap.records],
             }
-        raise RequestError(f"unknown op {op!r}; expected {OP_HOOK!r} or {OP_SNAPSHOT!r}")
+        if op == OP_ENROLL:
+            return self._attester.enroll(**_enroll_params(request.get("params")))
+        if op == OP_ATTEST:
+            return self._attester.attest()
+        if op == OP_STATUS:
+            return self._attester.status()
+        ops = (OP_HOOK, OP_SNAPSHOT, OP_ENROLL, OP_ATTEST, OP_STATUS)
+        raise RequestError(f"unknown op {op!r}; expected one of {', '.join(ops)}")
 
     def measure(self, state: ContainerState, stage: str) -> dict[str, Any]:
         """Measure the container ``state`` names and record it."""
@@ -83,3 +101,20 @@ class AgentService:
         record = self._log.append(event)
         log.info("measured container %s (%s) as record %d", container_id, stage, record.recnum)
         return {"recnum": record.recnum, "record": record.to_json()}
+
+
+def _enroll_params(params: Any) -> dict[str, Any]:
+    """The enroll request's parameters, checked: server URL, server CA file, names, flag."""
+    if not isinstance(params, dict) or set(params) != _ENROLL_PARAMS:
+        raise RequestError(f"enroll needs exactly the params {sorted(_ENROLL_PARAMS)}")
+    for key in ("server", "server_ca", "hostname", "group"):
+        if not isinstance(params[key], str) or not params[key]:
+            raise RequestError(f"enroll param {key!r} must be a non-empty string")
+    if not isinstance(params["reenroll"], bool):
+        raise RequestError("enroll param 'reenroll' must be true or false")
+    if not os.path.isabs(params["server_ca"]):
+        raise RequestError("enroll param 'server_ca' must be an absolute path")
+    return {**params, "server_ca": Path(params["server_ca"])}
+
+
+_ENROLL_PARAMS = {"server", "server_ca", "hostname", "group", "reenroll"}

@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 from trusthook.errors import EventLogError, TPMError
 from trusthook.eventlog import LaunchEvent, Record, extend, replay, verify_against_pcr
 from trusthook.logstore import LogStore
-from trusthook.tpm import Tpm
+from trusthook.tpm import Quote, Tpm
 
 log = logging.getLogger(__name__)
 
@@ -124,3 +126,19 @@ class MeasuredLog:
             if contents.torn_tail:
                 raise EventLogError(f"event log {self._store.path} ends in a torn record")
             return Snapshot(contents.records, self._tpm.pcr_read(self._pcr))
+
+    @contextmanager
+    def exclusive_tpm(self) -> Iterator[Tpm]:
+        """The TPM, with no launch extending meanwhile (for enrollment's TPM commands)."""
+        with self._lock:
+            yield self._tpm
+
+    def evidence(self, pcrs: Sequence[int], nonce: bytes, after: int) -> tuple[Quote, list[Record]]:
+        """A quote over ``pcrs`` with ``nonce`` and the records after record ``after``, taken
+        together under the writer lock, so the records replay to the quoted PCR value."""
+        with self._lock:
+            contents = self._store.read()
+            if contents.torn_tail:
+                raise EventLogError(f"event log {self._store.path} ends in a torn record")
+            quote = self._tpm.quote(pcrs, nonce)
+            return quote, [r for r in contents.records if r.recnum > after]

@@ -15,7 +15,13 @@ from trusthook.protocol import OP_SNAPSHOT, call
 
 
 def write_config(
-    path: Path, *, tcti: str, state_dir: Path, hook: Path, mode: str = "enforce"
+    path: Path,
+    *,
+    tcti: str,
+    state_dir: Path,
+    hook: Path,
+    mode: str = "enforce",
+    attest_interval: float = 60.0,
 ) -> Config:
     """A trusthook config file for a development setup; returns it loaded."""
     path.write_text(
@@ -23,6 +29,7 @@ def write_config(
         f'[agent]\nsocket = "{state_dir / "agent.sock"}"\nstate_dir = "{state_dir}"\n'
         f'[hook]\nmode = "{mode}"\ntimeout = 10\n'
         f'[runtime]\nhook = "{hook}"\n'
+        f"[attestation]\ninterval = {attest_interval}\ntimeout = 10\n"
     )
     return load_config(path)
 

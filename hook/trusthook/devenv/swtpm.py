@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import signal
 import socket
 import subprocess
@@ -9,7 +10,23 @@ import time
 from pathlib import Path
 from types import TracebackType
 
+from tpm2_pytss import ESAPI, TPM2_SU, TSS2_Exception
+
 from trusthook.errors import ServiceError
+
+
+# tag TPM_ST_NO_SESSIONS, size 12, TPM_CC_Shutdown, TPM_SU_CLEAR
+_TPM2_SHUTDOWN_CLEAR = bytes.fromhex("80010000000c000001450000")
+
+
+def _port_pair_free(port: int) -> bool:
+    for p in (port, port + 1):
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", p))
+            except OSError:
+                return False
+    return True
 
 
 def free_port_pair() -> int:
@@ -62,7 +79,8 @@ class Swtpm:
 
     def start(self) -> Swtpm:
         self.setup()
-        self.port = free_port_pair()
+        if not (self.port and _port_pair_free(self.port)):  # a restart keeps a free port
+            self.port = free_port_pair()
         log = open(self.state_dir / "swtpm.log", "ab")  # noqa: SIM115 - lives as long as swtpm
         self._proc = subprocess.Popen(
             [
@@ -94,9 +112,22 @@ class Swtpm:
         self.stop()
         raise ServiceError("swtpm did not start listening within 10s")
 
+    def _shutdown_command(self) -> None:
+        """TPM2_Shutdown(TPM_SU_CLEAR), as an OS does before power-off: without it the next
+        start marks the TPM clock unsafe (``clockInfo.safe`` = 0), as after a power loss.
+        Best effort: a client still connected keeps the TPM busy, and then it is skipped."""
+        try:
+            with socket.create_connection(("127.0.0.1", self.port), timeout=2) as sock:
+                sock.sendall(_TPM2_SHUTDOWN_CLEAR)
+                sock.recv(64)
+        except OSError:
+            pass
+
     def stop(self) -> None:
-        """Stop the swtpm this object started (by its PID, nobody else's)."""
+        """Stop the swtpm this object started (by its PID, nobody else's), after an orderly
+        TPM2_Shutdown so the next start reports a safe clock (``clockInfo.safe``)."""
         if self._proc is not None and self._proc.poll() is None:
+            self._shutdown_tpm()
             self._proc.send_signal(signal.SIGTERM)
             try:
                 self._proc.wait(timeout=10)
@@ -104,6 +135,18 @@ class Swtpm:
                 self._proc.kill()
                 self._proc.wait()
         self._proc = None
+
+    def _shutdown_tpm(self) -> None:
+        """TPM2_Shutdown(CLEAR), as an OS does before power-off; a TPM that does not answer is
+        stopped anyway."""
+        with contextlib.suppress(TSS2_Exception), ESAPI(self.tcti) as ectx:
+            ectx.shutdown(TPM2_SU.CLEAR)
+
+    def restart(self) -> Swtpm:
+        """A host reboot: orderly stop, then start on the same state (the reset count goes up,
+        PCRs are reset), on the same port if it is still free (``tcti`` tells)."""
+        self.stop()
+        return self.start()
 
     def __enter__(self) -> Swtpm:
         return self.start()

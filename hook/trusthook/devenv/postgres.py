@@ -1,0 +1,148 @@
+"""A private PostgreSQL server for development and tests (Debian's server binaries).
+
+Test-only settings: ``trust`` authentication on loopback and the unix socket, ``fsync=off``.
+It runs as the ``postgres`` OS user (PostgreSQL refuses root), listens on 127.0.0.1 on a free
+port, and is stopped by the PID of the postmaster this object started.
+"""
+
+from __future__ import annotations
+
+import os
+import pwd
+import shutil
+import signal
+import subprocess
+import time
+from pathlib import Path
+from types import TracebackType
+
+from trusthook.devenv.swtpm import free_port_pair
+from trusthook.errors import ServiceError
+
+PG_ROOT = Path("/usr/lib/postgresql")
+
+
+def server_binaries() -> Path:
+    """The newest installed PostgreSQL's bin directory."""
+    versions = sorted(
+        (p for p in PG_ROOT.glob("*/bin/postgres")), key=lambda p: int(p.parent.parent.name)
+    )
+    if not versions:
+        raise ServiceError("PostgreSQL server binaries not found; run scripts/setup")
+    return versions[-1].parent
+
+
+class Postgres:
+    """``postgres`` on a data directory under ``root`` (which must be new or ours)."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.data = root / "data"
+        self.port = 0
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._bin = server_binaries()
+        self._user = pwd.getpwnam("postgres")
+
+    @property
+    def url(self) -> str:
+        return f"postgresql+psycopg://postgres@127.0.0.1:{self.port}/trusthook"
+
+    def _as_postgres(self, *args: str) -> list[str]:
+        """``args`` run as the postgres user; setpriv execs them, so the PID is theirs."""
+        user = self._user
+        return [
+            "setpriv", f"--reuid={user.pw_uid}", f"--regid={user.pw_gid}", "--clear-groups",
+            *args,
+        ]  # fmt: skip
+
+    def _initdb(self) -> None:
+        self.root.mkdir(parents=True, exist_ok=True)
+        os.chmod(self.root, 0o700)
+        os.chown(self.root, self._user.pw_uid, self._user.pw_gid)
+        subprocess.run(
+            self._as_postgres(
+                str(self._bin / "initdb"), "-D", str(self.data), "-A", "trust", "-U", "postgres"
+            ),
+            check=True,
+            capture_output=True,
+        )
+
+    def start(self, timeout: float = 30.0) -> Postgres:
+        if not (self.data / "PG_VERSION").exists():
+            self._initdb()
+        fresh = self.port == 0
+        if fresh:
+            self.port = free_port_pair()
+        log = open(self.root / "postgres.log", "ab")  # noqa: SIM115 - handed to the child
+        self._proc = subprocess.Popen(
+            self._as_postgres(
+                str(self._bin / "postgres"),
+                "-D", str(self.data),
+                "-p", str(self.port),
+                "-k", str(self.root),
+                "-c", "listen_addresses=127.0.0.1",
+                "-c", "fsync=off",
+                "-c", "max_connections=200",
+            ),
+            stdout=log,
+            stderr=log,
+        )  # fmt: skip
+        log.close()
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self._proc.poll() is not None:
+                raise ServiceError(f"postgres exited with {self._proc.returncode}; see {log.name}")
+            ready = subprocess.run(
+                [str(self._bin / "pg_isready"), "-h", "127.0.0.1", "-p", str(self.port)],
+                capture_output=True,
+                check=False,
+            )
+            if ready.returncode == 0:
+                break
+            time.sleep(0.1)
+        else:
+            self.stop()
+            raise ServiceError(f"postgres did not accept connections within {timeout}s")
+        if fresh:
+            subprocess.run(
+                [str(self._bin / "createdb"), "-h", "127.0.0.1", "-p", str(self.port),
+                 "-U", "postgres", "trusthook"],
+                check=True,
+                capture_output=True,
+            )  # fmt: skip
+        return self
+
+    @property
+    def pid(self) -> int | None:
+        return None if self._proc is None else self._proc.pid
+
+    def stop(self, sig: int = signal.SIGINT) -> None:
+        """Stop the postmaster this object started (SIGINT: fast shutdown; SIGKILL: crash)."""
+        if self._proc is not None and self._proc.poll() is None:
+            self._proc.send_signal(sig)
+            try:
+                self._proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self._proc.kill()
+                self._proc.wait()
+        self._proc = None
+
+    def restart(self) -> None:
+        """Stop and start again on the same data and port."""
+        self.stop()
+        self.start()
+
+    def cleanup(self) -> None:
+        self.stop()
+        shutil.rmtree(self.root, ignore_errors=True)
+
+    def __enter__(self) -> Postgres:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.cleanup()

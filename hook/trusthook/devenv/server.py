@@ -1,0 +1,166 @@
+"""Run ``trusthook server`` as a child process over TLS on loopback, for development and tests."""
+
+from __future__ import annotations
+
+import http.client
+import signal
+import ssl
+import subprocess
+import sys
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from types import TracebackType
+
+from trusthook.errors import ServiceError
+from trusthook.server.config import ServerConfig, load_server_config
+
+SWTPM_LOCALCA = Path("/var/lib/swtpm-localca")
+ZERO_PCR = "00" * 32
+
+
+def swtpm_ek_bundle(path: Path) -> Path:
+    """The CA bundle that swtpm_setup's EK certificates chain to (its local root and issuer)."""
+    certs = sorted(SWTPM_LOCALCA.glob("*cert*.pem"))
+    if not certs:
+        raise ServiceError(f"no swtpm local CA certificates in {SWTPM_LOCALCA}; run swtpm_setup")
+    path.write_bytes(b"".join(c.read_bytes() for c in certs))
+    return path
+
+
+def write_server_config(
+    path: Path,
+    *,
+    state_dir: Path,
+    port: int,
+    ek_ca_bundle: Path,
+    database: str = "",
+    groups: Mapping[str, Mapping[int, Sequence[str]]] | None = None,
+    validity: float = 180.0,
+    nonce_ttl: float = 60.0,
+    max_body: int = 4 << 20,
+) -> ServerConfig:
+    """A server config file; by default one group "lab" whose PCRs 0-7 are swtpm's zeros."""
+    groups = groups if groups is not None else {"lab": {i: [ZERO_PCR] for i in range(8)}}
+    lines = [
+        "[server]",
+        f'state_dir = "{state_dir}"',
+        'host = "127.0.0.1"',
+        f"port = {port}",
+        'hostnames = ["localhost", "127.0.0.1"]',
+        f'database = "{database}"',
+        f'ek_ca_bundle = "{ek_ca_bundle}"',
+        "[attestation]",
+        f"validity = {validity}",
+        f"nonce_ttl = {nonce_ttl}",
+        f"max_body = {max_body}",
+    ]
+    for name, pcrs in groups.items():
+        lines.append(f"[groups.{name}.pcrs]")
+        lines.extend(
+            f"{index} = [{', '.join(repr(v) for v in values)}]".replace("'", '"')
+            for index, values in pcrs.items()
+        )
+        if not pcrs:
+            lines[-1] = f"[groups.{name}]"
+    path.write_text("\n".join(lines) + "\n")
+    return load_server_config(path)
+
+
+class ServerProcess:
+    """``trusthook server run`` with a given config; ``init`` it first."""
+
+    def __init__(self, config_path: Path, log_path: Path) -> None:
+        self.config_path = config_path
+        self.config = load_server_config(config_path)
+        self.log_path = log_path
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"https://127.0.0.1:{self.config.port}"
+
+    @property
+    def ca_cert(self) -> Path:
+        return self.config.state_dir / "ca" / "ca.crt"
+
+    def init(self) -> None:
+        subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "trusthook.cli",
+                "server",
+                "init",
+                "--config",
+                str(self.config_path),
+            ],
+            check=True,
+            capture_output=True,
+        )
+
+    def start(self, timeout: float = 30.0) -> ServerProcess:
+        log = open(self.log_path, "ab")  # noqa: SIM115 - handed to the child
+        self.proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "trusthook.cli",
+                "server",
+                "run",
+                "--config",
+                str(self.config_path),
+            ],
+            stdout=log,
+            stderr=log,
+        )
+        log.close()
+        context = ssl.create_default_context(cafile=str(self.ca_cert))
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise ServiceError(
+                    f"trusthook server exited with {self.proc.returncode}: {self.output()[-2000:]}"
+                )
+            conn = http.client.HTTPSConnection(
+                "127.0.0.1", self.config.port, context=context, timeout=2
+            )
+            try:
+                conn.request("GET", "/v1/health")
+                if conn.getresponse().status == 200:
+                    return self
+            except OSError:
+                time.sleep(0.05)
+            finally:
+                conn.close()
+        self.stop()
+        raise ServiceError(f"trusthook server did not come up within {timeout}s")
+
+    def output(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self, sig: int = signal.SIGTERM) -> int | None:
+        """Stop the server this object started, by its PID."""
+        if self.proc is None:
+            return None
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        code = self.proc.returncode
+        self.proc = None
+        return code
+
+    def __enter__(self) -> ServerProcess:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()

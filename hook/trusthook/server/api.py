@@ -1,0 +1,118 @@
+"""The HTTP API's bodies (docs/api-server.md, docs/openapi.json). Validation of shapes only;
+what the values mean is checked by the service."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from trusthook.attest.verdict import Reason
+
+MAX_EVENTS = 10_000
+
+
+class _Body(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class EnrollmentRequest(_Body):
+    hostname: str = Field(min_length=1, max_length=255)
+    group: str = Field(min_length=1, max_length=64)
+    ek_certificate: str = Field(description="DER, base64", max_length=16384)
+    ek_public: str = Field(description="marshaled TPM2B_PUBLIC of the EK, base64", max_length=4096)
+    ak_public: str = Field(description="marshaled TPM2B_PUBLIC of the AK, base64", max_length=4096)
+    csr: str = Field(description="PEM certificate signing request for mTLS", max_length=16384)
+    reenroll: bool = False
+
+
+class EnrollmentChallenge(_Body):
+    enrollment_id: str
+    host_id: str
+    credential_blob: str = Field(description="marshaled TPM2B_ID_OBJECT, base64")
+    encrypted_secret: str = Field(description="marshaled TPM2B_ENCRYPTED_SECRET, base64")
+    expires_at: str
+
+
+class ActivationRequest(_Body):
+    secret: str = Field(description="the activated credential, base64", max_length=128)
+
+
+class EnrollmentResult(_Body):
+    host_id: str
+    certificate: str = Field(description="the host's client certificate, PEM")
+    ca_certificate: str = Field(description="the server CA's certificate, PEM")
+
+
+class NonceResponse(_Body):
+    nonce: str = Field(description="32 random bytes, base64")
+    expires_at: str
+    pcrs: list[int] = Field(description="the PCRs to quote, ascending")
+    verified_boot_id: str | None = Field(description="boot of the last verified record")
+    verified_recnum: int = Field(description="last verified record of that boot; -1: none")
+
+
+class QuoteBody(_Body):
+    attest: str = Field(description="TPMS_ATTEST as the TPM signed it, base64", max_length=4096)
+    signature: str = Field(description="marshaled TPMT_SIGNATURE, base64", max_length=4096)
+
+
+class AttestationRequest(_Body):
+    nonce: str = Field(max_length=128)
+    quote: QuoteBody
+    pcrs: dict[str, str] = Field(description="PCR index to SHA-256 value (hex)")
+    boot_id: str = Field(min_length=1, max_length=64)
+    events: list[dict[str, Any]] = Field(
+        description="event-log records after the last verified one", max_length=MAX_EVENTS
+    )
+
+
+class ReasonBody(_Body):
+    check: str
+    message: str
+    expected: str | None = None
+    got: str | None = None
+
+    @classmethod
+    def of(cls, reason: Reason) -> ReasonBody:
+        return cls(**reason.to_json())
+
+
+class HostStatus(_Body):
+    host_id: str
+    hostname: str
+    group: str
+    trusted: bool
+    reasons: list[ReasonBody]
+    since: str = Field(description="when the host became trusted or untrusted")
+    valid_until: str | None = Field(description="trusted until, unless it attests again")
+    last_attestation: str | None
+    enrolled_at: str
+    verified_recnum: int
+
+
+class HostList(_Body):
+    hosts: list[HostStatus]
+
+
+class ErrorDetail(_Body):
+    check: str
+    message: str
+
+
+class ErrorResponse(_Body):
+    error: ErrorDetail
+
+
+def b64decode(value: str, what: str) -> bytes:
+    """Strict base64; ValueError naming ``what`` otherwise."""
+    try:
+        return base64.b64decode(value, validate=True)
+    except (binascii.Error, ValueError):
+        raise ValueError(f"{what} is not valid base64") from None
+
+
+def b64(data: bytes) -> str:
+    return base64.b64encode(data).decode("ascii")

@@ -1,0 +1,184 @@
+"""The HTTP layer: FastAPI routes over ``ServerService``, errors as one JSON shape.
+
+No ``from __future__ import annotations`` here: FastAPI reads the route annotations at run
+time, and those naming local dependencies cannot be resolved from strings.
+
+Every error answer is ``{"error": {"check": ..., "message": ...}}`` with a status code that says
+whose fault it was; the OpenAPI document is served at /openapi.json and kept in docs/.
+"""
+
+import json
+import logging
+from collections.abc import Awaitable, Callable, MutableMapping
+from typing import Annotated, Any
+
+from fastapi import Depends, FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+
+from trusthook.errors import EnrollmentError, StorageError, TrusthookError
+from trusthook.server import api
+from trusthook.server.service import (
+    AuthError,
+    ConflictError,
+    NotFoundError,
+    RequestError,
+    ServerService,
+)
+from trusthook.server.store import HostRecord
+from trusthook.server.tlsproto import peer_certificate
+
+log = logging.getLogger(__name__)
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+_STATUS: tuple[tuple[type[TrusthookError], int, str], ...] = (
+    (RequestError, 400, "request"),
+    (AuthError, 403, "client"),
+    (NotFoundError, 404, "not_found"),
+    (ConflictError, 409, "conflict"),
+    (EnrollmentError, 403, "enrollment"),
+    (StorageError, 503, "storage"),
+)
+_ERRORS: dict[int | str, dict[str, Any]] = {
+    code: {"model": api.ErrorResponse, "description": text}
+    for code, text in (
+        (400, "malformed request"),
+        (403, "refused: no valid client certificate, or evidence refused"),
+        (404, "not found"),
+        (409, "conflict with stored state"),
+        (413, "request body too large"),
+        (503, "database unavailable; retry"),
+    )
+}
+
+
+def _error(status: int, check: str, message: str) -> JSONResponse:
+    return JSONResponse({"error": {"check": check, "message": message}}, status_code=status)
+
+
+class BodyLimit:
+    """Refuse request bodies over ``limit`` bytes (413) before anything parses them."""
+
+    def __init__(self, app: ASGIApp, limit: int) -> None:
+        self._app = app
+        self._limit = limit
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self._app(scope, receive, send)
+            return
+        for name, value in scope["headers"]:
+            if name == b"content-length" and (not value.isdigit() or int(value) > self._limit):
+                await _error(413, "request", self._message())(scope, receive, send)
+                return
+        seen = 0
+
+        async def limited() -> Message:
+            nonlocal seen
+            message = await receive()
+            seen += len(message.get("body", b""))
+            if seen > self._limit:
+                raise _TooLarge
+            return message
+
+        try:
+            await self._app(scope, limited, send)
+        except _TooLarge:
+            await _error(413, "request", self._message())(scope, receive, send)
+
+    def _message(self) -> str:
+        return f"request body is larger than {self._limit} bytes"
+
+
+class _TooLarge(Exception):
+    pass
+
+
+def create_app(service: ServerService, *, max_body: int) -> FastAPI:
+    """The ASGI application; ``max_body`` bounds every request body."""
+    app = FastAPI(
+        title="trusthook attestation server",
+        version="1",
+        description="Enrollment, attestation and host trust for trusthook hosts.",
+        responses=_ERRORS,
+        docs_url=None,
+        redoc_url=None,
+    )
+
+    @app.exception_handler(TrusthookError)
+    async def _trusthook_error(_request: Request, exc: TrusthookError) -> JSONResponse:
+        for kind, status, check in _STATUS:
+            if isinstance(exc, kind):
+                if status >= 500:
+                    log.error("%s", exc)
+                return _error(status, check, str(exc))
+        log.error("unexpected %s: %s", type(exc).__name__, exc)
+        return _error(500, "internal", f"internal error ({type(exc).__name__})")
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(_request: Request, exc: RequestValidationError) -> JSONResponse:
+        first = exc.errors()[0] if exc.errors() else {"loc": (), "msg": "invalid"}
+        where = ".".join(str(p) for p in first.get("loc", ()) if p != "body") or "body"
+        if first.get("type") == "json_invalid":
+            return _error(400, "request", "request body is not valid JSON")
+        return _error(400, "request", f"{where}: {first.get('msg', 'invalid')}")
+
+    def caller(request: Request) -> HostRecord | None:
+        return service.authenticate(peer_certificate(request.scope))
+
+    def host_caller(caller: Annotated[HostRecord | None, Depends(caller)]) -> HostRecord:
+        if caller is None:
+            raise AuthError("this request is for enrolled hosts, not operators")
+        return caller
+
+    Caller = Annotated[HostRecord | None, Depends(caller)]
+    Host = Annotated[HostRecord, Depends(host_caller)]
+
+    @app.get("/v1/health", tags=["server"])
+    def health() -> dict[str, str]:
+        """Liveness: answers without touching the database."""
+        return {"status": "ok"}
+
+    @app.post("/v1/enrollments", status_code=201, tags=["enrollment"])
+    def begin_enrollment(body: api.EnrollmentRequest) -> api.EnrollmentChallenge:
+        """Start enrollment: the EK certificate chain, EK and AK are checked, and a credential
+        only the host's TPM can activate is returned. No client certificate needed."""
+        return service.begin_enrollment(body)
+
+    @app.post("/v1/enrollments/{enrollment_id}/activation", tags=["enrollment"])
+    def finish_enrollment(enrollment_id: str, body: api.ActivationRequest) -> api.EnrollmentResult:
+        """Answer the credential; the right answer gets the host its client certificate."""
+        return service.finish_enrollment(enrollment_id, body)
+
+    @app.post("/v1/nonces", status_code=201, tags=["attestation"])
+    def nonce(host: Host) -> api.NonceResponse:
+        """A fresh single-use nonce, the PCRs to quote and what is already verified."""
+        return service.issue_nonce(host)
+
+    @app.post("/v1/attestations", tags=["attestation"])
+    def attest(host: Host, body: api.AttestationRequest) -> api.HostStatus:
+        """Appraise a quote and the event-log records since the last verified one; answers
+        the host's new status (a refused appraisal is a status with reasons, not an error)."""
+        return service.attest(host, body)
+
+    @app.get("/v1/hosts", tags=["trust"])
+    def hosts(caller: Caller) -> api.HostList:
+        """Every host's trust status (an operator), or the calling host's own."""
+        return service.list_hosts(caller)
+
+    @app.get("/v1/hosts/{host_id}", tags=["trust"])
+    def host(host_id: str, caller: Caller) -> api.HostStatus:
+        """One host's trust status: trusted or not, why, since when, valid until when."""
+        return service.host_status(caller, host_id)
+
+    app.add_middleware(BodyLimit, limit=max_body)
+    return app
+
+
+def openapi_document(app: FastAPI) -> str:
+    """The OpenAPI document as served, in the form kept in docs/openapi.json."""
+    return json.dumps(app.openapi(), indent=2, sort_keys=True) + "\n"

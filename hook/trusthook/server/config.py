@@ -1,0 +1,151 @@
+"""The attestation server's configuration (TOML; example in oci-config/trusthook-server.toml)."""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from trusthook.attest.appraise import Expectations
+from trusthook.errors import ConfigError
+
+_HEX32 = re.compile(r"[0-9a-f]{64}")
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,62}")
+
+
+@dataclass(frozen=True, kw_only=True)
+class ServerConfig:
+    """Every setting ``trusthook server`` reads."""
+
+    state_dir: Path = Path("/var/lib/trusthook-server")
+    host: str = "127.0.0.1"
+    port: int = 8443
+    hostnames: tuple[str, ...] = ("localhost", "127.0.0.1")  # names in the server's certificate
+    database: str = ""  # SQLAlchemy URL; empty: SQLite in state_dir
+    ek_ca_bundle: Path = Path("/etc/trusthook/ek-ca.pem")
+    container_pcr: int = 23
+    nonce_ttl: float = 60.0
+    enrollment_ttl: float = 300.0
+    validity: float = 180.0  # how long a passing attestation keeps a host trusted
+    max_body: int = 4 << 20
+    groups: Mapping[str, Expectations] = field(default_factory=dict)
+
+    @property
+    def database_url(self) -> str:
+        return self.database or f"sqlite:///{self.state_dir / 'trusthook.db'}"
+
+    def expectations(self, group: str) -> Expectations:
+        found = self.groups.get(group)
+        if found is None:
+            raise ConfigError(f"unknown host group {group!r}; configured: {sorted(self.groups)}")
+        return found
+
+
+_SERVER_KEYS: dict[str, type | tuple[type, ...]] = {
+    "state_dir": str,
+    "host": str,
+    "port": int,
+    "hostnames": list,
+    "database": str,
+    "ek_ca_bundle": str,
+}
+_ATTEST_KEYS: dict[str, type | tuple[type, ...]] = {
+    "container_pcr": int,
+    "nonce_ttl": (int, float),
+    "enrollment_ttl": (int, float),
+    "validity": (int, float),
+    "max_body": int,
+}
+
+
+def _check_table(data: Any, name: str, schema: Mapping[str, Any], where: str) -> dict[str, Any]:
+    if not isinstance(data, dict):
+        raise ConfigError(f"[{name}]{where} must be a table")
+    for key, value in data.items():
+        kind = schema.get(key)
+        if kind is None:
+            raise ConfigError(f"unknown key {name}.{key}{where}; expected one of {sorted(schema)}")
+        if not isinstance(value, kind) or isinstance(value, bool):
+            raise ConfigError(f"{name}.{key}{where}: got {value!r}, wrong type")
+    return data
+
+
+def _parse_group(name: str, body: Any, container_pcr: int, where: str) -> Expectations:
+    if not _NAME.fullmatch(name):
+        raise ConfigError(f"group name {name!r}{where} must match {_NAME.pattern}")
+    _check_table(body, f"groups.{name}", {"pcrs": dict}, where)
+    golden: dict[int, frozenset[bytes]] = {}
+    for key, listed in body.get("pcrs", {}).items():
+        if not key.isdigit() or not 0 <= int(key) <= 23 or int(key) == container_pcr:
+            raise ConfigError(
+                f"groups.{name}.pcrs{where}: key {key!r} must be a boot PCR 0..23 other than"
+                f" the container PCR {container_pcr}"
+            )
+        values = [listed] if isinstance(listed, str) else listed
+        if not isinstance(values, list) or not values:
+            raise ConfigError(f"groups.{name}.pcrs.{key}{where} must list known-good values")
+        for value in values:
+            if not isinstance(value, str) or not _HEX32.fullmatch(value.lower()):
+                raise ConfigError(
+                    f"groups.{name}.pcrs.{key}{where}: got {value!r}, expected 64 hex digits"
+                )
+        golden[int(key)] = frozenset(bytes.fromhex(v) for v in values)
+    return Expectations(container_pcr=container_pcr, golden=golden)
+
+
+def parse_server_config(data: Mapping[str, Any], *, source: Path | None = None) -> ServerConfig:
+    """Build a ServerConfig from parsed TOML, refusing unknown keys and bad values."""
+    where = f" in {source}" if source else ""
+    unknown = set(data) - {"server", "attestation", "groups"}
+    if unknown:
+        raise ConfigError(
+            f"unknown section(s) {sorted(unknown)}{where}; expected server, attestation, groups"
+        )
+    server = _check_table(data.get("server", {}), "server", _SERVER_KEYS, where)
+    attest = _check_table(data.get("attestation", {}), "attestation", _ATTEST_KEYS, where)
+    defaults = ServerConfig()
+    pcr = attest.get("container_pcr", defaults.container_pcr)
+    if not 0 <= pcr <= 23:
+        raise ConfigError(f"attestation.container_pcr{where}: got {pcr}, expected 0..23")
+    for key in ("nonce_ttl", "enrollment_ttl", "validity"):
+        if key in attest and not 0 < attest[key] < 1e9:
+            raise ConfigError(f"attestation.{key}{where}: got {attest[key]}, expected seconds > 0")
+    port = server.get("port", defaults.port)
+    if not 0 <= port <= 65535:
+        raise ConfigError(f"server.port{where}: got {port}, expected 0..65535")
+    hostnames = server.get("hostnames", list(defaults.hostnames))
+    if not hostnames or not all(isinstance(h, str) and h for h in hostnames):
+        raise ConfigError(f"server.hostnames{where} must be a non-empty list of names")
+    groups_data = data.get("groups", {})
+    if not isinstance(groups_data, dict) or not groups_data:
+        raise ConfigError(f"[groups]{where}: configure at least one host group")
+    groups = {name: _parse_group(name, body, pcr, where) for name, body in groups_data.items()}
+    return ServerConfig(
+        state_dir=Path(server.get("state_dir", defaults.state_dir)),
+        host=server.get("host", defaults.host),
+        port=port,
+        hostnames=tuple(hostnames),
+        database=server.get("database", ""),
+        ek_ca_bundle=Path(server.get("ek_ca_bundle", defaults.ek_ca_bundle)),
+        container_pcr=pcr,
+        nonce_ttl=float(attest.get("nonce_ttl", defaults.nonce_ttl)),
+        enrollment_ttl=float(attest.get("enrollment_ttl", defaults.enrollment_ttl)),
+        validity=float(attest.get("validity", defaults.validity)),
+        max_body=attest.get("max_body", defaults.max_body),
+        groups=groups,
+    )
+
+
+def load_server_config(path: Path) -> ServerConfig:
+    try:
+        raw = path.read_bytes()
+    except OSError as e:
+        raise ConfigError(f"cannot read server config {path}: {e.strerror}") from e
+    try:
+        data = tomllib.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, tomllib.TOMLDecodeError) as e:
+        raise ConfigError(f"server config {path} is not valid TOML: {e}") from e
+    return parse_server_config(data, source=path)

@@ -1,0 +1,190 @@
+"""Enrollment and attestation end to end: real swtpm hosts, agents and server processes over
+mutual TLS on loopback, SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.integration.conftest import AttestServer, Host, make_host, make_server, runc
+from trusthook.agent.serverclient import ServerClient, tls_context
+from trusthook.devenv.swtpm import Swtpm
+from trusthook.errors import ServerRefusedError
+
+pytestmark = pytest.mark.integration
+
+
+def enroll(host: Host, server: AttestServer, *extra: str, group: str = "lab") -> str:
+    result = host.cli(
+        "enroll",
+        "--server",
+        server.url,
+        "--server-ca",
+        str(server.ca_cert),
+        "--group",
+        group,
+        *extra,
+    )
+    assert result.returncode == 0, result.stderr
+    return result.stdout
+
+
+def attest(host: Host) -> tuple[int, dict[str, Any]]:
+    result = host.cli("attest", "--json")
+    assert result.returncode in (0, 2), result.stderr
+    return result.returncode, json.loads(result.stdout)
+
+
+def checks(verdict: dict[str, Any]) -> list[str]:
+    return [r["check"] for r in verdict["reasons"]]
+
+
+def host_client(host: Host, server: AttestServer) -> ServerClient:
+    """The host's own mTLS identity, as the agent saved it at enrollment."""
+    d = host.config.state_dir / "attest"
+    return ServerClient(
+        server.url, tls_context(d / "server-ca.pem", d / "client.crt", d / "client.key")
+    )
+
+
+def test_enroll_then_attest_with_containers(
+    host: Host, attest_server: AttestServer, bundle_factory: Any
+) -> None:
+    out = enroll(host, attest_server)
+    assert "enrolled with" in out
+    code, verdict = attest(host)
+    assert code == 0 and verdict["trusted"], verdict
+    assert verdict["verified_recnum"] == -1
+
+    for i in range(2):
+        bundle = bundle_factory(hooks={"createRuntime": [host.hook_entry()]})
+        run = runc("run", "--bundle", str(bundle), f"att-{i}-{bundle.name}")
+        assert run.returncode == 0, run.stderr
+    code, verdict = attest(host)
+    assert code == 0 and verdict["trusted"], verdict
+    assert verdict["verified_recnum"] == 1
+
+    status = host.cli("status")
+    assert status.returncode == 0, status.stdout + status.stderr
+    assert "TRUSTED" in status.stdout
+
+    with ServerClient(attest_server.url, attest_server.operator()) as client:
+        hosts = client.get("/v1/hosts")["hosts"]
+        assert [h["host_id"] for h in hosts] == [verdict["host_id"]]
+        one = client.get(f"/v1/hosts/{verdict['host_id']}")
+    assert one["trusted"] is True and one["valid_until"] is not None
+
+
+def test_enrollment_is_never_silently_repeated(host: Host, attest_server: AttestServer) -> None:
+    enroll(host, attest_server)
+    d = host.config.state_dir / "attest"
+    old_cert, old_key = (d / "client.crt").read_bytes(), (d / "client.key").read_bytes()
+    again = host.cli(
+        "enroll",
+        "--server",
+        attest_server.url,
+        "--server-ca",
+        str(attest_server.ca_cert),
+        "--group",
+        "lab",
+    )
+    assert again.returncode == 1
+    assert "already enrolled" in again.stderr and "--reenroll" in again.stderr
+    out = enroll(host, attest_server, "--reenroll")
+    assert "re-enrolled" in out
+    # the old client certificate is no longer accepted
+    stale_cert, stale_key = host.root / "old.crt", host.root / "old.key"
+    stale_cert.write_bytes(old_cert)
+    stale_key.write_bytes(old_key)
+    context = tls_context(d / "server-ca.pem", stale_cert, stale_key)
+    with (
+        ServerClient(attest_server.url, context) as client,
+        pytest.raises(ServerRefusedError, match="replaced by a later enrollment"),
+    ):
+        client.post("/v1/nonces")
+    assert attest(host)[0] == 0  # the new one works
+
+
+def test_unknown_ek_ca_is_refused(host: Host, tmp_path: Path) -> None:
+    other_ca = tmp_path / "other-ca.pem"
+    from trusthook.server.ca import CertificateAuthority, pem
+
+    other_ca.write_bytes(pem(CertificateAuthority.create("someone else", _now()).certificate))
+    server = make_server(tmp_path / "srv", other_ca)
+    with server.process:
+        result = host.cli(
+            "enroll", "--server", server.url, "--server-ca", str(server.ca_cert), "--group", "lab"
+        )
+    assert result.returncode == 1
+    assert "EK certificate" in result.stderr, result.stderr
+    assert not (host.config.state_dir / "attest" / "client.crt").exists()
+
+
+def test_golden_pcr_mismatch_names_pcr_expected_and_got(
+    host: Host, tmp_path: Path, ek_bundle: Path
+) -> None:
+    server = make_server(
+        tmp_path / "srv", ek_bundle, groups={"strict": {0: ["ab" * 32]}, "lab": {}}
+    )
+    with server.process:
+        enroll(host, server, group="strict")
+        code, verdict = attest(host)
+    assert code == 2 and not verdict["trusted"]
+    (reason,) = verdict["reasons"]
+    assert reason["check"] == "golden_pcr"
+    assert reason["expected"] == "ab" * 32 and reason["got"] == "00" * 32
+
+
+def test_stale_host_becomes_untrusted(host: Host, tmp_path: Path, ek_bundle: Path) -> None:
+    server = make_server(tmp_path / "srv", ek_bundle, validity=2)
+    with server.process:
+        enroll(host, server)
+        code, verdict = attest(host)
+        assert code == 0
+        time.sleep(2.5)
+        with ServerClient(server.url, server.operator()) as client:
+            status = client.get(f"/v1/hosts/{verdict['host_id']}")
+    assert status["trusted"] is False
+    assert checks(status) == ["stale"]
+
+
+def _now() -> Any:
+    from datetime import UTC, datetime
+
+    return datetime.now(UTC)
+
+
+def test_agent_reports_unreachable_server_and_retries(
+    swtpm: Swtpm, tmp_path: Path, ek_bundle: Path, bundle_factory: Any
+) -> None:
+    (tmp_path / "host").mkdir()
+    host = make_host(swtpm, tmp_path / "host", attest_interval=2)
+    server = make_server(tmp_path / "srv", ek_bundle)
+    server.process.start()
+    host.agent.start()
+    try:
+        enroll(host, server)
+        server.process.stop()
+        result = host.cli("attest")
+        assert result.returncode == 1
+        assert "cannot reach attestation server" in result.stderr
+        status = host.cli("status", "--json")
+        assert status.returncode == 2
+        assert "cannot reach" in json.loads(status.stdout)["error"]
+        time.sleep(3)
+        assert "retrying in" in host.agent.output()
+        server.process.start()
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            status = host.cli("status", "--json")
+            if status.returncode == 0:
+                break
+            time.sleep(0.5)
+        assert status.returncode == 0, status.stdout
+    finally:
+        host.agent.stop()
+        server.process.stop()
