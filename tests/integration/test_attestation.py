@@ -4,13 +4,21 @@ mutual TLS on loopback, SQLite and PostgreSQL."""
 from __future__ import annotations
 
 import json
+import shutil
 import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.integration.conftest import AttestServer, Host, make_host, make_server, runc
+from tests.integration.conftest import (
+    AttestServer,
+    Host,
+    fresh_database,
+    make_host,
+    make_server,
+    runc,
+)
 from trusthook.agent.serverclient import ServerClient, tls_context
 from trusthook.devenv.swtpm import Swtpm
 from trusthook.errors import ServerRefusedError
@@ -188,3 +196,52 @@ def test_agent_reports_unreachable_server_and_retries(
     finally:
         host.agent.stop()
         server.process.stop()
+
+
+def test_database_restarted_mid_run(
+    host: Host, tmp_path: Path, ek_bundle: Path, postgres: Any
+) -> None:
+    """PostgreSQL restarts under a running server: requests during the outage get a clear
+    503 the agent reports; afterwards attestation goes on and no enrollment was lost."""
+    server = make_server(tmp_path / "srv", ek_bundle, fresh_database(postgres), "postgresql")
+    with server.process:
+        enroll(host, server)
+        assert attest(host)[0] == 0
+        postgres.stop()
+        try:
+            down = host.cli("attest")
+            assert down.returncode == 1
+            assert "database" in down.stderr and "failed" in down.stderr, down.stderr
+        finally:
+            postgres.start()
+        code, verdict = attest(host)
+        assert code == 0, verdict
+        assert server.process.proc is not None and server.process.proc.poll() is None
+
+
+def test_replicas_share_nonces(
+    host: Host, tmp_path: Path, ek_bundle: Path, postgres: Any
+) -> None:
+    """Two server processes on one PostgreSQL database: a nonce issued by one is verified by
+    the other, and then refused by both."""
+    from tests.integration.test_evidence import Forger
+
+    database = fresh_database(postgres)
+    first = make_server(tmp_path / "a", ek_bundle, database, "postgresql")
+    second_root = tmp_path / "b"
+    shutil.copytree(first.root / "state", second_root / "state")  # same CA and TLS identity
+    second = make_server(second_root, ek_bundle, database, "postgresql")
+    with first.process, second.process:
+        enroll(host, first)
+        host.agent.stop()
+        forger = Forger(host, first)
+        with host_client(host, first) as client_a:
+            body = forger.evidence(client_a.post("/v1/nonces"))
+        with host_client(host, second) as client_b:
+            verdict = client_b.post("/v1/attestations", body)
+            assert verdict["trusted"] is True, verdict
+        for server in (first, second):
+            with host_client(host, server) as client:
+                replay = client.post("/v1/attestations", body)
+            assert [r["check"] for r in replay["reasons"]] == ["nonce"]
+            assert "already used" in replay["reasons"][0]["message"]

@@ -15,10 +15,6 @@ from tpm2_pytss import ESAPI, TPM2_SU, TSS2_Exception
 from trusthook.errors import ServiceError
 
 
-# tag TPM_ST_NO_SESSIONS, size 12, TPM_CC_Shutdown, TPM_SU_CLEAR
-_TPM2_SHUTDOWN_CLEAR = bytes.fromhex("80010000000c000001450000")
-
-
 def _port_pair_free(port: int) -> bool:
     for p in (port, port + 1):
         with socket.socket() as s:
@@ -111,17 +107,6 @@ class Swtpm:
                 time.sleep(0.02)
         self.stop()
         raise ServiceError("swtpm did not start listening within 10s")
-
-    def _shutdown_command(self) -> None:
-        """TPM2_Shutdown(TPM_SU_CLEAR), as an OS does before power-off: without it the next
-        start marks the TPM clock unsafe (``clockInfo.safe`` = 0), as after a power loss.
-        Best effort: a client still connected keeps the TPM busy, and then it is skipped."""
-        try:
-            with socket.create_connection(("127.0.0.1", self.port), timeout=2) as sock:
-                sock.sendall(_TPM2_SHUTDOWN_CLEAR)
-                sock.recv(64)
-        except OSError:
-            pass
 
     def stop(self) -> None:
         """Stop the swtpm this object started (by its PID, nobody else's), after an orderly
