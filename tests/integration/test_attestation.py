@@ -219,9 +219,7 @@ def test_database_restarted_mid_run(
         assert server.process.proc is not None and server.process.proc.poll() is None
 
 
-def test_replicas_share_nonces(
-    host: Host, tmp_path: Path, ek_bundle: Path, postgres: Any
-) -> None:
+def test_replicas_share_nonces(host: Host, tmp_path: Path, ek_bundle: Path, postgres: Any) -> None:
     """Two server processes on one PostgreSQL database: a nonce issued by one is verified by
     the other, and then refused by both."""
     from tests.integration.test_evidence import Forger
