@@ -33,7 +33,8 @@ def server_binaries() -> Path:
 
 
 class Postgres:
-    """``postgres`` on a data directory under ``root`` (which must be new or ours)."""
+    """``postgres`` on a data directory under ``root``, which must be new or ours and reachable
+    by the postgres user (``tempfile.mkdtemp()`` is; pytest's ``tmp_path`` is not)."""
 
     def __init__(self, root: Path) -> None:
         self.root = root

@@ -3,6 +3,10 @@
 No ``from __future__ import annotations`` here: FastAPI reads the route annotations at run
 time, and those naming local dependencies cannot be resolved from strings.
 
+Routes and dependencies are ``async`` and call the service directly on the event loop: the
+service's work is short (a database statement, an RSA verification), and handing each request
+to a worker thread cost more CPU than the work itself. Scale out with more server processes.
+
 Every error answer is ``{"error": {"check": ..., "message": ...}}`` with a status code that says
 whose fault it was; the OpenAPI document is served at /openapi.json and kept in docs/.
 """
@@ -127,10 +131,10 @@ def create_app(service: ServerService, *, max_body: int) -> FastAPI:
             return _error(400, "request", "request body is not valid JSON")
         return _error(400, "request", f"{where}: {first.get('msg', 'invalid')}")
 
-    def caller(request: Request) -> HostRecord | None:
+    async def caller(request: Request) -> HostRecord | None:
         return service.authenticate(peer_certificate(request.scope))
 
-    def host_caller(caller: Annotated[HostRecord | None, Depends(caller)]) -> HostRecord:
+    async def host_caller(caller: Annotated[HostRecord | None, Depends(caller)]) -> HostRecord:
         if caller is None:
             raise AuthError("this request is for enrolled hosts, not operators")
         return caller
@@ -139,39 +143,41 @@ def create_app(service: ServerService, *, max_body: int) -> FastAPI:
     Host = Annotated[HostRecord, Depends(host_caller)]
 
     @app.get("/v1/health", tags=["server"])
-    def health() -> dict[str, str]:
+    async def health() -> dict[str, str]:
         """Liveness: answers without touching the database."""
         return {"status": "ok"}
 
     @app.post("/v1/enrollments", status_code=201, tags=["enrollment"])
-    def begin_enrollment(body: api.EnrollmentRequest) -> api.EnrollmentChallenge:
+    async def begin_enrollment(body: api.EnrollmentRequest) -> api.EnrollmentChallenge:
         """Start enrollment: the EK certificate chain, EK and AK are checked, and a credential
         only the host's TPM can activate is returned. No client certificate needed."""
         return service.begin_enrollment(body)
 
     @app.post("/v1/enrollments/{enrollment_id}/activation", tags=["enrollment"])
-    def finish_enrollment(enrollment_id: str, body: api.ActivationRequest) -> api.EnrollmentResult:
+    async def finish_enrollment(
+        enrollment_id: str, body: api.ActivationRequest
+    ) -> api.EnrollmentResult:
         """Answer the credential; the right answer gets the host its client certificate."""
         return service.finish_enrollment(enrollment_id, body)
 
     @app.post("/v1/nonces", status_code=201, tags=["attestation"])
-    def nonce(host: Host) -> api.NonceResponse:
+    async def nonce(host: Host) -> api.NonceResponse:
         """A fresh single-use nonce, the PCRs to quote and what is already verified."""
         return service.issue_nonce(host)
 
     @app.post("/v1/attestations", tags=["attestation"])
-    def attest(host: Host, body: api.AttestationRequest) -> api.HostStatus:
+    async def attest(host: Host, body: api.AttestationRequest) -> api.HostStatus:
         """Appraise a quote and the event-log records since the last verified one; answers
         the host's new status (a refused appraisal is a status with reasons, not an error)."""
         return service.attest(host, body)
 
     @app.get("/v1/hosts", tags=["trust"])
-    def hosts(caller: Caller) -> api.HostList:
+    async def hosts(caller: Caller) -> api.HostList:
         """Every host's trust status (an operator), or the calling host's own."""
         return service.list_hosts(caller)
 
     @app.get("/v1/hosts/{host_id}", tags=["trust"])
-    def host(host_id: str, caller: Caller) -> api.HostStatus:
+    async def host(host_id: str, caller: Caller) -> api.HostStatus:
         """One host's trust status: trusted or not, why, since when, valid until when."""
         return service.host_status(caller, host_id)
 

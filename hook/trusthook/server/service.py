@@ -246,9 +246,10 @@ class ServerService:
                 )
                 reasons, state = appraisal.reasons, appraisal.state
             valid_until = None if reasons else now + self._config.validity
-            if self._store.save_verdict(
-                host, state=state, reasons=reasons, now=now, valid_until=valid_until
-            ):
+            updated = host.with_verdict(
+                state=state, reasons=reasons, now=now, valid_until=valid_until
+            )
+            if self._store.save_verdict(host, updated):
                 level = logging.INFO if not reasons else logging.WARNING
                 log.log(level, "host %s: %s", host.host_id[:16], _summary(reasons))
                 break
@@ -258,8 +259,7 @@ class ServerService:
             host = reloaded
         else:
             raise ConflictError("too many concurrent attestations of this host; retry")
-        stored = self._store.get_host(host.host_id)
-        return self.status(stored if stored is not None else host)
+        return self.status(updated)
 
     def _expectations(self, host: HostRecord) -> Expectations:
         try:

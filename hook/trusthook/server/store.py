@@ -13,7 +13,7 @@ import json
 import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from sqlalchemy import (
@@ -112,6 +112,28 @@ class HostRecord:
     valid_until: float | None
     last_attestation: float | None
     version: int
+
+    def with_verdict(
+        self,
+        *,
+        state: HostState | None,
+        reasons: tuple[Reason, ...],
+        now: float,
+        valid_until: float | None,
+    ) -> HostRecord:
+        """The host after an appraisal at ``now``; ``since`` moves when trust changes."""
+        trusted = not reasons
+        changed = trusted != self.trusted or self.last_attestation is None
+        return replace(
+            self,
+            state=state if state is not None else self.state,
+            trusted=trusted,
+            reasons=reasons,
+            since=now if changed else self.since,
+            valid_until=valid_until,
+            last_attestation=now,
+            version=self.version + 1,
+        )
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -334,48 +356,36 @@ class Store:
                 )
         return None
 
-    def save_verdict(
-        self,
-        record: HostRecord,
-        *,
-        state: HostState | None,
-        reasons: tuple[Reason, ...],
-        now: float,
-        valid_until: float | None,
-    ) -> bool:
-        """Move the host on from ``record.version``; False if another attestation came first."""
-        trusted = not reasons
-        values: dict[str, Any] = {
-            "trusted": trusted,
-            "reasons": json.dumps([r.to_json() for r in reasons]),
-            "valid_until": valid_until,
-            "last_attestation": now,
-            "version": record.version + 1,
-        }
-        if trusted != record.trusted or record.last_attestation is None:
-            values["since"] = now
-        if state is not None:
-            values.update(
-                reset_count=state.reset_count,
-                restart_count=state.restart_count,
-                boot_id=state.boot_id,
-                verified_recnum=state.verified_recnum,
-                verified_pcr=state.verified_pcr,
-            )
+    def save_verdict(self, old: HostRecord, new: HostRecord) -> bool:
+        """Store ``new`` (``old.with_verdict(...)``) if the host is still at ``old.version``;
+        False if another attestation came first."""
+        state = new.state
         with self._tx() as conn:
             moved = conn.execute(
                 update(hosts)
-                .where(hosts.c.host_id == record.host_id, hosts.c.version == record.version)
-                .values(**values)
+                .where(hosts.c.host_id == old.host_id, hosts.c.version == old.version)
+                .values(
+                    trusted=new.trusted,
+                    reasons=json.dumps([r.to_json() for r in new.reasons]),
+                    since=new.since,
+                    valid_until=new.valid_until,
+                    last_attestation=new.last_attestation,
+                    version=new.version,
+                    reset_count=state.reset_count,
+                    restart_count=state.restart_count,
+                    boot_id=state.boot_id,
+                    verified_recnum=state.verified_recnum,
+                    verified_pcr=state.verified_pcr,
+                )
             )
             if moved.rowcount != 1:
                 return False
             conn.execute(
                 insert(audit).values(
-                    at=now,
-                    host_id=record.host_id,
-                    event="attested" if trusted else "refused",
-                    detail=json.dumps({"reasons": [r.to_json() for r in reasons]}),
+                    at=new.last_attestation,
+                    host_id=old.host_id,
+                    event="attested" if new.trusted else "refused",
+                    detail=json.dumps({"reasons": [r.to_json() for r in new.reasons]}),
                 )
             )
         return True
