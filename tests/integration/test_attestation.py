@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 
+from tests.integration.attesting import Forger, attest, checks, enroll, host_client, now
 from tests.integration.conftest import (
     AttestServer,
     Host,
@@ -22,41 +23,9 @@ from tests.integration.conftest import (
 from trusthook.agent.serverclient import ServerClient, tls_context
 from trusthook.devenv.swtpm import Swtpm
 from trusthook.errors import ServerRefusedError
+from trusthook.server.ca import CertificateAuthority, pem
 
 pytestmark = pytest.mark.integration
-
-
-def enroll(host: Host, server: AttestServer, *extra: str, group: str = "lab") -> str:
-    result = host.cli(
-        "enroll",
-        "--server",
-        server.url,
-        "--server-ca",
-        str(server.ca_cert),
-        "--group",
-        group,
-        *extra,
-    )
-    assert result.returncode == 0, result.stderr
-    return result.stdout
-
-
-def attest(host: Host) -> tuple[int, dict[str, Any]]:
-    result = host.cli("attest", "--json")
-    assert result.returncode in (0, 2), result.stderr
-    return result.returncode, json.loads(result.stdout)
-
-
-def checks(verdict: dict[str, Any]) -> list[str]:
-    return [r["check"] for r in verdict["reasons"]]
-
-
-def host_client(host: Host, server: AttestServer) -> ServerClient:
-    """The host's own mTLS identity, as the agent saved it at enrollment."""
-    d = host.config.state_dir / "attest"
-    return ServerClient(
-        server.url, tls_context(d / "server-ca.pem", d / "client.crt", d / "client.key")
-    )
 
 
 def test_enroll_then_attest_with_containers(
@@ -119,9 +88,7 @@ def test_enrollment_is_never_silently_repeated(host: Host, attest_server: Attest
 
 def test_unknown_ek_ca_is_refused(host: Host, tmp_path: Path) -> None:
     other_ca = tmp_path / "other-ca.pem"
-    from trusthook.server.ca import CertificateAuthority, pem
-
-    other_ca.write_bytes(pem(CertificateAuthority.create("someone else", _now()).certificate))
+    other_ca.write_bytes(pem(CertificateAuthority.create("someone else", now()).certificate))
     server = make_server(tmp_path / "srv", other_ca)
     with server.process:
         result = host.cli(
@@ -158,12 +125,6 @@ def test_stale_host_becomes_untrusted(host: Host, tmp_path: Path, ek_bundle: Pat
             status = client.get(f"/v1/hosts/{verdict['host_id']}")
     assert status["trusted"] is False
     assert checks(status) == ["stale"]
-
-
-def _now() -> Any:
-    from datetime import UTC, datetime
-
-    return datetime.now(UTC)
 
 
 def test_agent_reports_unreachable_server_and_retries(
@@ -222,8 +183,6 @@ def test_database_restarted_mid_run(
 def test_replicas_share_nonces(host: Host, tmp_path: Path, ek_bundle: Path, postgres: Any) -> None:
     """Two server processes on one PostgreSQL database: a nonce issued by one is verified by
     the other, and then refused by both."""
-    from tests.integration.test_evidence import Forger
-
     database = fresh_database(postgres)
     first = make_server(tmp_path / "a", ek_bundle, database, "postgresql")
     second_root = tmp_path / "b"

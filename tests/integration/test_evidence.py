@@ -5,65 +5,34 @@ from __future__ import annotations
 
 import base64
 import dataclasses
+import http.client
 import json
 import os
 import secrets
 import shutil
 import time
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from collections.abc import Iterator
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
 from tpm2_pytss import ESAPI, ESYS_TR
 
+from tests.integration.attesting import Body, Forger, b64, enroll, host_client, now
 from tests.integration.conftest import AttestServer, Host, make_host, make_server, runc
-from tests.integration.test_attestation import enroll, host_client
-from trusthook.agent.serverclient import ServerClient
+from trusthook.agent.serverclient import ServerClient, tls_context
 from trusthook.devenv.swtpm import Swtpm
-from trusthook.errors import ServerRefusedError
+from trusthook.errors import ServerRefusedError, ServerUnavailableError
 from trusthook.eventlog import Record, parse_record
 from trusthook.logstore import LogStore, read_boot_id
+from trusthook.server.ca import CertificateAuthority
 from trusthook.tpm import Tpm
 
 pytestmark = pytest.mark.integration
-Body = dict[str, Any]
-
-
-def b64(data: bytes) -> str:
-    return base64.b64encode(data).decode()
-
-
-@dataclass
-class Forger:
-    host: Host
-    server: AttestServer
-
-    def records(self) -> list[Record]:
-        return LogStore(self.host.config.state_dir / "eventlog", read_boot_id()).read().records
-
-    def challenge(self, client: ServerClient) -> Body:
-        return client.post("/v1/nonces")
-
-    def evidence(self, challenge: Body, *, nonce: bytes | None = None) -> Body:
-        issued = base64.b64decode(challenge["nonce"])
-        with Tpm(self.host.config.tcti) as tpm:
-            quote = tpm.quote(challenge["pcrs"], nonce or issued)
-        after = challenge["verified_recnum"]
-        return {
-            "nonce": challenge["nonce"],
-            "quote": {"attest": b64(quote.attest), "signature": b64(quote.signature)},
-            "pcrs": {str(i): v.hex() for i, v in quote.pcr_values.items()},
-            "boot_id": read_boot_id(),
-            "events": [r.to_json() for r in self.records() if r.recnum > after],
-        }
-
-    def send(self, alter: Callable[[Body], None] = lambda body: None) -> Body:
-        with host_client(self.host, self.server) as client:
-            body = self.evidence(self.challenge(client))
-            alter(body)
-            return client.post("/v1/attestations", body)
 
 
 @pytest.fixture
@@ -251,11 +220,7 @@ def test_tpm_state_rolled_back(forger: Forger, tmp_path: Path) -> None:
 
 
 def _post_raw(server: AttestServer, host: Host, path: str, raw: bytes) -> tuple[int, Body]:
-    import http.client
-
     d = host.config.state_dir / "attest"
-    from trusthook.agent.serverclient import tls_context
-
     context = tls_context(d / "server-ca.pem", d / "client.crt", d / "client.key")
     conn = http.client.HTTPSConnection("127.0.0.1", server.process.config.port, context=context)
     try:
@@ -296,20 +261,14 @@ def test_malformed_evidence_fields(forger: Forger) -> None:
 
 
 def test_client_without_certificate(forger: Forger, tmp_path: Path) -> None:
-    from trusthook.agent.serverclient import tls_context
-    from trusthook.errors import ServerUnavailableError
-    from trusthook.server.ca import CertificateAuthority
-
     with ServerClient(forger.server.url, tls_context(forger.server.ca_cert)) as client:
         with pytest.raises(ServerRefusedError, match="client certificate"):
             client.post("/v1/nonces")
         with pytest.raises(ServerRefusedError, match="client certificate"):
             client.get("/v1/hosts")
     # a certificate from a CA the server does not know fails the TLS handshake
-    rogue = CertificateAuthority.create("rogue", _now())
-    key, cert = rogue.issue_server_certificate(["client"], _now(), _days(1))
-    from cryptography.hazmat.primitives import serialization
-
+    rogue = CertificateAuthority.create("rogue", now())
+    key, cert = rogue.issue_server_certificate(["client"], now(), timedelta(days=1))
     (tmp_path / "rogue.key").write_bytes(
         key.private_bytes(
             serialization.Encoding.PEM,
@@ -323,25 +282,7 @@ def test_client_without_certificate(forger: Forger, tmp_path: Path) -> None:
         client.post("/v1/nonces")
 
 
-def _now() -> Any:
-    from datetime import UTC, datetime
-
-    return datetime.now(UTC)
-
-
-def _days(n: int) -> Any:
-    from datetime import timedelta
-
-    return timedelta(days=n)
-
-
 def test_wrong_credential_activation_answer(swtpm: Swtpm, attest_server: AttestServer) -> None:
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-
-    from trusthook.agent.serverclient import tls_context
-
     key = ec.generate_private_key(ec.SECP256R1())
     csr = (
         x509.CertificateSigningRequestBuilder()

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from trusthook.config import Config, parse_config
 from trusthook.hook import HookArgs
+from trusthook.server.config import ServerConfig, parse_server_config
 
 OCI_CONFIG = Path(__file__).resolve().parents[2] / "oci-config"
 
@@ -47,3 +48,16 @@ def test_containerd_snippet_uses_runc_v2_with_the_shim_binary() -> None:
     runtime = conf["plugins"]["io.containerd.grpc.v1.cri"]["containerd"]["runtimes"]["trusthook"]
     assert runtime["runtime_type"] == "io.containerd.runc.v2"
     assert runtime["options"]["BinaryName"].endswith("/trusthook-runtime")
+
+
+def test_example_server_config_parses() -> None:
+    with open(OCI_CONFIG / "trusthook-server.toml", "rb") as f:
+        config = parse_server_config(tomllib.load(f), source=OCI_CONFIG / "trusthook-server.toml")
+    defaults = ServerConfig()
+    assert (config.state_dir, config.port, config.validity, config.nonce_ttl) == (
+        defaults.state_dir,
+        defaults.port,
+        defaults.validity,
+        defaults.nonce_ttl,
+    )
+    assert config.expectations("lab").pcrs == (0, 7, 23)
