@@ -66,3 +66,13 @@ def test_bad_files_are_refused_with_the_reason(tmp_path: Path, text: str, messag
 def test_named_file_must_exist(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="does not exist"):
         load_config(tmp_path / "missing.toml")
+
+
+def test_attestation_section(tmp_path: Path) -> None:
+    path = tmp_path / "c.toml"
+    path.write_text("[attestation]\ninterval = 5\ntimeout = 2.5\n")
+    config = load_config(path, environ={})
+    assert (config.attest_interval, config.attest_timeout) == (5.0, 2.5)
+    path.write_text("[attestation]\ninterval = 0\n")
+    with pytest.raises(ConfigError, match="attestation.interval"):
+        load_config(path, environ={})

@@ -71,7 +71,7 @@ class AgentService:
                 "records": [r.to_json() for r in snap.records],
             }
         if op == OP_ENROLL:
-            return self._attester.enroll(**_enroll_params(request.get("params")))
+            return self._attester.enroll(**parse_enroll_params(request.get("params")))
         if op == OP_ATTEST:
             return self._attester.attest()
         if op == OP_STATUS:
@@ -103,7 +103,7 @@ class AgentService:
         return {"recnum": record.recnum, "record": record.to_json()}
 
 
-def _enroll_params(params: Any) -> dict[str, Any]:
+def parse_enroll_params(params: Any) -> dict[str, Any]:
     """The enroll request's parameters, checked: server URL, server CA file, names, flag."""
     if not isinstance(params, dict) or set(params) != _ENROLL_PARAMS:
         raise RequestError(f"enroll needs exactly the params {sorted(_ENROLL_PARAMS)}")
