@@ -17,13 +17,13 @@ from typing import Any
 
 import pytest
 import sqlalchemy
-from trusthook.devenv.postgres import Postgres
 
 from trusthook.agent.serverclient import tls_context
 from trusthook.config import Config
 from trusthook.devenv.agentproc import AgentProcess, write_config
 from trusthook.devenv.bundle import build_rootfs
 from trusthook.devenv.bundle import write_config as write_bundle_config
+from trusthook.devenv.postgres import Postgres
 from trusthook.devenv.server import ServerProcess, swtpm_ek_bundle, write_server_config
 from trusthook.devenv.swtpm import Swtpm, free_port_pair
 from trusthook.eventlog import Record, parse_record
