@@ -1,10 +1,15 @@
-"""Suite-wide rules: a skipped test fails the run (a missing tool must be installed instead)."""
+"""Suite-wide rules: a skipped test fails the run (a missing tool must be installed instead);
+Hypothesis judges inputs, not timing (a loaded 2-core CI machine makes timing checks flaky)."""
 
 from __future__ import annotations
 
 import os
 
 import pytest
+from hypothesis import HealthCheck, settings
+
+settings.register_profile("trusthook", deadline=None, suppress_health_check=[HealthCheck.too_slow])
+settings.load_profile("trusthook")
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:

@@ -110,7 +110,9 @@ def scratch() -> Iterator[Path]:
 
 
 @settings(
-    max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+    max_examples=150,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )
 @given(spec=TREE, root_mode=MODES)
 def test_random_trees_digest_identically(
