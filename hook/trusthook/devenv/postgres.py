@@ -113,10 +113,6 @@ class Postgres:
             )  # fmt: skip
         return self
 
-    @property
-    def pid(self) -> int | None:
-        return None if self._proc is None else self._proc.pid
-
     def stop(self, sig: int = signal.SIGINT) -> None:
         """Stop the postmaster this object started (SIGINT: fast shutdown; SIGKILL: crash)."""
         if self._proc is not None and self._proc.poll() is None:

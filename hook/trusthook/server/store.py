@@ -399,10 +399,3 @@ class Store:
                     at=now, host_id=host_id, event=event_name, detail=json.dumps(detail)
                 )
             )
-
-    def audit_trail(self, host_id: str) -> list[tuple[float, str, dict[str, Any]]]:
-        with self._tx() as conn:
-            rows = conn.execute(
-                select(audit).where(audit.c.host_id == host_id).order_by(audit.c.id)
-            ).all()
-        return [(r.at, r.event, json.loads(r.detail)) for r in rows]
