@@ -15,6 +15,7 @@ from typing import Any
 from trusthook.config import Config, load_config
 from trusthook.errors import AgentUnavailableError, BundleError, EventLogError, TrusthookError
 from trusthook.eventlog import Record, parse_record, verify_against_pcr
+from trusthook.image import cli as image_cli
 from trusthook.logstore import LogStore, read_boot_id
 from trusthook.measure.backend import select_hasher
 from trusthook.measure.profile import config_digest, launch_profile_digest
@@ -191,6 +192,8 @@ def _cmd_server(args: argparse.Namespace, _config: Config) -> int:
             print(f"ready: {line}")
     elif args.server_command == "run":
         server_run.run_server(config)
+    elif args.server_command == "keys":
+        return _server_keys(args, config)
     elif args.server_command == "operator-cert":
         key, cert = server_run.operator_certificate(config, args.name, Path(args.out))
         print(f"wrote {cert} and {key}")
@@ -202,10 +205,62 @@ def _cmd_server(args: argparse.Namespace, _config: Config) -> int:
     return 0
 
 
+def _cmd_image(args: argparse.Namespace, _config: Config) -> int:
+    return image_cli.run(args)
+
+
+def _server_keys(args: argparse.Namespace, config: Any) -> int:
+    from trusthook.server import imagekeys  # noqa: PLC0415 - server-only imports
+
+    directory = config.image_key_dir
+    if args.keys_command == "create":
+        path = imagekeys.create_key(directory, args.name, args.type)
+        print(f"created {path}; encrypt images to: trusthook server keys public {args.name}")
+    elif args.keys_command == "public":
+        sys.stdout.write(imagekeys.public_pem(directory, args.name).decode())
+    else:
+        for name in imagekeys.list_keys(directory):
+            print(name)
+    return 0
+
+
 def _cmd_demo(args: argparse.Namespace, _config: Config) -> int:
     from trusthook.devenv.demo import run_demo  # noqa: PLC0415 - development only
 
     return run_demo(Path(args.workdir))
+
+
+def _add_server_parser(sub: Any) -> None:
+    sv = sub.add_parser("server", help="the attestation server").add_subparsers(
+        dest="server_command", required=True
+    )
+    for name, text in (
+        ("init", "create the CA, TLS certificate and database schema"),
+        ("run", "serve over mutual TLS"),
+        ("operator-cert", "issue a client certificate that reads every host's status"),
+        ("openapi", "print the OpenAPI document"),
+    ):
+        cmd = sv.add_parser(name, help=text)
+        cmd.add_argument("--config", required=True, metavar="FILE", help="server config (TOML)")
+        cmd.set_defaults(func=_cmd_server)
+        if name == "operator-cert":
+            cmd.add_argument("name")
+            cmd.add_argument("--out", required=True, metavar="DIR")
+    keys = sv.add_parser("keys", help="the image key-encryption keys").add_subparsers(
+        dest="keys_command", required=True
+    )
+    for name, text in (
+        ("create", "create a key (its private half never leaves the server)"),
+        ("public", "print a key's public half (PEM), to encrypt images to"),
+        ("list", "list the keys"),
+    ):
+        cmd = keys.add_parser(name, help=text)
+        cmd.add_argument("--config", required=True, metavar="FILE", help="server config (TOML)")
+        cmd.set_defaults(func=_cmd_server, server_command="keys")
+        if name != "list":
+            cmd.add_argument("name")
+        if name == "create":
+            cmd.add_argument("--type", choices=("rsa", "ec"), default="ec")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -249,21 +304,8 @@ def _parser() -> argparse.ArgumentParser:
     st.add_argument("--json", action="store_true")
     st.set_defaults(func=_cmd_status)
 
-    sv = sub.add_parser("server", help="the attestation server").add_subparsers(
-        dest="server_command", required=True
-    )
-    for name, text in (
-        ("init", "create the CA, TLS certificate and database schema"),
-        ("run", "serve over mutual TLS"),
-        ("operator-cert", "issue a client certificate that reads every host's status"),
-        ("openapi", "print the OpenAPI document"),
-    ):
-        cmd = sv.add_parser(name, help=text)
-        cmd.add_argument("--config", required=True, metavar="FILE", help="server config (TOML)")
-        cmd.set_defaults(func=_cmd_server)
-        if name == "operator-cert":
-            cmd.add_argument("name")
-            cmd.add_argument("--out", required=True, metavar="DIR")
+    _add_server_parser(sub)
+    image_cli.add_parser(sub, _cmd_image)
 
     lg = sub.add_parser("log", help="the event log of this boot").add_subparsers(
         dest="log_command", required=True

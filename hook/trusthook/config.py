@@ -46,6 +46,8 @@ class Config:
     hook_path: Path | None = None
     attest_interval: float = 60.0  # seconds between attestations once enrolled
     attest_timeout: float = 30.0  # seconds for one exchange with the attestation server
+    image_policy: Path = Path("/etc/trusthook/image-policy.toml")  # docs/images.md
+    image_roots: Path = Path("/run/trusthook/roots")  # the shim's per-container tmpfs roots
 
     @property
     def hook_args(self) -> list[str]:
@@ -60,6 +62,7 @@ _SCHEMA: dict[str, dict[str, type | tuple[type, ...]]] = {
     "hook": {"mode": str, "timeout": (int, float)},
     "runtime": {"path": str, "hook": str},
     "attestation": {"interval": (int, float), "timeout": (int, float)},
+    "images": {"policy": str, "roots": str},
 }
 
 
@@ -85,6 +88,7 @@ def parse_config(data: Mapping[str, Any], *, source: Path | None = None) -> Conf
     hook = data.get("hook", {})
     runtime = data.get("runtime", {})
     attestation = data.get("attestation", {})
+    images = data.get("images", {})
     for key in ("interval", "timeout"):
         if key in attestation and not 0 < attestation[key] < 1e9:
             raise ConfigError(
@@ -120,6 +124,8 @@ def parse_config(data: Mapping[str, Any], *, source: Path | None = None) -> Conf
         hook_path=Path(hook_path) if hook_path else None,
         attest_interval=float(attestation.get("interval", Config.attest_interval)),
         attest_timeout=float(attestation.get("timeout", Config.attest_timeout)),
+        image_policy=Path(images.get("policy", Config.image_policy)),
+        image_roots=Path(images.get("roots", Config.image_roots)),
     )
 
 

@@ -82,3 +82,15 @@ class ServerRefusedError(ServiceError):
 
 class StorageError(ServiceError):
     """The attestation server's database failed."""
+
+
+class ImageError(InputError):
+    """An OCI image, layout or blob is malformed or does not match its digest."""
+
+
+class ImageCryptError(ImageError):
+    """An encrypted layer cannot be decrypted: no matching key, tampered ciphertext or options."""
+
+
+class UnsafeLayerError(ImageError):
+    """A layer tar holds an entry that would escape the root or that the policy forbids."""

@@ -26,6 +26,9 @@ IMAGE_REFERENCE_ANNOTATIONS = (
     "io.containerd.image.name",
 )
 IMAGE_DIGEST_ANNOTATIONS = ("org.opencontainers.image.digest", "io.kubernetes.cri-o.ImageRef")
+# An encrypted image to decrypt at start: an OCI layout on the host and a ref (docs/images.md).
+IMAGE_LAYOUT_ANNOTATION = "org.trusthook.image.layout"
+IMAGE_REF_ANNOTATION = "org.trusthook.image.ref"
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -13,7 +13,6 @@ import math
 import os
 import shutil
 import sys
-import tempfile
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -21,6 +20,8 @@ from typing import Any
 from trusthook.config import Config, load_config
 from trusthook.errors import RuntimeShimError, TrusthookError
 from trusthook.jsonobject import parse_object
+from trusthook.oci import check_container_id
+from trusthook.shimroot import container_arg, prepare_root, release_root, run_child, write_config
 
 # Global flags of runc and crun that take a separate value argument.
 VALUE_FLAGS = frozenset(
@@ -101,17 +102,7 @@ def inject_hook(config_path: Path, entry: dict[str, Any]) -> bool:
     if any(isinstance(h, dict) and h.get("path") == entry["path"] for h in stage):
         return False
     stage.append(entry)
-    fd, tmp = tempfile.mkstemp(dir=config_path.parent, prefix=".config.json.")
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(spec, f)
-            f.flush()
-            os.fchmod(f.fileno(), mode)
-            os.fsync(f.fileno())
-        os.replace(tmp, config_path)
-    except OSError as e:
-        Path(tmp).unlink(missing_ok=True)
-        raise RuntimeShimError(f"cannot write {config_path}: {e.strerror}") from e
+    write_config(config_path, spec, mode)
     return True
 
 
@@ -145,18 +136,34 @@ def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     sub = find_subcommand(args)
     end = len(args) if sub is None else sub
+    root: Path | None = None
     try:
         config = load_config()
         runtime = resolve(config.runtime, "runtime")
-        if sub is not None and args[sub] in CREATING_COMMANDS:
+        command = args[sub] if sub is not None else ""
+        if sub is not None and command in CREATING_COMMANDS:
             hook = config.hook_path or Path(sys.executable).parent / "trusthook-hook"
             hook_path = Path(resolve(str(hook), "trusthook hook"))
             bundle = find_bundle(args[sub + 1 :], os.getcwd())
-            inject_hook(Path(bundle, "config.json"), hook_entry(config, hook_path))
+            config_path = Path(bundle, "config.json")
+            inject_hook(config_path, hook_entry(config, hook_path))
+            root = prepare_root(config_path, bundle, container_arg(args[sub + 1 :]), config)
+        elif sub is not None and command == "delete":
+            root = config.image_roots / check_container_id(container_arg(args[sub + 1 :]))
     except TrusthookError as e:
+        if root is not None:
+            release_root(root)
         _report(args, end, f"trusthook-runtime: {e}")
         return 1
-    os.execv(runtime, [runtime, *args])
+    if root is None:
+        os.execv(runtime, [runtime, *args])
+    code = run_child([runtime, *args])
+    detached = any(a in ("-d", "--detach") for a in args[end + 1 :])
+    # delete: gone once deleted; create or run: it never started, or (attached run) it exited
+    ended = code != 0 or (command == "run" and not detached)
+    if code == 0 if command == "delete" else ended:
+        release_root(root)  # no container, no plaintext
+    return code
 
 
 if __name__ == "__main__":

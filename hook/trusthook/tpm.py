@@ -29,6 +29,7 @@ from tpm2_pytss import (
     TPML_PCR_SELECTION,
     TPMS_ATTEST,
     TPMT_HA,
+    TPMT_RSA_DECRYPT,
     TPMT_SIG_SCHEME,
     TPMT_SYM_DEF,
     TSS2_Exception,
@@ -69,6 +70,21 @@ def ak_template() -> TPM2B_PUBLIC:
     return TPM2B_PUBLIC.parse(
         "rsa2048:rsassa-sha256:null", nameAlg="sha256", objectAttributes=attrs
     )
+
+
+def bind_key_template() -> TPM2B_PUBLIC:
+    """The release key: an unrestricted RSA-2048 decryption key, RSA-OAEP with SHA-256 only.
+
+    Image-key releases are encrypted to it; the server accepts it only with a TPM2_Certify by
+    the host's AK that shows these attributes (fixedTPM: it cannot leave this TPM)."""
+    attrs = (
+        TPMA_OBJECT.DECRYPT
+        | TPMA_OBJECT.FIXEDTPM
+        | TPMA_OBJECT.FIXEDPARENT
+        | TPMA_OBJECT.SENSITIVEDATAORIGIN
+        | TPMA_OBJECT.USERWITHAUTH
+    )
+    return TPM2B_PUBLIC.parse("rsa2048:oaep-sha256:null", nameAlg="sha256", objectAttributes=attrs)
 
 
 def _check_pcr(index: int) -> None:
@@ -123,8 +139,10 @@ class Tpm:
             raise TPMError(f"cannot open TPM via TCTI {tcti!r}: {e}") from e
         self._ek: ESYS_TR | None = None
         self._ak: ESYS_TR | None = None
+        self._bind: ESYS_TR | None = None
         self._ek_public = b""
         self._ak_public = b""
+        self._bind_public = b""
 
     def __enter__(self) -> Tpm:
         return self
@@ -138,11 +156,11 @@ class Tpm:
         self.close()
 
     def close(self) -> None:
-        for handle in (self._ek, self._ak):
+        for handle in (self._ek, self._ak, self._bind):
             if handle is not None:
                 with contextlib.suppress(TSS2_Exception):
                     self._ectx.flush_context(handle)
-        self._ek = self._ak = None
+        self._ek = self._ak = self._bind = None
         self._ectx.close()
 
     def pcr_read(self, index: int) -> bytes:
@@ -219,6 +237,42 @@ class Tpm:
             except TSS2_Exception as e:
                 raise TPMError(f"TPM refused to create the attestation key: {e}") from e
         return self._ak
+
+    def _load_bind(self) -> ESYS_TR:
+        if self._bind is None:
+            try:
+                self._bind, self._bind_public = self._create_primary(bind_key_template())
+            except TSS2_Exception as e:
+                raise TPMError(f"TPM refused to create the release key: {e}") from e
+        return self._bind
+
+    def certify_bind_key(self, nonce: bytes) -> tuple[bytes, bytes, bytes]:
+        """The release key's marshaled TPM2B_PUBLIC, and a TPM2_Certify of it by the AK with
+        ``nonce`` as qualifying data: the signed TPMS_ATTEST and the marshaled signature."""
+        if not 0 < len(nonce) <= MAX_NONCE:
+            raise TPMError(f"a certify nonce must be 1 to {MAX_NONCE} bytes, got {len(nonce)}")
+        bind, ak = self._load_bind(), self._load_ak()
+        try:
+            attested, signature = self._ectx.certify(
+                bind, ak, nonce, TPMT_SIG_SCHEME(scheme=TPM2_ALG.NULL)
+            )
+        except TSS2_Exception as e:
+            raise TPMError(f"TPM refused to certify the release key: {e}") from e
+        return self._bind_public, bytes(attested), signature.marshal()
+
+    def unseal_release(self, encrypted_seed: bytes) -> bytes:
+        """Decrypt an RSA-OAEP-SHA256 ciphertext made for the release key (TPM2_RSA_Decrypt)."""
+        bind = self._load_bind()
+        try:
+            return bytes(
+                self._ectx.rsa_decrypt(
+                    bind, encrypted_seed, TPMT_RSA_DECRYPT(scheme=TPM2_ALG.NULL), b""
+                )
+            )
+        except TSS2_Exception as e:
+            raise TPMError(
+                f"TPM refused to decrypt the released key: {e}; it was not made for this TPM"
+            ) from e
 
     def _create_primary(self, template: TPM2B_PUBLIC) -> tuple[ESYS_TR, bytes]:
         handle, public, _, _, _ = self._ectx.create_primary(

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import signal
 import subprocess
@@ -83,6 +84,13 @@ def test_runtime_shim_with_crun_as_the_real_runtime(host: Host, bundle_factory: 
 @pytest.fixture
 def podman(host: Host, busybox_rootfs: Path, tmp_path: Path) -> Iterator[list[str]]:
     """podman with private storage and the shipped hooks.d file pointed at this host."""
+    with podman_cli(host, busybox_rootfs, tmp_path) as cmd:
+        yield cmd
+
+
+@contextlib.contextmanager
+def podman_cli(host: Host, busybox_rootfs: Path, tmp_path: Path) -> Iterator[list[str]]:
+    """podman with private storage, a busybox image, the hooks.d file pointed at ``host``."""
     hooks_dir = tmp_path / "hooks.d"
     hooks_dir.mkdir()
     shipped = json.loads((REPO / "oci-config" / "hooks.d" / "trusthook.json").read_text())
@@ -139,11 +147,24 @@ def test_podman_container_does_not_start_without_the_agent(host: Host, podman: l
 @pytest.fixture
 def dockerd(host: Host, busybox_rootfs: Path, tmp_path: Path) -> Iterator[list[str]]:
     """A dockerd of this test's own, with trusthook-runtime registered as "trusthook"."""
+    with dockerd_cli(host, busybox_rootfs, tmp_path) as cmd:
+        yield cmd
+
+
+def runtime_wrapper(host: Host, path: Path) -> Path:
+    """An executable that runs trusthook-runtime with ``host``'s config (engines pass no env)."""
+    path.write_text(f'#!/bin/sh\nTRUSTHOOK_CONFIG={host.config_path} exec {SHIM} "$@"\n')
+    path.chmod(0o755)
+    return path
+
+
+@contextlib.contextmanager
+def dockerd_cli(host: Host, busybox_rootfs: Path, tmp_path: Path) -> Iterator[list[str]]:
+    """A dockerd of its own (busybox image loaded, trusthook-runtime as "trusthook"); the
+    docker command line that talks to it."""
     root = Path("/var/lib/trusthook-test-docker") / uuid.uuid4().hex[:8]
     root.mkdir(parents=True)
-    wrapper = root / "trusthook-runtime"
-    wrapper.write_text(f'#!/bin/sh\nTRUSTHOOK_CONFIG={host.config_path} exec {SHIM} "$@"\n')
-    wrapper.chmod(0o755)
+    wrapper = runtime_wrapper(host, root / "trusthook-runtime")
     (root / "daemon.json").write_text(
         json.dumps({"runtimes": {"trusthook": {"path": str(wrapper)}}})
     )

@@ -42,6 +42,7 @@ def test_openapi_document_in_docs_is_what_the_server_serves(tmp_path: Path) -> N
         "/v1/enrollments/{enrollment_id}/activation",
         "/v1/nonces",
         "/v1/attestations",
+        "/v1/releases",
         "/v1/hosts",
         "/v1/hosts/{host_id}",
     }
@@ -65,6 +66,19 @@ def test_server_config_parses() -> None:
         config.expectations("prod")
 
 
+def test_release_rules_are_parsed() -> None:
+    image, profile = "sha256:" + "a" * 64, "sha256:" + "b" * 64
+    config = parse_server_config(
+        {**GOOD, "release": [{"image": image, "groups": ["lab"], "launch_profiles": [profile]}]}
+    )
+    (rule,) = config.releases
+    assert (rule.image, rule.groups, rule.launch_profiles) == (
+        image,
+        frozenset({"lab"}),
+        frozenset({profile}),
+    )
+
+
 @pytest.mark.parametrize(
     ("change", "needle"),
     [
@@ -81,6 +95,19 @@ def test_server_config_parses() -> None:
         ({"groups": {"lab": {"pcrs": {"0": ["00"]}}}}, "64 hex digits"),
         ({"groups": {"lab": {"pcrs": {"0": []}}}}, "known-good values"),
         ({"groups": {"lab": {"other": 1}}}, "unknown key groups.lab.other"),
+        ({"release": {"image": "x"}}, r"array of tables: \[\[release\]\]"),
+        ({"release": [{"image": "sha256:00", "groups": ["lab"]}]}, "image manifest digest"),
+        ({"release": [{"image": "sha256:" + "0" * 64, "groups": ["nope"]}]}, "configured groups"),
+        ({"release": [{"image": "sha256:" + "0" * 64, "groups": []}]}, "configured groups"),
+        (
+            {
+                "release": [
+                    {"image": "sha256:" + "0" * 64, "groups": ["lab"], "launch_profiles": ["x"]}
+                ]
+            },
+            "launch_profiles",
+        ),
+        ({"release": [{"image": "sha256:" + "0" * 64, "groups": ["lab"], "x": 1}]}, "unknown key"),
     ],
 )
 def test_server_config_refuses(change: dict[str, Any], needle: str) -> None:

@@ -35,6 +35,8 @@ from trusthook.errors import (
     StateError,
     TrusthookError,
 )
+from trusthook.eventlog import LaunchEvent
+from trusthook.release import associated_data, open_sealed
 
 log = logging.getLogger(__name__)
 RETRY_FIRST = 1.0  # seconds before the first retry of an unreachable server; doubles each time
@@ -207,31 +209,70 @@ class Attester:
             self._save_status({"last_attempt": started, "last_verdict": verdict, "error": None})
             return verdict
 
+    def release(self, manifest: bytes, image: str, launch: LaunchEvent) -> dict[str, bytes]:
+        """Record ``launch``, then ask the server for the image's layer keys with fresh evidence
+        that includes that record; the keys come back sealed to this TPM and are opened here.
+
+        Holding the exchange lock from the record to the answer keeps the record among the
+        evidence's new records (no periodic attestation can verify it in between)."""
+        with self._lock:
+            enrollment = self.enrollment()
+            if enrollment is None:
+                raise ConfigError(
+                    "encrypted images need an enrolled host: run 'trusthook enroll --server URL'"
+                )
+            record = self._log.append(launch)
+            with self._client(enrollment) as client:
+                nonce, evidence = self._evidence(client)
+                with self._log.exclusive_tpm() as tpm:
+                    public, attest, signature = tpm.certify_bind_key(nonce)
+                answer = client.post(
+                    "/v1/releases",
+                    {
+                        "attestation": evidence,
+                        "launch_recnum": record.recnum,
+                        "manifest": _b64(manifest),
+                        "release_key": {
+                            "public": _b64(public),
+                            "attest": _b64(attest),
+                            "signature": _b64(signature),
+                        },
+                    },
+                )
+            sealed = answer.get("sealed_keys")
+            if answer.get("image") != image or not isinstance(sealed, dict):
+                raise ServerRefusedError("attestation server sent a malformed release answer")
+            aad = associated_data(host_id=enrollment.host_id, image=image, nonce=nonce)
+            with self._log.exclusive_tpm() as tpm:
+                return open_sealed(sealed, tpm.unseal_release, aad)
+
     def _exchange(self, enrollment: Enrollment) -> dict[str, Any]:
         with self._client(enrollment) as client:
-            challenge = client.post("/v1/nonces")
-            nonce = _unb64(challenge.get("nonce"), "nonce")
-            pcrs = challenge.get("pcrs")
-            after = challenge.get("verified_recnum")
-            if (
-                not isinstance(pcrs, list)
-                or not all(type(p) is int and 0 <= p <= 23 for p in pcrs)
-                or type(after) is not int
-            ):
-                raise ServerRefusedError("attestation server sent a malformed nonce answer")
-            if challenge.get("verified_boot_id") != self._boot_id:
-                after = -1  # a new boot for the server: send the whole log of this one
-            quote, records = self._log.evidence(pcrs, nonce, after)
-            return client.post(
-                "/v1/attestations",
-                {
-                    "nonce": _b64(nonce),
-                    "quote": {"attest": _b64(quote.attest), "signature": _b64(quote.signature)},
-                    "pcrs": {str(i): v.hex() for i, v in quote.pcr_values.items()},
-                    "boot_id": self._boot_id,
-                    "events": [r.to_json() for r in records],
-                },
-            )
+            _, evidence = self._evidence(client)
+            return client.post("/v1/attestations", evidence)
+
+    def _evidence(self, client: ServerClient) -> tuple[bytes, dict[str, Any]]:
+        """A nonce from the server and the evidence answering it."""
+        challenge = client.post("/v1/nonces")
+        nonce = _unb64(challenge.get("nonce"), "nonce")
+        pcrs = challenge.get("pcrs")
+        after = challenge.get("verified_recnum")
+        if (
+            not isinstance(pcrs, list)
+            or not all(type(p) is int and 0 <= p <= 23 for p in pcrs)
+            or type(after) is not int
+        ):
+            raise ServerRefusedError("attestation server sent a malformed nonce answer")
+        if challenge.get("verified_boot_id") != self._boot_id:
+            after = -1  # a new boot for the server: send the whole log of this one
+        quote, records = self._log.evidence(pcrs, nonce, after)
+        return nonce, {
+            "nonce": _b64(nonce),
+            "quote": {"attest": _b64(quote.attest), "signature": _b64(quote.signature)},
+            "pcrs": {str(i): v.hex() for i, v in quote.pcr_values.items()},
+            "boot_id": self._boot_id,
+            "events": [r.to_json() for r in records],
+        }
 
     def status(self) -> dict[str, Any]:
         """The enrollment and the outcome of the last attempt, from this host's point of view."""

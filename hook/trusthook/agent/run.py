@@ -10,10 +10,12 @@ import threading
 from types import FrameType
 
 from trusthook.agent.attester import Attester
+from trusthook.agent.launch import EncryptedLaunch
 from trusthook.agent.server import AgentServer
 from trusthook.agent.service import AgentService
 from trusthook.agent.writer import MeasuredLog
 from trusthook.config import Config
+from trusthook.imagepolicy import load_policy
 from trusthook.logstore import LogStore, read_boot_id
 from trusthook.measure.backend import select_hasher
 from trusthook.tpm import Tpm
@@ -51,9 +53,17 @@ def run_agent(config: Config) -> None:
                 interval=config.attest_interval,
                 timeout=config.attest_timeout,
             )
+            launch = EncryptedLaunch(
+                log=measured,
+                attester=attester,
+                policy=lambda: load_policy(config.image_policy),
+                roots_dir=config.image_roots,
+                measure_rootfs=hasher.measure_rootfs,
+            )
             service = AgentService(
                 log=measured,
                 attester=attester,
+                launch=launch,
                 boot_id=boot_id,
                 measure_rootfs=hasher.measure_rootfs,
             )

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from trusthook.agent.attester import Attester
+from trusthook.agent.launch import EncryptedLaunch, image_annotations
 from trusthook.agent.writer import MeasuredLog
 from trusthook.errors import InputError
 from trusthook.eventlog import LaunchEvent
@@ -41,12 +42,14 @@ class AgentService:
         *,
         log: MeasuredLog,
         attester: Attester,
+        launch: EncryptedLaunch,
         boot_id: str,
         measure_rootfs: Callable[[str | os.PathLike[str]], RootfsMeasurement],
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
         self._log = log
         self._attester = attester
+        self._launch = launch
         self._boot_id = boot_id
         self._measure_rootfs = measure_rootfs
         self._clock = clock
@@ -80,10 +83,15 @@ class AgentService:
         raise RequestError(f"unknown op {op!r}; expected one of {', '.join(ops)}")
 
     def measure(self, state: ContainerState, stage: str) -> dict[str, Any]:
-        """Measure the container ``state`` names and record it."""
+        """Measure the container ``state`` names and record it; for an encrypted image,
+        release its keys and decrypt it first (``EncryptedLaunch``)."""
         container_id, bundle = state.id, state.bundle
         config = read_config(bundle)
-        rootfs = self._measure_rootfs(rootfs_path(bundle, config))
+        root = rootfs_path(bundle, config)
+        encrypted = image_annotations(config)
+        if encrypted is None:
+            self._launch.check_plain()
+        rootfs = self._measure_rootfs(root)
         image_ref, image_digest = image_of(state.annotations)
         event = LaunchEvent(
             container_id=container_id,
@@ -98,7 +106,10 @@ class AgentService:
             time=self._clock().isoformat(timespec="microseconds").replace("+00:00", "Z"),
             boot_id=self._boot_id,
         )
-        record = self._log.append(event)
+        if encrypted is not None:
+            record = self._launch.run(annotations=encrypted, root=root, event=event)
+        else:
+            record = self._log.append(event)
         log.info("measured container %s (%s) as record %d", container_id, stage, record.recnum)
         return {"recnum": record.recnum, "record": record.to_json()}
 

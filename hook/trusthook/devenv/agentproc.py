@@ -22,14 +22,18 @@ def write_config(
     hook: Path,
     mode: str = "enforce",
     attest_interval: float = 60.0,
+    hook_timeout: float = 10.0,
 ) -> Config:
-    """A trusthook config file for a development setup; returns it loaded."""
+    """A trusthook config file for a development setup; returns it loaded. The image policy
+    and the tmpfs roots live in ``state_dir`` too."""
     path.write_text(
         f'[tpm]\ntcti = "{tcti}"\npcr = 23\n'
         f'[agent]\nsocket = "{state_dir / "agent.sock"}"\nstate_dir = "{state_dir}"\n'
-        f'[hook]\nmode = "{mode}"\ntimeout = 10\n'
+        f'[hook]\nmode = "{mode}"\ntimeout = {hook_timeout}\n'
         f'[runtime]\nhook = "{hook}"\n'
         f"[attestation]\ninterval = {attest_interval}\ntimeout = 10\n"
+        f'[images]\npolicy = "{state_dir / "image-policy.toml"}"\n'
+        f'roots = "{state_dir / "roots"}"\n'
     )
     return load_config(path)
 

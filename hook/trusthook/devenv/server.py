@@ -39,6 +39,7 @@ def write_server_config(
     validity: float = 180.0,
     nonce_ttl: float = 60.0,
     max_body: int = 4 << 20,
+    releases: Sequence[tuple[str, Sequence[str], Sequence[str]]] = (),
 ) -> ServerConfig:
     """A server config file; by default one group "lab" whose PCRs 0-7 are swtpm's zeros."""
     groups = groups if groups is not None else {"lab": {i: [ZERO_PCR] for i in range(8)}}
@@ -63,6 +64,13 @@ def write_server_config(
         )
         if not pcrs:
             lines[-1] = f"[groups.{name}]"
+    for image, release_groups, profiles in releases:  # (image, groups, launch profiles)
+        lines += [
+            "[[release]]",
+            f'image = "{image}"',
+            "groups = [" + ", ".join(f'"{g}"' for g in release_groups) + "]",
+            "launch_profiles = [" + ", ".join(f'"{p}"' for p in profiles) + "]",
+        ]
     path.write_text("\n".join(lines) + "\n")
     return load_server_config(path)
 

@@ -69,6 +69,35 @@ class AttestationRequest(_Body):
     )
 
 
+class CertifiedKey(_Body):
+    public: str = Field(
+        description="marshaled TPM2B_PUBLIC of the release key, base64", max_length=4096
+    )
+    attest: str = Field(
+        description="TPMS_ATTEST of TPM2_Certify by the AK, base64", max_length=4096
+    )
+    signature: str = Field(description="marshaled TPMT_SIGNATURE, base64", max_length=4096)
+
+
+class ReleaseRequest(_Body):
+    attestation: AttestationRequest = Field(
+        description="fresh evidence whose events include this container's launch record"
+    )
+    launch_recnum: int = Field(description="the record number of the launch event", ge=0)
+    manifest: str = Field(
+        description="the encrypted image's manifest, base64; its digest is the image",
+        max_length=1 << 20,
+    )
+    release_key: CertifiedKey
+
+
+class ReleaseResponse(_Body):
+    image: str = Field(description="the manifest digest the keys are for")
+    sealed_keys: dict[str, str] = Field(
+        description="encrypted_seed, iv, ciphertext (docs/attestation.md, key release)"
+    )
+
+
 class ReasonBody(_Body):
     check: str
     message: str

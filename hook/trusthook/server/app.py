@@ -20,7 +20,7 @@ from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
-from trusthook.errors import EnrollmentError, StorageError, TrusthookError
+from trusthook.errors import AttestationError, EnrollmentError, StorageError, TrusthookError
 from trusthook.server import api
 from trusthook.server.service import (
     AuthError,
@@ -115,6 +115,8 @@ def create_app(service: ServerService, *, max_body: int) -> FastAPI:
 
     @app.exception_handler(TrusthookError)
     async def _trusthook_error(_request: Request, exc: TrusthookError) -> JSONResponse:
+        if isinstance(exc, AttestationError):  # a refused release names the rule it failed
+            return _error(403, exc.check, exc.message)
         for kind, status, check in _STATUS:
             if isinstance(exc, kind):
                 if status >= 500:
@@ -170,6 +172,12 @@ def create_app(service: ServerService, *, max_body: int) -> FastAPI:
         """Appraise a quote and the event-log records since the last verified one; answers
         the host's new status (a refused appraisal is a status with reasons, not an error)."""
         return service.attest(host, body)
+
+    @app.post("/v1/releases", tags=["keys"])
+    async def release(host: Host, body: api.ReleaseRequest) -> api.ReleaseResponse:
+        """Release an encrypted image's layer keys, sealed to the host's TPM release key, when
+        the evidence is trusted, includes this launch and the release policy allows it."""
+        return service.release(host, body)
 
     @app.get("/v1/hosts", tags=["trust"])
     async def hosts(caller: Caller) -> api.HostList:

@@ -16,6 +16,19 @@ _HEX32 = re.compile(r"[0-9a-f]{64}")
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,62}")
 
 
+_DIGEST = re.compile(r"sha256:[0-9a-f]{64}")
+
+
+@dataclass(frozen=True, kw_only=True)
+class ReleaseRule:
+    """One ``[[release]]`` entry: this image's layer keys may go to these groups' hosts, for
+    these launch profiles (none listed: any)."""
+
+    image: str
+    groups: frozenset[str]
+    launch_profiles: frozenset[str]
+
+
 @dataclass(frozen=True, kw_only=True)
 class ServerConfig:
     """Every setting ``trusthook server`` reads."""
@@ -32,6 +45,12 @@ class ServerConfig:
     validity: float = 180.0  # how long a passing attestation keeps a host trusted
     max_body: int = 4 << 20
     groups: Mapping[str, Expectations] = field(default_factory=dict)
+    releases: tuple[ReleaseRule, ...] = ()
+
+    @property
+    def image_key_dir(self) -> Path:
+        """Where ``trusthook server keys`` keeps the key-encryption private keys."""
+        return self.state_dir / "image-keys"
 
     @property
     def database_url(self) -> str:
@@ -96,13 +115,33 @@ def _parse_group(name: str, body: Any, container_pcr: int, where: str) -> Expect
     return Expectations(container_pcr=container_pcr, golden=golden)
 
 
+def _parse_release(
+    index: int, body: Any, groups: Mapping[str, Expectations], where: str
+) -> ReleaseRule:
+    name = f"release[{index}]"
+    _check_table(body, name, {"image": str, "groups": list, "launch_profiles": list}, where)
+    image = body.get("image")
+    if not isinstance(image, str) or not _DIGEST.fullmatch(image):
+        raise ConfigError(f"{name}.image{where}: got {image!r}, expected an image manifest digest")
+    chosen = body.get("groups", [])
+    if not chosen or not all(isinstance(g, str) and g in groups for g in chosen):
+        raise ConfigError(
+            f"{name}.groups{where}: got {chosen!r}, expected configured groups {sorted(groups)}"
+        )
+    profiles = body.get("launch_profiles", [])
+    if not all(isinstance(p, str) and _DIGEST.fullmatch(p) for p in profiles):
+        raise ConfigError(f"{name}.launch_profiles{where}: expected sha256:<hex> digests")
+    return ReleaseRule(image=image, groups=frozenset(chosen), launch_profiles=frozenset(profiles))
+
+
 def parse_server_config(data: Mapping[str, Any], *, source: Path | None = None) -> ServerConfig:
     """Build a ServerConfig from parsed TOML, refusing unknown keys and bad values."""
     where = f" in {source}" if source else ""
-    unknown = set(data) - {"server", "attestation", "groups"}
+    unknown = set(data) - {"server", "attestation", "groups", "release"}
     if unknown:
         raise ConfigError(
-            f"unknown section(s) {sorted(unknown)}{where}; expected server, attestation, groups"
+            f"unknown section(s) {sorted(unknown)}{where};"
+            " expected server, attestation, groups, release"
         )
     server = _check_table(data.get("server", {}), "server", _SERVER_KEYS, where)
     attest = _check_table(data.get("attestation", {}), "attestation", _ATTEST_KEYS, where)
@@ -123,6 +162,10 @@ def parse_server_config(data: Mapping[str, Any], *, source: Path | None = None) 
     if not isinstance(groups_data, dict) or not groups_data:
         raise ConfigError(f"[groups]{where}: configure at least one host group")
     groups = {name: _parse_group(name, body, pcr, where) for name, body in groups_data.items()}
+    release_data = data.get("release", [])
+    if not isinstance(release_data, list):
+        raise ConfigError(f"release{where} must be an array of tables: [[release]]")
+    releases = tuple(_parse_release(i, b, groups, where) for i, b in enumerate(release_data))
     return ServerConfig(
         state_dir=Path(server.get("state_dir", defaults.state_dir)),
         host=server.get("host", defaults.host),
@@ -136,6 +179,7 @@ def parse_server_config(data: Mapping[str, Any], *, source: Path | None = None) 
         validity=float(attest.get("validity", defaults.validity)),
         max_body=attest.get("max_body", defaults.max_body),
         groups=groups,
+        releases=releases,
     )
 
 

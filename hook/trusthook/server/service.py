@@ -15,6 +15,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from trusthook.attest.appraise import Evidence, Expectations, HostState, appraise
+from trusthook.attest.bindkey import verify_bind_key
 from trusthook.attest.identity import (
     AttestationKey,
     check_ak_public,
@@ -24,15 +25,18 @@ from trusthook.attest.identity import (
 )
 from trusthook.attest.verdict import Reason
 from trusthook.errors import (
+    AttestationError,
     ConfigError,
     EnrollmentError,
     EventLogError,
     InputError,
 )
 from trusthook.eventlog import parse_record
-from trusthook.server import api
+from trusthook.release import associated_data, seal
+from trusthook.server import api, release
 from trusthook.server.ca import CertificateAuthority
 from trusthook.server.config import ServerConfig
+from trusthook.server.imagekeys import load_keys
 from trusthook.server.store import HostRecord, Store
 
 log = logging.getLogger(__name__)
@@ -260,6 +264,53 @@ class ServerService:
         else:
             raise ConflictError("too many concurrent attestations of this host; retry")
         return self.status(updated)
+
+    # key release
+
+    def release(self, host: HostRecord, req: api.ReleaseRequest) -> api.ReleaseResponse:
+        """Appraise the evidence, then release the image's layer keys sealed to the host's TPM
+        if its launch record and the release policy allow it. Every decision is audited."""
+        manifest = _decode(req.manifest, "manifest")
+        image = "sha256:" + hashlib.sha256(manifest).hexdigest()
+        nonce = _decode(req.attestation.nonce, "attestation.nonce")
+        status = self.attest(host, req.attestation)
+        try:
+            if not status.trusted:
+                raise AttestationError(
+                    "untrusted",
+                    "the host is not trusted: "
+                    + "; ".join(f"{r.check}: {r.message}" for r in status.reasons),
+                )
+            launch = release.find_launch(
+                _evidence(req.attestation).events, req.launch_recnum, image
+            )
+            release.check_policy(self._config.releases, image, host.group, launch)
+            bind_key = verify_bind_key(
+                ak=_attestation_key(host.ak_public),
+                public=_decode(req.release_key.public, "release_key.public"),
+                attest=_decode(req.release_key.attest, "release_key.attest"),
+                signature=_decode(req.release_key.signature, "release_key.signature"),
+                nonce=nonce,
+            )
+            layers = release.unwrap_layers(manifest, load_keys(self._config.image_key_dir))
+        except AttestationError as e:
+            self._audit(host, "release_refused", image, check=e.check, message=e.message)
+            log.warning("host %s: release of %s refused: %s", host.host_id[:16], image, e)
+            raise
+        sealed = seal(
+            bind_key, layers, associated_data(host_id=host.host_id, image=image, nonce=nonce)
+        )
+        self._audit(host, "released", image, layers=len(layers), container=launch.container_id)
+        log.info("host %s: released %d layer keys of %s", host.host_id[:16], len(layers), image)
+        return api.ReleaseResponse(image=image, sealed_keys=sealed)
+
+    def _audit(self, host: HostRecord, event: str, image: str, **detail: object) -> None:
+        self._store.record_event(
+            host_id=host.host_id,
+            event_name=event,
+            detail={"image": image, **detail},
+            now=self._clock().timestamp(),
+        )
 
     def _expectations(self, host: HostRecord) -> Expectations:
         try:

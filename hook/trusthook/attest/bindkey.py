@@ -1,0 +1,98 @@
+"""Verify a host's release key with no TPM: a TPM2_Certify by the host's AK, bound to a nonce.
+
+Released image keys are encrypted to this key, so the server must know it cannot leave the TPM:
+the AK (already proven to share a TPM with the EK at enrollment) signs a ``TPMS_ATTEST`` of type
+``TPM_ST_ATTEST_CERTIFY`` naming the key, with the release's nonce as qualifying data; the key's
+public area must be an RSA-2048 decryption key with fixedTPM, fixedParent and
+sensitiveDataOrigin set, restricted and sign clear, and RSA-OAEP-SHA256 as its scheme.
+Pure: bytes in, a ``cryptography`` key out, or ``AttestationError("release_key", ...)``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+from typing import Any
+
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import padding, rsa
+from tpm2_pytss import TSS2_Exception
+from tpm2_pytss.constants import TPM2_ALG, TPMA_OBJECT
+from tpm2_pytss.types import TPM2B_PUBLIC, TPMS_ATTEST
+
+from trusthook.attest.identity import AttestationKey
+from trusthook.attest.tpmwire import TPM_GENERATED_VALUE, parse_rsassa_signature
+from trusthook.errors import AttestationError
+
+TPM_ST_ATTEST_CERTIFY = 0x8017
+CHECK = "release_key"
+REQUIRED = TPMA_OBJECT.FIXEDTPM | TPMA_OBJECT.FIXEDPARENT | TPMA_OBJECT.SENSITIVEDATAORIGIN
+FORBIDDEN = TPMA_OBJECT.RESTRICTED | TPMA_OBJECT.SIGN_ENCRYPT
+RSA_BITS = 2048
+
+
+def _fail(message: str, *, expected: str | None = None, got: str | None = None) -> AttestationError:
+    return AttestationError(CHECK, message, expected=expected, got=got)
+
+
+def _unmarshal(kind: type[TPM2B_PUBLIC] | type[TPMS_ATTEST], data: bytes, what: str) -> Any:
+    try:
+        value, used = kind.unmarshal(data)
+    except TSS2_Exception as e:
+        raise _fail(f"the {what} is malformed: {e}") from None
+    if used != len(data):
+        raise _fail(f"the {what} has {len(data) - used} trailing bytes")
+    return value
+
+
+def verify_bind_key(
+    *, ak: AttestationKey, public: bytes, attest: bytes, signature: bytes, nonce: bytes
+) -> rsa.RSAPublicKey:
+    """The release key in ``public`` once the AK's certification of it checks out."""
+    try:
+        ak.public_key().verify(
+            parse_rsassa_signature(signature), attest, padding.PKCS1v15(), hashes.SHA256()
+        )
+    except InvalidSignature:
+        raise _fail("the key certification is not signed by this host's AK") from None
+    except AttestationError as e:
+        raise _fail(e.message) from None
+    info = _unmarshal(TPMS_ATTEST, attest, "key certification")
+    if int(info.magic) != TPM_GENERATED_VALUE or int(info.type) != TPM_ST_ATTEST_CERTIFY:
+        raise _fail("the signed structure is not a TPM2_Certify")
+    if not hmac.compare_digest(bytes(info.extraData), nonce):
+        raise _fail("the key certification does not carry this release's nonce")
+    key = _unmarshal(TPM2B_PUBLIC, public, "release key public area")
+    area = key.publicArea
+    if int(area.nameAlg) != TPM2_ALG.SHA256:
+        raise _fail("the release key's name algorithm is not SHA-256")
+    name = int(TPM2_ALG.SHA256).to_bytes(2, "big") + hashlib.sha256(area.marshal()).digest()
+    if bytes(info.attested.certify.name) != name:
+        raise _fail("the key certification names another key than the one sent")
+    return _check_area(area)
+
+
+def _check_area(area: Any) -> rsa.RSAPublicKey:
+    if int(area.type) != TPM2_ALG.RSA:
+        raise _fail("the release key is not an RSA key")
+    attributes = int(area.objectAttributes)
+    if (
+        attributes & REQUIRED != REQUIRED
+        or attributes & FORBIDDEN
+        or not (attributes & TPMA_OBJECT.DECRYPT)
+    ):
+        raise _fail(
+            "the release key may leave its TPM or is not a plain decryption key",
+            expected="fixedTPM|fixedParent|sensitiveDataOrigin|decrypt, not restricted or sign",
+            got=f"attributes {attributes:#010x}",
+        )
+    detail = area.parameters.rsaDetail
+    scheme = (int(detail.scheme.scheme), int(detail.scheme.details.oaep.hashAlg))
+    if scheme != (TPM2_ALG.OAEP, TPM2_ALG.SHA256):
+        raise _fail("the release key's scheme is not RSA-OAEP with SHA-256")
+    modulus = bytes(area.unique.rsa)
+    if int(detail.keyBits) != RSA_BITS or len(modulus) != RSA_BITS // 8:
+        raise _fail(f"the release key is not RSA-{RSA_BITS}")
+    exponent = int(detail.exponent) or 65537
+    return rsa.RSAPublicNumbers(exponent, int.from_bytes(modulus, "big")).public_key()

@@ -1,0 +1,1 @@
+"""OCI images: layouts, ocicrypt layer encryption, safe unpacking into a root."""

@@ -1,0 +1,154 @@
+"""ocicrypt's layer cipher, AES_256_CTR_HMAC_SHA256, and its option documents. Pure.
+
+Per layer: a fresh 32-byte key and a 16-byte nonce that is the whole initial counter block
+(big-endian, the full block increments); HMAC-SHA256 with the same key over the ciphertext only.
+The private options (key, nonce, digest of the plaintext blob) are what gets wrapped to the
+recipients; the public options (cipher name, HMAC) travel base64-encoded in the
+``org.opencontainers.image.enc.pubopts`` annotation. Both are JSON with Go's encoding of byte
+strings (standard base64 with padding) and Go's field order.
+"""
+
+from __future__ import annotations
+
+import base64
+import hmac
+import json
+import secrets
+from dataclasses import dataclass
+from typing import Any
+
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives import hmac as crypto_hmac
+from cryptography.hazmat.primitives.ciphers import Cipher, CipherContext, algorithms, modes
+
+from trusthook.errors import ImageCryptError
+from trusthook.image.model import check_digest
+from trusthook.jsonobject import parse_object
+
+CIPHER_NAME = "AES_256_CTR_HMAC_SHA256"
+KEY_SIZE = 32
+NONCE_SIZE = 16
+
+
+def _b64(data: bytes) -> str:
+    return base64.b64encode(data).decode()
+
+
+def _unb64(value: object, what: str, size: int | None = None) -> bytes:
+    if not isinstance(value, str):
+        raise ImageCryptError(f"{what} must be a base64 string")
+    try:
+        data = base64.b64decode(value, validate=True)
+    except ValueError as e:  # binascii.Error or non-ASCII text
+        raise ImageCryptError(f"{what} is not valid base64: {e}") from None
+    if size is not None and len(data) != size:
+        raise ImageCryptError(f"{what} must be {size} bytes, got {len(data)}")
+    return data
+
+
+def _cipher_options(obj: dict[str, Any], what: str) -> dict[str, Any]:
+    options = obj.get("cipheroptions")
+    if options is None:
+        return {}
+    if not isinstance(options, dict):
+        raise ImageCryptError(f"{what}: cipheroptions must be a JSON object")
+    return options
+
+
+@dataclass(frozen=True, kw_only=True)
+class PrivateOptions:
+    """What is wrapped to the recipients: the layer key, the nonce, the plaintext blob's digest."""
+
+    symkey: bytes
+    nonce: bytes
+    digest: str
+
+    @classmethod
+    def generate(cls, digest: str) -> PrivateOptions:
+        """Fresh random key and nonce for a layer whose plaintext blob has ``digest``."""
+        return cls(
+            symkey=secrets.token_bytes(KEY_SIZE),
+            nonce=secrets.token_bytes(NONCE_SIZE),
+            digest=digest,
+        )
+
+    def to_json(self) -> bytes:
+        """Go's JSON for ocicrypt's PrivateLayerBlockCipherOptions."""
+        doc = {
+            "symkey": _b64(self.symkey),
+            "digest": self.digest,
+            "cipheroptions": {"nonce": _b64(self.nonce)},
+        }
+        return json.dumps(doc, separators=(",", ":")).encode()
+
+    @classmethod
+    def from_json(cls, data: bytes) -> PrivateOptions:
+        """Parse unwrapped private options; an ImageCryptError if anything is off."""
+        obj = parse_object(data, "layer private options", ImageCryptError)
+        options = _cipher_options(obj, "layer private options")
+        digest = check_digest(obj.get("digest"), "layer private options digest")
+        return cls(
+            symkey=_unb64(obj.get("symkey"), "layer private options symkey", KEY_SIZE),
+            nonce=_unb64(options.get("nonce"), "layer private options nonce", NONCE_SIZE),
+            digest=digest,
+        )
+
+
+@dataclass(frozen=True, kw_only=True)
+class PublicOptions:
+    """The cipher name and the HMAC of the ciphertext, in the layer's pubopts annotation."""
+
+    hmac: bytes
+
+    def to_annotation(self) -> str:
+        """The base64 annotation value (Go's JSON for PublicLayerBlockCipherOptions)."""
+        doc = {"cipher": CIPHER_NAME, "hmac": _b64(self.hmac), "cipheroptions": {}}
+        return _b64(json.dumps(doc, separators=(",", ":")).encode())
+
+    @classmethod
+    def from_annotation(cls, value: str) -> PublicOptions:
+        """Parse a pubopts annotation; refuses any cipher but AES_256_CTR_HMAC_SHA256."""
+        obj = parse_object(_unb64(value, "pubopts annotation"), "pubopts", ImageCryptError)
+        _cipher_options(obj, "pubopts")
+        if obj.get("cipher") != CIPHER_NAME:
+            raise ImageCryptError(
+                f"pubopts: cipher must be {CIPHER_NAME}, got {obj.get('cipher')!r}"
+            )
+        return cls(hmac=_unb64(obj.get("hmac"), "pubopts hmac", 32))
+
+
+class LayerCipher:
+    """AES-256-CTR plus HMAC-SHA256 over the ciphertext, fed in chunks (encrypt or decrypt)."""
+
+    def __init__(self, options: PrivateOptions, *, encrypt: bool) -> None:
+        cipher = Cipher(algorithms.AES(options.symkey), modes.CTR(options.nonce))
+        self._ctx: CipherContext = cipher.encryptor() if encrypt else cipher.decryptor()
+        self._mac = crypto_hmac.HMAC(options.symkey, hashes.SHA256())
+        self._encrypt = encrypt
+
+    def update(self, data: bytes) -> bytes:
+        """Encrypt or decrypt the next chunk."""
+        out = self._ctx.update(data)
+        self._mac.update(out if self._encrypt else data)
+        return out
+
+    def finalize(self) -> bytes:
+        """The HMAC of all the ciphertext."""
+        self._ctx.finalize()
+        return self._mac.finalize()
+
+
+class Authenticator:
+    """HMAC-SHA256 of a ciphertext, checked before any of it is decrypted."""
+
+    def __init__(self, options: PrivateOptions) -> None:
+        self._mac = crypto_hmac.HMAC(options.symkey, hashes.SHA256())
+
+    def update(self, ciphertext: bytes) -> None:
+        """Feed the next chunk of ciphertext."""
+        self._mac.update(ciphertext)
+
+    def verify(self, expected: bytes, what: str) -> None:
+        """An ImageCryptError naming ``what`` unless the HMAC is ``expected``."""
+        if not hmac.compare_digest(self._mac.finalize(), expected):
+            raise ImageCryptError(f"{what}: HMAC mismatch, the ciphertext was tampered with")

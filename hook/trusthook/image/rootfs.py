@@ -1,0 +1,191 @@
+"""Unpack an OCI image (encrypted or not) into a root directory, verifying everything on the way.
+
+Order of trust: the manifest (its digest optionally pinned by the caller) pins the config and
+every layer blob; the config pins each layer's uncompressed tar (diff_ids). For each layer:
+1. encrypted: unwrap its key, then read the whole ciphertext once for its digest and HMAC;
+   plain: read the whole blob once for its digest. Nothing is extracted from a blob that fails.
+2. stream it again: decrypt, decompress, hash the tar, extract. The tar's digest must be the
+   config's diff_id. (The private options' digest is not checked: ocicrypt's callers put
+   different things there; see ``crypt.plain_descriptor``. A plain blob is hashed again, in
+   case it changed after pass 1.)
+Any failure empties the root (the root directory itself stays, it may be a mount point).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from jwcrypto import jwk
+
+from trusthook.errors import ImageCryptError, ImageError
+from trusthook.image.cipher import LayerCipher, PrivateOptions
+from trusthook.image.crypt import (
+    LayerKey,
+    authenticate_layer,
+    layer_name,
+    public_options,
+    unwrap_layer_key,
+)
+from trusthook.image.layout import Layout
+from trusthook.image.model import Descriptor, ImageConfig, LayerType
+from trusthook.image.stream import DecryptingReader, LayerStream, decompressing
+from trusthook.image.unpack import ExtractPolicy, apply_layer
+
+
+@dataclass(frozen=True, kw_only=True)
+class Unpacked:
+    """What was unpacked: the manifest digest, the image config, how many layers were encrypted."""
+
+    manifest_digest: str
+    config: ImageConfig
+    encrypted_layers: int
+
+
+KeySource = Callable[[Descriptor, str], LayerKey]
+"""Finds an encrypted layer's key: unwrapped with local keys, or released by the server."""
+
+
+def local_keys(keys: Sequence[jwk.JWK]) -> KeySource:
+    """Unwrap each layer's key with one of ``keys`` (private keys the caller holds)."""
+    return lambda desc, what: unwrap_layer_key(desc, keys, what)
+
+
+def released_keys(released: Mapping[str, bytes]) -> KeySource:
+    """Use the private options the attestation server released, by encrypted layer digest."""
+
+    def find(desc: Descriptor, what: str) -> LayerKey:
+        options = released.get(desc.digest)
+        if options is None:
+            raise ImageCryptError(f"{what}: the server released no key for this layer")
+        return LayerKey(
+            private=PrivateOptions.from_json(options), public=public_options(desc, what)
+        )
+
+    return find
+
+
+@dataclass(frozen=True, kw_only=True)
+class _Plan:
+    desc: Descriptor
+    kind: LayerType
+    key: LayerKey | None
+    diff_id: str
+    what: str
+
+
+def unpack_image(
+    layout: Layout,
+    ref: str | None,
+    root: Path,
+    *,
+    keys: KeySource,
+    policy: ExtractPolicy,
+    pinned_manifest: str | None = None,
+    allow_plain: bool = True,
+    runtime_entries: bool = False,
+) -> Unpacked:
+    """Unpack ``layout:ref`` into ``root``; empty it again on any failure.
+
+    ``root`` must be empty, unless ``runtime_entries``: then what is in it already are mount
+    points the runtime made (``/proc``, ``/etc/hosts``...) and layer entries for those paths
+    are skipped (the mounts cover them in the container anyway)."""
+    keep = _existing_files(root) if runtime_entries else frozenset()
+    if not runtime_entries and any(root.iterdir()):
+        raise ImageError(f"unpack target {root} is not empty")
+    try:
+        return _unpack(layout, ref, root, keys, policy, pinned_manifest, allow_plain, keep)
+    except BaseException:
+        empty_directory(root)
+        raise
+
+
+def _unpack(  # noqa: PLR0917 - the private body of unpack_image, same arguments
+    layout: Layout,
+    ref: str | None,
+    root: Path,
+    keys: KeySource,
+    policy: ExtractPolicy,
+    pinned_manifest: str | None,
+    allow_plain: bool,
+    keep: frozenset[str],
+) -> Unpacked:
+    desc, manifest = layout.manifest(ref)
+    if pinned_manifest is not None and desc.digest != pinned_manifest:
+        raise ImageError(
+            f"image manifest digest is {desc.digest}, the policy pins {pinned_manifest}"
+        )
+    config = ImageConfig.parse(layout.read_blob(manifest.config))
+    if len(config.diff_ids) != len(manifest.layers):
+        raise ImageError(
+            f"the manifest has {len(manifest.layers)} layers, "
+            f"the config {len(config.diff_ids)} diff_ids"
+        )
+    plans = []
+    for i, (layer, diff_id) in enumerate(zip(manifest.layers, config.diff_ids, strict=True)):
+        kind = LayerType.parse(layer.media_type)
+        what = layer_name(i, layer)
+        if not kind.encrypted and not allow_plain:
+            raise ImageCryptError(f"{what} is not encrypted and the policy requires encryption")
+        key = keys(layer, what) if kind.encrypted else None
+        plans.append(_Plan(desc=layer, kind=kind, key=key, diff_id=diff_id, what=what))
+    for plan in plans:  # pass 1: nothing is extracted before every blob is authenticated
+        if plan.key is not None:
+            authenticate_layer(layout, plan.desc, plan.key, plan.what)
+        else:
+            layout.verify_blob(plan.desc)
+    for plan in plans:
+        _extract(layout, plan, root, policy, keep)
+    return Unpacked(
+        manifest_digest=desc.digest,
+        config=config,
+        encrypted_layers=sum(1 for p in plans if p.key is not None),
+    )
+
+
+def _extract(
+    layout: Layout, plan: _Plan, root: Path, policy: ExtractPolicy, keep: frozenset[str]
+) -> None:
+    cipher = LayerCipher(plan.key.private, encrypt=False) if plan.key else None
+    with layout.open_blob(plan.desc) as f:
+        blob = DecryptingReader(f, cipher)
+        with LayerStream(decompressing(blob, plan.kind.compression)) as tar:
+            try:
+                apply_layer(root, tar, policy, keep=keep)
+                diff_id = tar.drain()
+            except ImageError as e:
+                raise type(e)(f"{plan.what}: {e}") from None
+    if plan.key is None and blob.digest() != plan.desc.digest:  # changed since pass 1
+        raise ImageError(f"{plan.what}: the blob changed while it was read")
+    if diff_id != plan.diff_id:
+        raise ImageError(
+            f"{plan.what}: the uncompressed tar's digest is {diff_id}, "
+            f"the config's diff_id is {plan.diff_id}"
+        )
+
+
+def _existing_files(root: Path) -> frozenset[str]:
+    """Paths (relative to ``root``) of everything but directories already in ``root``."""
+    found: set[str] = set()
+    for dirpath, dirnames, filenames in os.walk(root):
+        rel = Path(dirpath).relative_to(root)
+        found.update(str(rel / name) if str(rel) != "." else name for name in filenames)
+        found.update(
+            str(rel / d) if str(rel) != "." else d
+            for d in dirnames
+            if os.path.islink(os.path.join(dirpath, d))
+        )
+    return frozenset(found)
+
+
+def empty_directory(root: Path) -> None:
+    """Remove everything inside ``root`` without following symlinks; keep ``root`` itself."""
+    with os.scandir(root) as entries:
+        for entry in entries:
+            if entry.is_dir(follow_symlinks=False):
+                shutil.rmtree(entry.path)
+            else:
+                os.unlink(entry.path)

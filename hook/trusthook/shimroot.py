@@ -1,0 +1,132 @@
+"""The shim's memory-backed roots for containers from encrypted images. Standard library only.
+
+A container is from an encrypted image when its config.json names an OCI layout in the
+``org.trusthook.image.layout`` annotation, or when its rootfs is a *sealed* image (it holds
+``/.trusthook/sealed/oci-layout``; see ``trusthook image seal``). Then, before the runtime
+creates it, the shim mounts a tmpfs at ``<image_roots>/<container id>`` and points
+config.json's ``root.path`` at it (the sealed layout's path goes into the annotation). The hook
+decrypts into that tmpfs. The tmpfs is unmounted when the container is deleted, when ``create``
+fails, and when an attached ``run`` returns: no plaintext outlives its container.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import json
+import os
+import signal
+import subprocess
+import tempfile
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+from trusthook.config import Config
+from trusthook.errors import RuntimeShimError
+from trusthook.jsonobject import parse_object
+from trusthook.oci import IMAGE_LAYOUT_ANNOTATION, check_container_id
+
+SEALED_LAYOUT = ".trusthook/sealed"
+MNT_DETACH = 2
+FORWARDED_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT)
+
+
+def container_arg(sub_args: list[str]) -> str:
+    """The container id: the last argument of ``create``/``run``/``delete``."""
+    if not sub_args or sub_args[-1].startswith("-"):
+        raise RuntimeShimError("no container id after the subcommand")
+    value = check_container_id(sub_args[-1])
+    if value in (".", ".."):
+        raise RuntimeShimError(f"container id {value!r} is not a valid name")
+    return value
+
+
+def _libc() -> ctypes.CDLL:
+    return ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+
+
+def _mount_tmpfs(target: Path) -> None:
+    if _libc().mount(b"tmpfs", os.fsencode(target), b"tmpfs", 0, b"mode=0755") != 0:
+        err = ctypes.get_errno()
+        raise RuntimeShimError(f"cannot mount a tmpfs at {target}: {os.strerror(err)}")
+
+
+def prepare_root(config_path: Path, bundle: str, container_id: str, config: Config) -> Path | None:
+    """Mount the tmpfs root and rewrite config.json if the container is from an encrypted
+    image; the root, or None for an ordinary container."""
+    try:
+        raw = config_path.read_bytes()
+        mode = os.stat(config_path).st_mode & 0o7777
+    except OSError as e:
+        raise RuntimeShimError(f"cannot read {config_path}: {e.strerror}") from e
+    spec = parse_object(raw, str(config_path), RuntimeShimError)
+    annotations = spec.get("annotations") or {}
+    root_spec = spec.get("root")
+    if not isinstance(annotations, dict) or not isinstance(root_spec, dict):
+        raise RuntimeShimError(f"{config_path}: 'annotations' and 'root' must be objects")
+    old_root = Path(bundle, str(root_spec.get("path", "rootfs")))
+    sealed = old_root / SEALED_LAYOUT
+    if IMAGE_LAYOUT_ANNOTATION not in annotations:
+        if not (sealed / "oci-layout").is_file():
+            return None
+        annotations[IMAGE_LAYOUT_ANNOTATION] = str(sealed)
+    root = config.image_roots / container_id
+    config.image_roots.mkdir(mode=0o700, parents=True, exist_ok=True)
+    try:
+        root.mkdir(mode=0o700)
+    except FileExistsError:
+        raise RuntimeShimError(
+            f"{root} already exists: another container with id {container_id!r}?"
+        ) from None
+    try:
+        _mount_tmpfs(root)
+        spec["annotations"] = annotations
+        root_spec["path"] = str(root)
+        write_config(config_path, spec, mode)
+    except BaseException:
+        release_root(root)
+        raise
+    return root
+
+
+def write_config(config_path: Path, spec: dict[str, Any], mode: int) -> None:
+    """Replace ``config_path`` with ``spec`` atomically, keeping ``mode``."""
+    fd, tmp = tempfile.mkstemp(dir=config_path.parent, prefix=".config.json.")
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(spec, f)
+            f.flush()
+            os.fchmod(f.fileno(), mode)
+            os.fsync(f.fileno())
+        os.replace(tmp, config_path)
+    except OSError as e:
+        Path(tmp).unlink(missing_ok=True)
+        raise RuntimeShimError(f"cannot write {config_path}: {e.strerror}") from e
+
+
+def release_root(root: Path) -> None:
+    """Unmount (detached: a running container keeps its own view) and remove ``root``."""
+    if not root.exists():
+        return
+    if os.path.ismount(root) and _libc().umount2(os.fsencode(root), MNT_DETACH) != 0:
+        err = ctypes.get_errno()
+        raise RuntimeShimError(f"cannot unmount {root}: {os.strerror(err)}")
+    root.rmdir()
+
+
+def run_child(argv: list[str]) -> int:
+    """Run the real runtime as a child (so the shim can clean up after it), passing every
+    file descriptor through and forwarding termination signals; its exit code."""
+    child = subprocess.Popen(argv, close_fds=False)
+
+    def forward(signum: int, _frame: FrameType | None) -> None:
+        child.send_signal(signum)
+
+    previous: dict[int, Any] = {s: signal.signal(s, forward) for s in FORWARDED_SIGNALS}
+    try:
+        code = child.wait()
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+    return code if code >= 0 else 128 - code

@@ -1,0 +1,281 @@
+"""Encrypted images end to end: runc through trusthook-runtime, the agent on swtpm, the server.
+
+The image's keys are the server's; the host gets them only after its evidence (including this
+container's launch record) passes and the release policy allows it, sealed to its TPM. Every
+refusal leaves the container not started and no plaintext anywhere.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import subprocess
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from tests.integration.attesting import enroll
+from tests.integration.conftest import BIN, SHIM, AttestServer, Host, make_host, make_server, runc
+from tests.integration.test_engines import (
+    PODMAN_IMAGE,
+    ULIMITS,
+    dockerd_cli,
+    podman_cli,
+    runtime_wrapper,
+)
+from trusthook.devenv.bundle import write_config as write_bundle_config
+from trusthook.devenv.ociimage import Entry, ImageSpec, build_image, busybox_entries, tar_bytes
+from trusthook.devenv.server import write_server_config
+from trusthook.devenv.swtpm import Swtpm
+from trusthook.image.layout import Layout
+
+pytestmark = pytest.mark.integration
+SECRET = b"the plaintext of layer two: " + uuid.uuid4().hex.encode()
+
+
+@dataclass
+class Scene:
+    """A server holding the image key, an encrypted image, an enrolled host with its agent."""
+
+    server: AttestServer
+    host: Host
+    layout: Path
+    image: str
+    tmp: Path
+
+    def release_rules(self, rules: list[tuple[str, list[str], list[str]]]) -> None:
+        """Rewrite the server's [[release]] rules and restart it."""
+        self.server.process.stop()
+        options = json.loads((self.tmp / "server-options.json").read_text())
+        write_server_config(self.server.config_path, releases=rules, **options)
+        self.server.process.start()
+
+    def allow_locally(self, *digests: str, mode: str = "enforce") -> None:
+        lines = [f'mode = "{mode}"'] + [f'[[image]]\nmanifest = "{d}"' for d in digests]
+        (self.host.config.state_dir / "image-policy.toml").write_text("\n".join(lines) + "\n")
+
+    def bundle(self, args: list[str], *, ref: str = "app") -> Path:
+        bundle = self.tmp / f"bundle-{uuid.uuid4().hex[:8]}"
+        (bundle / "rootfs").mkdir(parents=True)
+        config = write_bundle_config(bundle, args)
+        config["annotations"] = {
+            "org.trusthook.image.layout": str(self.layout),
+            "org.trusthook.image.ref": ref,
+        }
+        (bundle / "config.json").write_text(json.dumps(config))
+        return bundle
+
+    def run(self, bundle: Path) -> subprocess.CompletedProcess[str]:
+        cid = f"enc-{uuid.uuid4().hex[:8]}"
+        return runc("run", "--bundle", str(bundle), cid, binary=str(SHIM), env=self.host.env)
+
+    def audit(self) -> list[tuple[str, str]]:
+        db = self.server.process.config.state_dir / "trusthook.db"
+        with sqlite3.connect(db) as conn:
+            rows = conn.execute("SELECT event, detail FROM audit ORDER BY id").fetchall()
+        return [(str(e), str(d)) for e, d in rows if str(e).startswith("release")]
+
+    def assert_no_plaintext(self) -> None:
+        """No tmpfs root left, and the secret in no file under the test's directories."""
+        roots = self.host.config.image_roots
+        assert not roots.exists() or list(roots.iterdir()) == []
+        for path in self.tmp.rglob("*"):
+            if path.is_file() and not path.is_symlink() and "plain" not in path.parts:
+                assert SECRET not in path.read_bytes(), path
+
+
+def _cli(*args: str) -> str:
+    result = subprocess.run(
+        [str(BIN / "trusthook"), *args], capture_output=True, text=True, check=False
+    )
+    assert result.returncode == 0, result.stderr
+    return result.stdout
+
+
+@pytest.fixture
+def scene(swtpm: Swtpm, ek_bundle: Path, tmp_path: Path) -> Iterator[Scene]:
+    options = {
+        "state_dir": str(tmp_path / "server" / "state"),
+        "port": 0,
+        "ek_ca_bundle": str(ek_bundle),
+    }
+    server = make_server(tmp_path / "server", ek_bundle)
+    options["port"] = server.process.config.port
+    (tmp_path / "server-options.json").write_text(json.dumps(options))
+    config = str(server.config_path)
+    _cli("server", "keys", "create", "images", "--config", config)
+    public = tmp_path / "images.pub.pem"
+    public.write_text(_cli("server", "keys", "public", "images", "--config", config))
+    app = [
+        Entry(name="app/", kind=b"5", mode=0o755),
+        Entry(name="app/secret.txt", data=SECRET, mode=0o644),
+    ]
+    plain = tmp_path / "plain"
+    build_image(
+        plain,
+        "app",
+        ImageSpec(
+            layers=[tar_bytes(busybox_entries()), tar_bytes(app)],
+            compression="gzip",
+            cmd=("/bin/cat", "/app/secret.txt"),
+            user="0:0",
+        ),
+    )
+    layout = tmp_path / "encrypted"
+    _cli("image", "encrypt", f"{plain}:app", f"{layout}:app", "--recipient", str(public))
+    image = Layout.open(layout).resolve("app").digest
+    (tmp_path / "host").mkdir()
+    host = make_host(swtpm, tmp_path / "host")
+    s = Scene(server=server, host=host, layout=layout, image=image, tmp=tmp_path)
+    s.release_rules([(image, ["lab"], [])])
+    host.agent.start()
+    enroll(host, server)
+    s.allow_locally(image)
+    try:
+        yield s
+    finally:
+        host.agent.stop()
+        server.process.stop()
+
+
+def test_an_encrypted_image_runs_after_attestation_and_leaves_no_plaintext(scene: Scene) -> None:
+    result = scene.run(scene.bundle(["/bin/cat", "/app/secret.txt"]))
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.encode() == SECRET
+    records, _ = scene.host.snapshot()
+    release, launch = records[-2].event, records[-1].event
+    assert (release.stage, launch.stage) == ("release", "createRuntime")
+    assert release.image_digest == launch.image_digest == scene.image
+    assert release.rootfs_digest != launch.rootfs_digest  # empty root, then the decrypted one
+    assert [event for event, _ in scene.audit()] == ["released"]
+    scene.assert_no_plaintext()
+
+
+def test_the_release_policy_refuses_an_image_it_does_not_name(scene: Scene) -> None:
+    scene.release_rules([("sha256:" + "1" * 64, ["lab"], [])])
+    result = scene.run(scene.bundle(["/bin/cat", "/app/secret.txt"]))
+    assert result.returncode != 0
+    assert "no release rule lets host group 'lab'" in result.stderr
+    assert [event for event, _ in scene.audit()] == ["release_refused"]
+    scene.assert_no_plaintext()
+
+
+def test_a_launch_profile_outside_the_rule_is_refused(scene: Scene) -> None:
+    scene.release_rules([(scene.image, ["lab"], ["sha256:" + "2" * 64])])
+    result = scene.run(scene.bundle(["/bin/cat", "/app/secret.txt"]))
+    assert result.returncode != 0
+    assert "does not allow this launch profile" in result.stderr
+    scene.assert_no_plaintext()
+
+
+def test_the_local_policy_refuses_before_any_network_call(scene: Scene) -> None:
+    scene.allow_locally()  # no image allowed
+    result = scene.run(scene.bundle(["/bin/cat", "/app/secret.txt"]))
+    assert result.returncode != 0
+    assert f"encrypted image {scene.image} is not in the host's image policy" in result.stderr
+    assert scene.audit() == []  # the server never heard of it
+    scene.assert_no_plaintext()
+
+
+def test_an_untrusted_host_gets_no_keys(scene: Scene) -> None:
+    options = json.loads((scene.tmp / "server-options.json").read_text())
+    scene.server.process.stop()
+    write_server_config(
+        scene.server.config_path,
+        groups={"lab": {0: ["ab" * 32]}},
+        releases=[(scene.image, ["lab"], [])],
+        **options,
+    )
+    scene.server.process.start()
+    result = scene.run(scene.bundle(["/bin/cat", "/app/secret.txt"]))
+    assert result.returncode != 0
+    assert "the host is not trusted" in result.stderr and "golden" in result.stderr
+    scene.assert_no_plaintext()
+
+
+def test_an_unreachable_server_fails_closed(scene: Scene) -> None:
+    scene.server.process.stop()
+    result = scene.run(scene.bundle(["/bin/cat", "/app/secret.txt"]))
+    assert result.returncode != 0
+    assert "attestation server" in result.stderr
+    scene.assert_no_plaintext()
+    scene.server.process.start()
+
+
+def test_a_flipped_ciphertext_bit_stops_the_container(scene: Scene) -> None:
+    layout = Layout.open(scene.layout)
+    _, manifest = layout.manifest("app")
+    blob = layout.blob_path(manifest.layers[1].digest)
+    data = bytearray(blob.read_bytes())
+    data[len(data) // 2] ^= 0x10
+    blob.write_bytes(bytes(data))
+    result = scene.run(scene.bundle(["/bin/cat", "/app/secret.txt"]))
+    assert result.returncode != 0
+    assert "tampered or corrupt" in result.stderr
+    scene.assert_no_plaintext()
+
+
+def test_without_the_shim_an_encrypted_image_is_refused(scene: Scene) -> None:
+    bundle = scene.bundle(["/bin/cat", "/app/secret.txt"])
+    config = json.loads((bundle / "config.json").read_text())
+    config["hooks"] = {"createRuntime": [scene.host.hook_entry()]}
+    (bundle / "config.json").write_text(json.dumps(config))
+    result = runc("run", "--bundle", str(bundle), f"plain-{uuid.uuid4().hex[:6]}")
+    assert result.returncode != 0
+    assert "must be a tmpfs that trusthook-runtime mounted" in result.stderr
+    scene.assert_no_plaintext()
+
+
+def test_a_sealed_image_runs_under_docker_run_with_no_other_change(
+    scene: Scene, busybox_rootfs: Path
+) -> None:
+    sealed = scene.tmp / "sealed.tar"
+    _cli("image", "seal", f"{scene.layout}:app", str(sealed), "--tag", "app:sealed")
+    assert SECRET not in sealed.read_bytes()
+    (scene.tmp / "docker").mkdir()
+    with dockerd_cli(scene.host, busybox_rootfs, scene.tmp / "docker") as docker:
+        subprocess.run([*docker, "load", "-i", str(sealed)], check=True, capture_output=True)
+        run = [*docker, "run", "--rm", "--network", "none", "--runtime", "trusthook"]
+        result = subprocess.run([*run, "app:sealed"], capture_output=True, check=False)
+        assert result.returncode == 0, result.stderr
+        assert result.stdout == SECRET
+        scene.allow_locally()  # the same image, refused by this host's policy now
+        refused = subprocess.run([*run, "app:sealed"], capture_output=True, text=True, check=False)
+        assert refused.returncode != 0
+        assert "is not in the host's image policy" in refused.stderr
+    scene.assert_no_plaintext()
+
+
+def test_podman_runs_an_encrypted_image_named_by_annotations(
+    scene: Scene, busybox_rootfs: Path
+) -> None:
+    wrapper = runtime_wrapper(scene.host, scene.tmp / "trusthook-runtime")
+    (scene.tmp / "podman").mkdir()
+    with podman_cli(scene.host, busybox_rootfs, scene.tmp / "podman") as podman:
+        result = subprocess.run(
+            [
+                *podman,
+                "run",
+                "--rm",
+                "--network",
+                "none",
+                *ULIMITS,
+                "--runtime",
+                str(wrapper),
+                "--annotation",
+                f"org.trusthook.image.layout={scene.layout}",
+                "--annotation",
+                "org.trusthook.image.ref=app",
+                PODMAN_IMAGE,
+                "/bin/cat",
+                "/app/secret.txt",
+            ],
+            capture_output=True,
+            check=False,
+        )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == SECRET
+    scene.assert_no_plaintext()
