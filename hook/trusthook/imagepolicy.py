@@ -4,6 +4,8 @@ TOML, every key optional::
 
     mode = "enforce"            # or "audit": log what would be refused, refuse nothing
     allow_unencrypted = true    # may containers run from ordinary (unencrypted) images?
+    devices = "refuse"          # device nodes in encrypted images' layers: refuse, skip, allow
+    setuid = "strip"            # setuid/setgid bits and file capabilities: strip, refuse, keep
     [[image]]                   # an encrypted image this host may run
     manifest = "sha256:..."     # its manifest digest
     name = "payments"           # for messages only
@@ -20,12 +22,14 @@ import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from trusthook.errors import ConfigError, InputError
 
 log = logging.getLogger(__name__)
 _DIGEST = re.compile(r"sha256:[0-9a-f]{64}")
+DEVICES = ("refuse", "skip", "allow")  # the first is the default
+SETUID = ("strip", "refuse", "keep")
 
 
 class PolicyRefusedError(InputError):
@@ -38,6 +42,8 @@ class ImagePolicy:
 
     enforce: bool = True
     allow_unencrypted: bool = True
+    devices: Literal["refuse", "skip", "allow"] = "refuse"
+    setuid: Literal["strip", "refuse", "keep"] = "strip"
     images: Mapping[str, str] = field(default_factory=dict)
 
     def check(self, *, encrypted: bool, manifest: str | None) -> None:
@@ -56,12 +62,18 @@ class ImagePolicy:
 
 def parse_policy(data: Mapping[str, Any], where: str) -> ImagePolicy:
     """An ImagePolicy from parsed TOML; a ConfigError naming the first bad key."""
-    unknown = set(data) - {"mode", "allow_unencrypted", "image"}
+    unknown = set(data) - {"mode", "allow_unencrypted", "devices", "setuid", "image"}
     if unknown:
         raise ConfigError(
             f"image policy{where}: unknown key(s) {sorted(unknown)};"
-            " expected mode, allow_unencrypted, [[image]]"
+            " expected mode, allow_unencrypted, devices, setuid, [[image]]"
         )
+    for key, choices in (("devices", DEVICES), ("setuid", SETUID)):
+        if data.get(key, choices[0]) not in choices:
+            raise ConfigError(
+                f"image policy{where}: {key} got {data[key]!r},"
+                f" expected one of {', '.join(choices)}"
+            )
     mode = data.get("mode", "enforce")
     if mode not in ("enforce", "audit"):
         raise ConfigError(f"image policy{where}: mode got {mode!r}, expected enforce or audit")
@@ -85,7 +97,13 @@ def parse_policy(data: Mapping[str, Any], where: str) -> ImagePolicy:
         if not isinstance(name, str):
             raise ConfigError(f"image policy{where}: image[{i}].name must be a string")
         images[manifest] = name
-    return ImagePolicy(enforce=mode == "enforce", allow_unencrypted=allow, images=images)
+    return ImagePolicy(
+        enforce=mode == "enforce",
+        allow_unencrypted=allow,
+        devices=data.get("devices", DEVICES[0]),
+        setuid=data.get("setuid", SETUID[0]),
+        images=images,
+    )
 
 
 def load_policy(path: Path) -> ImagePolicy:

@@ -8,8 +8,10 @@ refusal leaves the container not started and no plaintext anywhere.
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 import subprocess
+import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -278,4 +280,134 @@ def test_podman_runs_an_encrypted_image_named_by_annotations(
         )
     assert result.returncode == 0, result.stderr
     assert result.stdout == SECRET
+    scene.assert_no_plaintext()
+
+
+def test_a_host_that_is_not_enrolled_gets_nothing(scene: Scene, tmp_path: Path) -> None:
+    (scene.host.config.state_dir / "attest" / "enrollment.json").unlink()
+    result = scene.run(scene.bundle(["/bin/cat", "/app/secret.txt"]))
+    assert result.returncode != 0
+    assert "encrypted images need an enrolled host" in result.stderr
+    assert scene.audit() == []
+    scene.assert_no_plaintext()
+
+
+def test_a_rewritten_manifest_is_refused_by_the_pinned_digest(scene: Scene) -> None:
+    """An attacker with write access to the layout edits the config (a diff_id) and so the
+    manifest: the digest changes and the local policy no longer names the image."""
+    layout = Layout.open(scene.layout)
+    desc, manifest = layout.manifest("app")
+    config = json.loads(layout.read_blob(manifest.config))
+    config["rootfs"]["diff_ids"][1] = "sha256:" + "0" * 64
+    blob = json.dumps(config).encode()
+    raw = json.loads(layout.read_blob(desc))
+    raw["config"].update(digest=layout.write_blob(blob), size=len(blob))
+    layout.add_manifest(raw, "app")
+    result = scene.run(scene.bundle(["/bin/cat", "/app/secret.txt"]))
+    assert result.returncode != 0
+    assert "is not in the host's image policy" in result.stderr
+    assert scene.audit() == []
+    scene.assert_no_plaintext()
+
+
+def test_a_hostile_layer_is_refused_and_nothing_escapes(scene: Scene) -> None:
+    """An image whose owner is trusted but whose second layer writes through a symlink."""
+    outside = scene.tmp / "outside"
+    outside.mkdir()
+    hostile = [
+        Entry(name="escape", kind=b"2", linkname=str(outside)),
+        Entry(name="escape/owned", data=SECRET),
+    ]
+    build_image(
+        scene.tmp / "plain",
+        "hostile",
+        ImageSpec(layers=[tar_bytes(busybox_entries()), tar_bytes(hostile)], compression="zstd"),
+    )
+    public = scene.tmp / "images.pub.pem"
+    _cli(
+        "image",
+        "encrypt",
+        f"{scene.tmp / 'plain'}:hostile",
+        f"{scene.layout}:hostile",
+        "--recipient",
+        str(public),
+    )
+    image = Layout.open(scene.layout).resolve("hostile").digest
+    scene.release_rules([(image, ["lab"], [])])
+    scene.allow_locally(image)
+    result = scene.run(scene.bundle(["/bin/true"], ref="hostile"))
+    assert result.returncode != 0
+    assert "layer 1" in result.stderr and "escape" in result.stderr
+    assert list(outside.iterdir()) == []
+    scene.assert_no_plaintext()
+
+
+def test_killing_the_agent_mid_decryption_leaves_no_plaintext(scene: Scene) -> None:
+    """A big layer so decryption takes a while; the agent is killed once files appear."""
+    big = [Entry(name="data/", kind=b"5", mode=0o755)] + [
+        Entry(name=f"data/f{i:04}", data=SECRET + os.urandom(200_000)) for i in range(1500)
+    ]
+    build_image(
+        scene.tmp / "plain",
+        "big",
+        ImageSpec(layers=[tar_bytes(busybox_entries()), tar_bytes(big)], compression="gzip"),
+    )
+    _cli(
+        "image",
+        "encrypt",
+        f"{scene.tmp / 'plain'}:big",
+        f"{scene.layout}:big",
+        "--recipient",
+        str(scene.tmp / "images.pub.pem"),
+    )
+    image = Layout.open(scene.layout).resolve("big").digest
+    scene.release_rules([(image, ["lab"], [])])
+    scene.allow_locally(image)
+    cid = f"killed-{uuid.uuid4().hex[:6]}"
+    bundle = scene.bundle(["/bin/true"], ref="big")
+    run = subprocess.Popen(
+        [str(SHIM), "run", "--bundle", str(bundle), cid],
+        env=scene.host.env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    data = scene.host.config.image_roots / cid / "data"
+    deadline = time.monotonic() + 60
+    while not (data.is_dir() and any(data.iterdir())):
+        assert run.poll() is None, run.communicate()
+        assert time.monotonic() < deadline, "decryption never started"
+        time.sleep(0.005)
+    assert scene.host.agent.proc is not None
+    scene.host.agent.proc.kill()
+    _, stderr = run.communicate(timeout=60)
+    assert run.returncode != 0
+    assert b"agent" in stderr
+    scene.assert_no_plaintext()
+
+
+def test_an_image_not_encrypted_to_the_server_gets_no_keys(scene: Scene) -> None:
+    other = scene.tmp / "other"
+    other.mkdir()
+    _cli("server", "keys", "create", "other", "--config", str(scene.server.config_path))
+    public = other / "other.pub.pem"
+    public.write_text(
+        _cli("server", "keys", "public", "other", "--config", str(scene.server.config_path))
+    )
+    # Encrypt to "other", then remove that key from the server: no server key is a recipient.
+    _cli(
+        "image",
+        "encrypt",
+        f"{scene.tmp / 'plain'}:app",
+        f"{scene.layout}:other",
+        "--recipient",
+        str(public),
+    )
+    (scene.server.process.config.image_key_dir / "other.pem").unlink()
+    image = Layout.open(scene.layout).resolve("other").digest
+    scene.release_rules([(image, ["lab"], [])])
+    scene.allow_locally(image)
+    result = scene.run(scene.bundle(["/bin/cat", "/app/secret.txt"], ref="other"))
+    assert result.returncode != 0
+    assert "none of the 1 decryption key(s) is a recipient" in result.stderr
+    assert [event for event, _ in scene.audit()] == ["release_refused"]
     scene.assert_no_plaintext()

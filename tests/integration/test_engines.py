@@ -5,10 +5,8 @@ from __future__ import annotations
 
 import contextlib
 import json
-import signal
 import subprocess
 import tarfile
-import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,6 +14,7 @@ from typing import Any
 
 import pytest
 
+from trusthook.devenv import dockerd as devenv_dockerd
 from trusthook.eventlog import verify_against_pcr
 
 from .conftest import SHIM, Host, runc
@@ -152,63 +151,17 @@ def dockerd(host: Host, busybox_rootfs: Path, tmp_path: Path) -> Iterator[list[s
 
 
 def runtime_wrapper(host: Host, path: Path) -> Path:
-    """An executable that runs trusthook-runtime with ``host``'s config (engines pass no env)."""
-    path.write_text(f'#!/bin/sh\nTRUSTHOOK_CONFIG={host.config_path} exec {SHIM} "$@"\n')
-    path.chmod(0o755)
-    return path
+    """An executable that runs trusthook-runtime with ``host``'s config."""
+    return devenv_dockerd.runtime_wrapper(host.config_path, path)
 
 
 @contextlib.contextmanager
 def dockerd_cli(host: Host, busybox_rootfs: Path, tmp_path: Path) -> Iterator[list[str]]:
-    """A dockerd of its own (busybox image loaded, trusthook-runtime as "trusthook"); the
-    docker command line that talks to it."""
-    root = Path("/var/lib/trusthook-test-docker") / uuid.uuid4().hex[:8]
-    root.mkdir(parents=True)
-    wrapper = runtime_wrapper(host, root / "trusthook-runtime")
-    (root / "daemon.json").write_text(
-        json.dumps({"runtimes": {"trusthook": {"path": str(wrapper)}}})
-    )
-    sock = root / "docker.sock"
-    log = open(tmp_path / "dockerd.log", "wb")  # noqa: SIM115
-    proc = subprocess.Popen(
-        [
-            "dockerd",
-            "--data-root",
-            str(root / "data"),
-            "--exec-root",
-            str(root / "exec"),
-            "--pidfile",
-            str(root / "docker.pid"),
-            "--host",
-            f"unix://{sock}",
-            "--iptables=false",
-            "--bridge=none",
-            "--config-file",
-            str(root / "daemon.json"),
-        ],
-        stdout=log,
-        stderr=log,
-    )
-    cmd = ["docker", "--host", f"unix://{sock}"]
-    try:
-        deadline = time.monotonic() + 60
-        while subprocess.run([*cmd, "info"], capture_output=True, check=False).returncode != 0:
-            assert proc.poll() is None, (tmp_path / "dockerd.log").read_text()
-            assert time.monotonic() < deadline, "dockerd did not come up in 60s"
-            time.sleep(0.25)
+    """A dockerd of its own for ``host`` with busybox imported; the docker command line."""
+    with devenv_dockerd.dockerd(host.config_path, tmp_path / "dockerd.log") as cmd:
         tar = _tar(busybox_rootfs, tmp_path / "busybox.tar")
         subprocess.run([*cmd, "import", str(tar), DOCKER_IMAGE], check=True, capture_output=True)
         yield cmd
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        log.close()
-        subprocess.run(["umount", "-R", "-l", str(root / "data")], check=False, capture_output=True)
-        subprocess.run(["rm", "-rf", "--one-file-system", str(root)], check=False)
 
 
 def test_docker_run_with_trusthook_runtime_is_measured(host: Host, dockerd: list[str]) -> None:

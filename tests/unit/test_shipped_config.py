@@ -8,6 +8,7 @@ from pathlib import Path
 
 from trusthook.config import Config, parse_config
 from trusthook.hook import HookArgs
+from trusthook.imagepolicy import parse_policy
 from trusthook.server.config import ServerConfig, parse_server_config
 
 OCI_CONFIG = Path(__file__).resolve().parents[2] / "oci-config"
@@ -24,6 +25,22 @@ def test_example_config_parses_to_the_defaults() -> None:
         defaults.state_dir,
         defaults.mode,
     )
+
+
+def test_example_config_names_the_default_image_settings() -> None:
+    with open(OCI_CONFIG / "trusthook.toml", "rb") as f:
+        config = parse_config(tomllib.load(f))
+    assert (config.image_policy, config.image_roots) == (
+        Config().image_policy,
+        Config().image_roots,
+    )
+
+
+def test_example_image_policy_parses() -> None:
+    with open(OCI_CONFIG / "image-policy.toml", "rb") as f:
+        policy = parse_policy(tomllib.load(f), " image-policy.toml")
+    assert policy.enforce and policy.allow_unencrypted
+    assert list(policy.images.values()) == ["example"]
 
 
 def test_hooks_d_file_follows_schema_1_0_0_and_the_hook_accepts_its_args() -> None:
@@ -61,3 +78,4 @@ def test_example_server_config_parses() -> None:
         defaults.nonce_ttl,
     )
     assert config.expectations("lab").pcrs == (0, 7, 23)
+    assert [r.groups for r in config.releases] == [frozenset({"lab"})]

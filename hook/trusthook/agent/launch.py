@@ -92,7 +92,8 @@ class EncryptedLaunch:
         ref = annotations.get(IMAGE_REF_ANNOTATION) or None
         layout = Layout.open(layout_dir)
         desc, _ = layout.manifest(ref)
-        self._policy().check(encrypted=True, manifest=desc.digest)
+        policy = self._policy()
+        policy.check(encrypted=True, manifest=desc.digest)
         manifest = layout.read_blob(desc)
         intent = replace(
             event,
@@ -107,7 +108,7 @@ class EncryptedLaunch:
                 ref,
                 root,
                 keys=released_keys(released),
-                policy=ExtractPolicy(),
+                policy=ExtractPolicy(devices=policy.devices, setuid=policy.setuid),
                 pinned_manifest=desc.digest,
                 runtime_entries=True,
             )

@@ -2,23 +2,32 @@
 
 A real swtpm, the agent, a busybox bundle, ``runc run`` through ``trusthook-runtime``; then the
 event log record and ``log verify``; then an attestation server on SQLite over mutual TLS on
-loopback, enrollment, a quote with the log, the verdict. Everything lives in one work
+loopback, enrollment, a quote with the log, the verdict; then an encrypted image whose key only
+the server holds, released sealed to the TPM and decrypted into a tmpfs root at container start.
+Everything lives in one work
 directory; the processes it starts are stopped by PID when it ends.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
 import sys
+import tarfile
 from pathlib import Path
 
+from trusthook.config import load_config
 from trusthook.devenv.agentproc import AgentProcess, write_config
 from trusthook.devenv.bundle import make_bundle
+from trusthook.devenv.bundle import write_config as write_bundle_config
+from trusthook.devenv.ociimage import Entry, ImageSpec, build_image, busybox_entries, tar_bytes
 from trusthook.devenv.server import ServerProcess, swtpm_ek_bundle, write_server_config
 from trusthook.devenv.swtpm import Swtpm, free_port_pair
 from trusthook.errors import ServiceError
+from trusthook.image.layout import Layout
+from trusthook.server.config import load_server_config
 
 DEFAULT_WORKDIR = Path("/var/lib/trusthook-demo")
 
@@ -60,10 +69,10 @@ def run_demo(workdir: Path = DEFAULT_WORKDIR) -> int:
             subprocess.run([*cli, "log", "show"], check=True)
             _step("trusthook log verify")
             subprocess.run([*cli, "log", "verify"], check=True)
-            return _attest(workdir, cli)
+            return _attest(workdir, cli, config_path)
 
 
-def _attest(workdir: Path, cli: list[str]) -> int:
+def _attest(workdir: Path, cli: list[str], config_path: Path) -> int:
     """Server, enrollment, attestation, status."""
     _step("starting the attestation server (SQLite, mutual TLS on 127.0.0.1)")
     server_config = workdir / "server.toml"
@@ -84,4 +93,69 @@ def _attest(workdir: Path, cli: list[str]) -> int:
             check=True,
         )  # fmt: skip
         _step("trusthook attest (quote over PCRs 0-7 and 23, with the event log)")
-        return subprocess.run([*cli, "attest"], check=False).returncode
+        code = subprocess.run([*cli, "attest"], check=False).returncode
+        if code != 0:
+            return code
+        return _encrypted_image(workdir, cli, config_path, server, server_config)
+
+
+def _encrypted_image(
+    workdir: Path, cli: list[str], config_path: Path, server: ServerProcess, server_config: Path
+) -> int:
+    """An encrypted image whose key only the server holds, run after attestation."""
+    _step("trusthook server keys create images (the key stays on the server)")
+    server_cli = [*cli, "server", "keys"]
+    subprocess.run([*server_cli, "create", "images", "--config", str(server_config)], check=True)
+    public = workdir / "images.pub.pem"
+    public.write_bytes(
+        subprocess.run(
+            [*server_cli, "public", "images", "--config", str(server_config)],
+            check=True,
+            capture_output=True,
+        ).stdout
+    )
+    _step("building an image with a secret and encrypting it (ocicrypt JWE, as skopeo does)")
+    app = [
+        Entry(name="app/", kind=tarfile.DIRTYPE, mode=0o755),
+        Entry(name="app/secret.txt", data=b"a secret only an attested host can read\n"),
+    ]
+    spec = ImageSpec(
+        layers=[tar_bytes(busybox_entries()), tar_bytes(app)], cmd=("/bin/cat", "/app/secret.txt")
+    )
+    build_image(workdir / "plain", "app", spec)
+    layout = workdir / "encrypted"
+    subprocess.run(
+        [*cli, "image", "encrypt", f"{workdir / 'plain'}:app", f"{layout}:app",
+         "--recipient", f"jwe:{public}"],
+        check=True,
+        stdout=subprocess.DEVNULL,
+    )  # fmt: skip
+    subprocess.run([*cli, "image", "inspect", f"{layout}:app"], check=True)
+    image = Layout.open(layout).resolve("app").digest
+    _step("allowing it: a [[release]] rule on the server, the host's image policy")
+    server.stop()
+    config = load_server_config(server_config)
+    write_server_config(
+        server_config,
+        state_dir=config.state_dir,
+        port=config.port,
+        ek_ca_bundle=config.ek_ca_bundle,
+        releases=[(image, ["lab"], [])],
+    )
+    server.start()
+    host = load_config(config_path)
+    host.image_policy.write_text(f'[[image]]\nmanifest = "{image}"\nname = "demo app"\n')
+    _step("runc run through trusthook-runtime: tmpfs root, attest + key release, decrypt, run")
+    bundle = workdir / "encrypted-bundle"
+    (bundle / "rootfs").mkdir(parents=True)
+    bundle_config = write_bundle_config(bundle, ["/bin/cat", "/app/secret.txt"])
+    bundle_config["annotations"] = {
+        "org.trusthook.image.layout": str(layout),
+        "org.trusthook.image.ref": "app",
+    }
+    (bundle / "config.json").write_text(json.dumps(bundle_config))
+    env = {**os.environ, "TRUSTHOOK_CONFIG": str(config_path)}
+    shim = Path(sys.executable).parent / "trusthook-runtime"
+    return subprocess.run(
+        [str(shim), "run", "--bundle", str(bundle), "demo-encrypted"], env=env, check=False
+    ).returncode

@@ -85,7 +85,6 @@ def unpack_image(
     keys: KeySource,
     policy: ExtractPolicy,
     pinned_manifest: str | None = None,
-    allow_plain: bool = True,
     runtime_entries: bool = False,
 ) -> Unpacked:
     """Unpack ``layout:ref`` into ``root``; empty it again on any failure.
@@ -97,7 +96,7 @@ def unpack_image(
     if not runtime_entries and any(root.iterdir()):
         raise ImageError(f"unpack target {root} is not empty")
     try:
-        return _unpack(layout, ref, root, keys, policy, pinned_manifest, allow_plain, keep)
+        return _unpack(layout, ref, root, keys, policy, pinned_manifest, keep)
     except BaseException:
         empty_directory(root)
         raise
@@ -110,7 +109,6 @@ def _unpack(  # noqa: PLR0917 - the private body of unpack_image, same arguments
     keys: KeySource,
     policy: ExtractPolicy,
     pinned_manifest: str | None,
-    allow_plain: bool,
     keep: frozenset[str],
 ) -> Unpacked:
     desc, manifest = layout.manifest(ref)
@@ -128,8 +126,6 @@ def _unpack(  # noqa: PLR0917 - the private body of unpack_image, same arguments
     for i, (layer, diff_id) in enumerate(zip(manifest.layers, config.diff_ids, strict=True)):
         kind = LayerType.parse(layer.media_type)
         what = layer_name(i, layer)
-        if not kind.encrypted and not allow_plain:
-            raise ImageCryptError(f"{what} is not encrypted and the policy requires encryption")
         key = keys(layer, what) if kind.encrypted else None
         plans.append(_Plan(desc=layer, kind=kind, key=key, diff_id=diff_id, what=what))
     for plan in plans:  # pass 1: nothing is extracted before every blob is authenticated

@@ -14,21 +14,16 @@ import queue
 import threading
 import zlib
 from types import TracebackType
-from typing import IO, Protocol, cast
+from typing import IO, cast
 
 import zstandard
 
 from trusthook.errors import ImageError
 from trusthook.image.cipher import LayerCipher
 from trusthook.image.layout import CHUNK
+from trusthook.image.unpack import TarSource
 
 QUEUE_DEPTH = 8
-
-
-class Readable(Protocol):
-    """Anything with ``read(n)``."""
-
-    def read(self, n: int = -1, /) -> bytes: ...
 
 
 class DecryptingReader(io.RawIOBase):
@@ -59,7 +54,7 @@ class DecryptingReader(io.RawIOBase):
 class GzipReader(io.RawIOBase):
     """gzip (one or more members) decompressed in bounded reads; a truncated stream is refused."""
 
-    def __init__(self, source: Readable) -> None:
+    def __init__(self, source: TarSource) -> None:
         self._source = source
         self._z = zlib.decompressobj(wbits=31)
         self._input = b""
@@ -89,7 +84,7 @@ class GzipReader(io.RawIOBase):
                 return out
 
 
-def decompressing(source: Readable, compression: str) -> Readable:
+def decompressing(source: TarSource, compression: str) -> TarSource:
     """``source`` decompressed as ``compression`` (none, gzip or zstd)."""
     if compression == "gzip":
         return GzipReader(source)
@@ -106,7 +101,7 @@ class LayerStream(io.RawIOBase):
     ``close`` (or leaving the ``with``) stops the producer and waits for it.
     """
 
-    def __init__(self, source: Readable) -> None:
+    def __init__(self, source: TarSource) -> None:
         self._source = source
         self._queue: queue.Queue[bytes | BaseException | None] = queue.Queue(QUEUE_DEPTH)
         self._stop = threading.Event()

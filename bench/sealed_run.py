@@ -1,0 +1,124 @@
+"""``docker run`` of a sealed busybox image against a plain ``docker run`` of the same busybox,
+side by side in one run (interleaved), on one dockerd of this script's own.
+
+The sealed run is the whole trusthook path: trusthook-runtime mounts a tmpfs root, the hook asks
+the agent (swtpm), which records the launch, attests to a local server (SQLite, mutual TLS),
+gets the layer key sealed to its TPM, decrypts and unpacks busybox into the tmpfs, measures it
+and records it; then the container runs ``/bin/true``. The plain run uses Docker's default
+runtime (runc) and the same busybox files.
+
+Usage (root): .venv/bin/python bench/sealed_run.py [--runs N] [--workdir DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from trusthook.devenv.agentproc import AgentProcess, write_config
+from trusthook.devenv.dockerd import dockerd
+from trusthook.devenv.ociimage import ImageSpec, build_image, busybox_entries, tar_bytes
+from trusthook.devenv.server import ServerProcess, swtpm_ek_bundle, write_server_config
+from trusthook.devenv.swtpm import Swtpm, free_port_pair
+from trusthook.image.layout import Layout
+
+BIN = Path(sys.executable).parent
+
+
+def _cli(config: Path, *args: str) -> bytes:
+    return subprocess.run(
+        [str(BIN / "trusthook"), "--trusthook-config", str(config), *args],
+        check=True,
+        capture_output=True,
+    ).stdout
+
+
+def _time(argv: list[str]) -> float:
+    start = time.perf_counter()
+    result = subprocess.run(argv, capture_output=True, check=False)
+    if result.returncode != 0:
+        raise SystemExit(f"failed: {' '.join(argv)}: {result.stderr.decode().strip()}")
+    return (time.perf_counter() - start) * 1000
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", type=int, default=20)
+    parser.add_argument("--workdir", default="/var/lib/trusthook-bench")
+    args = parser.parse_args()
+    Path(args.workdir).mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix="sealed-", dir=args.workdir))
+    try:
+        return _bench(work, args.runs)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def _bench(work: Path, runs: int) -> int:
+    server_config = work / "server.toml"
+    port, ek_ca = free_port_pair(), swtpm_ek_bundle(work / "ek-ca.pem")
+
+    def write_server(releases: list[tuple[str, list[str], list[str]]]) -> None:
+        write_server_config(
+            server_config,
+            state_dir=work / "server",
+            port=port,
+            ek_ca_bundle=ek_ca,
+            releases=releases,
+        )
+
+    write_server([])
+    server = ServerProcess(server_config, work / "server.log")
+    server.init()
+    _cli(server_config, "server", "keys", "create", "images", "--config", str(server_config))
+    public = work / "images.pub.pem"
+    public.write_bytes(
+        _cli(server_config, "server", "keys", "public", "images", "--config", str(server_config))
+    )
+    busybox = tar_bytes(busybox_entries())
+    build_image(work / "plain", "busybox", ImageSpec(layers=[busybox], cmd=("/bin/true",)))
+    _cli(server_config, "image", "encrypt", f"{work / 'plain'}:busybox",
+         f"{work / 'encrypted'}:busybox", "--recipient", f"jwe:{public}")  # fmt: skip
+    image = Layout.open(work / "encrypted").resolve("busybox").digest
+    write_server([(image, ["lab"], [])])
+    _cli(server_config, "image", "seal", f"{work / 'encrypted'}:busybox",
+         str(work / "sealed.tar"), "--tag", "busybox:sealed")  # fmt: skip
+    (work / "busybox.tar").write_bytes(busybox)
+    with Swtpm(work / "tpm") as tpm, server:
+        config_path = work / "trusthook.toml"
+        config = write_config(
+            config_path, tcti=tpm.tcti, state_dir=work / "state", hook=BIN / "trusthook-hook"
+        )
+        with AgentProcess(config_path, config, work / "agent.log"):
+            _cli(config_path, "enroll", "--server", server.url, "--server-ca",
+                 str(server.ca_cert), "--group", "lab")  # fmt: skip
+            config.image_policy.write_text(f'[[image]]\nmanifest = "{image}"\n')
+            with dockerd(config_path, work / "dockerd.log") as docker:
+                subprocess.run([*docker, "load", "-i", str(work / "sealed.tar")], check=True,
+                               capture_output=True)  # fmt: skip
+                subprocess.run([*docker, "import", str(work / "busybox.tar"), "busybox:plain"],
+                               check=True, capture_output=True)  # fmt: skip
+                run = [*docker, "run", "--rm", "--network", "none"]
+                plain_cmd = [*run, "busybox:plain", "/bin/true"]
+                sealed_cmd = [*run, "--runtime", "trusthook", "busybox:sealed"]
+                _time(plain_cmd), _time(sealed_cmd)  # warm up both
+                plain, sealed = [], []
+                for _ in range(runs):
+                    plain.append(_time(plain_cmd))
+                    sealed.append(_time(sealed_cmd))
+    p, s = statistics.median(plain), statistics.median(sealed)
+    print(f"runs per variant: {runs} (interleaved), busybox ({len(busybox) // 1024} KiB tar)")
+    print(f"docker run (plain, runc)            median {p:7.1f} ms")
+    print(f"docker run --runtime trusthook sealed median {s:7.1f} ms  (adds {s - p:.1f} ms)")
+    print(f"ratio {s / p:.2f} (target <= 1.5)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

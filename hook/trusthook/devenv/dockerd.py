@@ -1,0 +1,80 @@
+"""A dockerd of one's own for tests and benchmarks, with trusthook-runtime as runtime "trusthook".
+
+It runs with its own data, exec root and socket (``--iptables=false --bridge=none``: containers
+use ``--network none``), and is stopped by PID when the context ends.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+DOCKER_ROOT = Path("/var/lib/trusthook-test-docker")
+START_TIMEOUT = 60.0
+
+
+def runtime_wrapper(config_path: Path, path: Path) -> Path:
+    """An executable running trusthook-runtime with ``config_path`` (engines pass no env)."""
+    shim = Path(sys.executable).parent / "trusthook-runtime"
+    path.write_text(f'#!/bin/sh\nTRUSTHOOK_CONFIG={config_path} exec {shim} "$@"\n')
+    path.chmod(0o755)
+    return path
+
+
+@contextlib.contextmanager
+def dockerd(config_path: Path, log_path: Path) -> Iterator[list[str]]:
+    """Start dockerd; yield the ``docker`` command line that talks to it."""
+    root = DOCKER_ROOT / uuid.uuid4().hex[:8]
+    root.mkdir(parents=True)
+    wrapper = runtime_wrapper(config_path, root / "trusthook-runtime")
+    (root / "daemon.json").write_text(
+        json.dumps({"runtimes": {"trusthook": {"path": str(wrapper)}}})
+    )
+    sock = root / "docker.sock"
+    log = open(log_path, "wb")  # noqa: SIM115 - handed to the child, closed below
+    proc = subprocess.Popen(
+        [
+            "dockerd",
+            "--data-root",
+            str(root / "data"),
+            "--exec-root",
+            str(root / "exec"),
+            "--pidfile",
+            str(root / "docker.pid"),
+            "--host",
+            f"unix://{sock}",
+            "--iptables=false",
+            "--bridge=none",
+            "--config-file",
+            str(root / "daemon.json"),
+        ],
+        stdout=log,
+        stderr=log,
+    )
+    cmd = ["docker", "--host", f"unix://{sock}"]
+    try:
+        deadline = time.monotonic() + START_TIMEOUT
+        while subprocess.run([*cmd, "info"], capture_output=True, check=False).returncode != 0:
+            if proc.poll() is not None:
+                raise RuntimeError(f"dockerd exited; see {log_path}")
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"dockerd did not come up in {START_TIMEOUT:g}s")
+            time.sleep(0.25)
+        yield cmd
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        log.close()
+        subprocess.run(["umount", "-R", "-l", str(root / "data")], check=False, capture_output=True)
+        subprocess.run(["rm", "-rf", "--one-file-system", str(root)], check=False)

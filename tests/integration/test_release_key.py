@@ -1,0 +1,110 @@
+"""The TPM release key against a real swtpm: the server's check of its TPM2_Certify, every way
+that check refuses, and the release envelope that only this TPM can open."""
+
+from __future__ import annotations
+
+import base64
+
+import pytest
+from cryptography.hazmat.primitives.asymmetric import rsa
+from tpm2_pytss import ESYS_TR, TPM2_ALG, TPM2B_SENSITIVE_CREATE, TPMT_SIG_SCHEME
+
+from trusthook.attest.bindkey import verify_bind_key
+from trusthook.attest.identity import check_ak_public
+from trusthook.devenv.swtpm import Swtpm
+from trusthook.errors import AttestationError, ImageCryptError, TPMError
+from trusthook.release import associated_data, open_sealed, seal
+from trusthook.tpm import Tpm, ak_template
+
+pytestmark = pytest.mark.integration
+NONCE = b"N" * 32
+
+
+def _certified(swtpm: Swtpm, nonce: bytes = NONCE) -> tuple[bytes, bytes, bytes, bytes]:
+    with Tpm(swtpm.tcti) as tpm:
+        public, attest, signature = tpm.certify_bind_key(nonce)
+        return tpm.ak_public(), public, attest, signature
+
+
+def _verify(ak: bytes, public: bytes, attest: bytes, signature: bytes) -> rsa.RSAPublicKey:
+    return verify_bind_key(
+        ak=check_ak_public(ak), public=public, attest=attest, signature=signature, nonce=NONCE
+    )
+
+
+def test_a_certified_release_key_verifies_and_only_its_tpm_opens_the_envelope(
+    swtpm: Swtpm,
+) -> None:
+    ak, public, attest, signature = _certified(swtpm)
+    key = _verify(ak, public, attest, signature)
+    aad = associated_data(host_id="h" * 64, image="sha256:" + "a" * 64, nonce=NONCE)
+    envelope = seal(key, {"sha256:" + "b" * 64: b'{"symkey":"..."}'}, aad)
+    with Tpm(swtpm.tcti) as tpm:
+        opened = open_sealed(envelope, tpm.unseal_release, aad)
+    assert opened == {"sha256:" + "b" * 64: b'{"symkey":"..."}'}
+    other = associated_data(host_id="h" * 64, image="sha256:" + "c" * 64, nonce=NONCE)
+    with Tpm(swtpm.tcti) as tpm, pytest.raises(ImageCryptError, match="does not decrypt for"):
+        open_sealed(envelope, tpm.unseal_release, other)
+
+
+def test_the_release_key_is_the_same_after_reopening(swtpm: Swtpm) -> None:
+    assert _certified(swtpm)[1] == _certified(swtpm)[1]
+
+
+def test_another_tpm_cannot_open_the_envelope(swtpm: Swtpm, tpm_template: object) -> None:
+    ak, public, attest, signature = _certified(swtpm)
+    key = _verify(ak, public, attest, signature)
+    envelope = seal(key, {}, b"aad")
+    # The same TPM restarted with a different endorsement seed is another TPM: change the
+    # endorsement hierarchy's seed with TPM2_ChangeEPS.
+    with Tpm(swtpm.tcti) as tpm:
+        tpm._ectx.change_eps(ESYS_TR.RH_PLATFORM)
+    with Tpm(swtpm.tcti) as tpm, pytest.raises(TPMError, match="not made for this TPM"):
+        open_sealed(envelope, tpm.unseal_release, b"aad")
+
+
+def test_a_certification_over_another_nonce_is_refused(swtpm: Swtpm) -> None:
+    ak, public, attest, signature = _certified(swtpm, nonce=b"M" * 32)
+    with pytest.raises(AttestationError, match="does not carry this release's nonce"):
+        _verify(ak, public, attest, signature)
+
+
+def test_an_altered_certification_is_refused(swtpm: Swtpm) -> None:
+    ak, public, attest, signature = _certified(swtpm)
+    tampered = bytearray(attest)
+    tampered[-1] ^= 1
+    with pytest.raises(AttestationError, match="not signed by this host's AK"):
+        _verify(ak, public, bytes(tampered), signature)
+
+
+def test_a_key_other_than_the_certified_one_is_refused(swtpm: Swtpm) -> None:
+    ak, _public, attest, signature = _certified(swtpm)
+    other = rsa.generate_private_key(65537, 2048).public_key()
+    with Tpm(swtpm.tcti) as tpm:
+        public = tpm.certify_bind_key(NONCE)[0]
+    swapped = public[:-256] + other.public_numbers().n.to_bytes(256, "big")
+    with pytest.raises(AttestationError, match="names another key"):
+        _verify(ak, swapped, attest, signature)
+
+
+def test_a_certified_signing_key_is_not_a_release_key(swtpm: Swtpm) -> None:
+    """The AK certifying itself: a genuine certification of a key that is not for decryption."""
+    with Tpm(swtpm.tcti) as tpm:
+        ak_public = tpm.ak_public()
+        ectx = tpm._ectx
+        handle, public, _, _, _ = ectx.create_primary(
+            TPM2B_SENSITIVE_CREATE(), ak_template(), ESYS_TR.ENDORSEMENT
+        )
+        attested, sig = ectx.certify(handle, handle, NONCE, TPMT_SIG_SCHEME(scheme=TPM2_ALG.NULL))
+        ectx.flush_context(handle)
+    with pytest.raises(AttestationError, match="not a plain decryption key"):
+        _verify(ak_public, public.marshal(), bytes(attested), sig.marshal())
+
+
+def test_a_malformed_envelope_is_refused() -> None:
+    bad = {"encrypted_seed": "!!", "iv": base64.b64encode(b"x" * 12).decode(), "ciphertext": ""}
+    with pytest.raises(ImageCryptError, match="encrypted_seed is not valid base64"):
+        open_sealed(bad, lambda data: data, b"")
+    short = {"encrypted_seed": base64.b64encode(b"s").decode(), "iv": "", "ciphertext": ""}
+    with pytest.raises(ImageCryptError, match="wrong size"):
+        open_sealed(short, lambda data: data, b"")
