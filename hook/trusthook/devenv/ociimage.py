@@ -130,6 +130,6 @@ def busybox_entries(busybox: Path = Path("/bin/busybox")) -> list[Entry]:
         Entry(name="etc/passwd", data=b"root:x:0:0:root:/root:/bin/sh\n"),
         Entry(name="tmp/", kind=tarfile.DIRTYPE, mode=0o1777),
     ]
-    for tool in ("sh", "cat", "ls", "echo", "sleep", "sha256sum", "id"):
+    for tool in ("sh", "cat", "ls", "echo", "sleep", "sha256sum", "id", "true"):
         entries.append(Entry(name=f"bin/{tool}", kind=tarfile.SYMTYPE, linkname="busybox"))
     return entries
