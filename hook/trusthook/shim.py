@@ -8,27 +8,18 @@ the identical arguments; every other subcommand passes straight through. Standar
 
 from __future__ import annotations
 
-import json
-import math
 import os
-import shutil
 import sys
-from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
 
-from trusthook.config import Config, load_config
+from trusthook.config import load_config
 from trusthook.errors import RuntimeShimError, TrusthookError
-from trusthook.jsonobject import parse_object
-from trusthook.oci import check_container_id
-from trusthook.shimroot import container_arg, prepare_root, release_root, run_child, write_config
 
 # Global flags of runc and crun that take a separate value argument.
 VALUE_FLAGS = frozenset(
     {"--log", "--log-format", "--log-level", "--root", "--criu", "--rootless", "--cgroup-manager"}
 )
 CREATING_COMMANDS = frozenset({"create", "run"})
-HOOK_STAGE = "createRuntime"
 
 
 def _flag_value(args: list[str], i: int, names: tuple[str, ...]) -> tuple[str | None, int]:
@@ -76,46 +67,29 @@ def find_bundle(sub_args: list[str], cwd: str) -> str:
     return cwd
 
 
-def hook_entry(config: Config, hook_path: Path) -> dict[str, Any]:
-    return {
-        "path": str(hook_path),
-        "args": ["trusthook-hook", *config.hook_args, "--stage", HOOK_STAGE],
-        "timeout": math.ceil(config.hook_timeout),  # never shorter than the hook's own wait
-    }
-
-
-def inject_hook(config_path: Path, entry: dict[str, Any]) -> bool:
-    """Add ``entry`` to the createRuntime hooks of ``config_path`` unless a hook with the same
-    path is there; the file is replaced atomically with its mode kept. True if it changed."""
-    try:
-        raw = config_path.read_bytes()
-        mode = os.stat(config_path).st_mode & 0o7777
-    except OSError as e:
-        raise RuntimeShimError(f"cannot read {config_path}: {e.strerror}") from e
-    spec = parse_object(raw, str(config_path), RuntimeShimError)
-    hooks = spec.setdefault("hooks", {})
-    if not isinstance(hooks, dict):
-        raise RuntimeShimError(f"{config_path}: 'hooks' must be an object")
-    stage = hooks.setdefault(HOOK_STAGE, [])
-    if not isinstance(stage, list):
-        raise RuntimeShimError(f"{config_path}: 'hooks.{HOOK_STAGE}' must be an array")
-    if any(isinstance(h, dict) and h.get("path") == entry["path"] for h in stage):
-        return False
-    stage.append(entry)
-    write_config(config_path, spec, mode)
-    return True
-
-
 def resolve(program: str, what: str) -> str:
-    """An absolute path for ``program`` (a path, or a name looked up in PATH)."""
-    found = program if os.path.isabs(program) else shutil.which(program)
-    if not found or not os.access(found, os.X_OK):
-        raise RuntimeShimError(f"{what} {program!r} not found or not executable")
-    return found
+    """An absolute path for ``program`` (a path, or a name looked up in PATH; not with
+    ``shutil.which``, whose import costs the shim's every start ~10 ms)."""
+    candidates = (
+        [program]
+        if os.path.isabs(program)
+        else [
+            os.path.join(d, program)
+            for d in os.environ.get("PATH", os.defpath).split(os.pathsep)
+            if d
+        ]
+    )
+    for found in candidates:
+        if os.path.isfile(found) and os.access(found, os.X_OK):
+            return found
+    raise RuntimeShimError(f"{what} {program!r} not found or not executable")
 
 
 def _report(args: list[str], end: int, message: str) -> None:
     """Tell the engine: stderr, and the runtime log file in runc's format when one is given."""
+    import json  # noqa: PLC0415 - error path only: the shim's every start is kept lean
+    from datetime import UTC, datetime  # noqa: PLC0415
+
     print(message, file=sys.stderr)
     log_path = global_flag(args, end, "--log")
     if not log_path:
@@ -133,37 +107,42 @@ def _report(args: list[str], end: int, message: str) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run the real runtime; for ``create``/``run`` prepare the bundle first (``shimbundle``).
+
+    The engine starts the shim for every runtime subcommand (Docker: create, start, delete,
+    delete), so everything but ``create``/``run`` and the delete of an encrypted-image container
+    is an ``execv`` after as few imports as possible."""
     args = sys.argv[1:] if argv is None else argv
     sub = find_subcommand(args)
     end = len(args) if sub is None else sub
+    command, rest = (args[sub], args[sub + 1 :]) if sub is not None else ("", [])
     root: Path | None = None
     try:
         config = load_config()
         runtime = resolve(config.runtime, "runtime")
-        command = args[sub] if sub is not None else ""
-        if sub is not None and command in CREATING_COMMANDS:
-            hook = config.hook_path or Path(sys.executable).parent / "trusthook-hook"
-            hook_path = Path(resolve(str(hook), "trusthook hook"))
-            bundle = find_bundle(args[sub + 1 :], os.getcwd())
-            config_path = Path(bundle, "config.json")
-            inject_hook(config_path, hook_entry(config, hook_path))
-            root = prepare_root(config_path, bundle, container_arg(args[sub + 1 :]), config)
-        elif sub is not None and command == "delete":
-            root = config.image_roots / check_container_id(container_arg(args[sub + 1 :]))
+        if command in CREATING_COMMANDS or (
+            command == "delete" and rest and os.path.lexists(config.image_roots / rest[-1])
+        ):
+            from trusthook import shimbundle  # noqa: PLC0415 - see above
+
+            container = shimbundle.container_arg(rest)
+            if command == "delete":
+                root = config.image_roots / container
+            else:
+                hook = config.hook_path or Path(sys.executable).parent / "trusthook-hook"
+                hook_path = Path(resolve(str(hook), "trusthook hook"))
+                bundle = find_bundle(rest, os.getcwd())
+                config_path = Path(bundle, "config.json")
+                shimbundle.inject_hook(config_path, shimbundle.hook_entry(config, hook_path))
+                root = shimbundle.prepare_root(config_path, bundle, container, config)
     except TrusthookError as e:
-        if root is not None:
-            release_root(root)
         _report(args, end, f"trusthook-runtime: {e}")
         return 1
     if root is None:
         os.execv(runtime, [runtime, *args])
-    code = run_child([runtime, *args])
-    detached = any(a in ("-d", "--detach") for a in args[end + 1 :])
-    # delete: gone once deleted; create or run: it never started, or (attached run) it exited
-    ended = code != 0 or (command == "run" and not detached)
-    if code == 0 if command == "delete" else ended:
-        release_root(root)  # no container, no plaintext
-    return code
+    return shimbundle.run_and_release(
+        [runtime, *args], root, command, any(a in ("-d", "--detach") for a in args[end + 1 :])
+    )
 
 
 if __name__ == "__main__":

@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 
 from trusthook.errors import RuntimeShimError
-from trusthook.shim import find_bundle, find_subcommand, global_flag, inject_hook
+from trusthook.shim import find_bundle, find_subcommand, global_flag
+from trusthook.shimbundle import inject_hook
 
 ENTRY = {"path": "/usr/bin/trusthook-hook", "args": ["trusthook-hook"], "timeout": 30}
 

@@ -1,5 +1,9 @@
-"""The shim's memory-backed roots for containers from encrypted images. Standard library only.
+"""What the shim does to a bundle before the real runtime creates it. Standard library only.
 
+The hook: on ``create`` and ``run`` a ``createRuntime`` hook entry is added to config.json
+(every other field kept, the file replaced atomically, its mode kept).
+
+The memory-backed root of a container from an encrypted image:
 A container is from an encrypted image when its config.json names an OCI layout in the
 ``org.trusthook.image.layout`` annotation, or when its rootfs is a *sealed* image (it holds
 ``/.trusthook/sealed/oci-layout``; see ``trusthook image seal``). Then, before the runtime
@@ -14,6 +18,7 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import json
+import math
 import os
 import signal
 import subprocess
@@ -30,6 +35,7 @@ from trusthook.oci import IMAGE_LAYOUT_ANNOTATION, check_container_id
 SEALED_LAYOUT = ".trusthook/sealed"
 MNT_DETACH = 2
 FORWARDED_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT)
+HOOK_STAGE = "createRuntime"
 
 
 def container_arg(sub_args: list[str]) -> str:
@@ -105,6 +111,36 @@ def write_config(config_path: Path, spec: dict[str, Any], mode: int) -> None:
         raise RuntimeShimError(f"cannot write {config_path}: {e.strerror}") from e
 
 
+def hook_entry(config: Config, hook_path: Path) -> dict[str, Any]:
+    return {
+        "path": str(hook_path),
+        "args": ["trusthook-hook", *config.hook_args, "--stage", HOOK_STAGE],
+        "timeout": math.ceil(config.hook_timeout),  # never shorter than the hook's own wait
+    }
+
+
+def inject_hook(config_path: Path, entry: dict[str, Any]) -> bool:
+    """Add ``entry`` to the createRuntime hooks of ``config_path`` unless a hook with the same
+    path is there; the file is replaced atomically with its mode kept. True if it changed."""
+    try:
+        raw = config_path.read_bytes()
+        mode = os.stat(config_path).st_mode & 0o7777
+    except OSError as e:
+        raise RuntimeShimError(f"cannot read {config_path}: {e.strerror}") from e
+    spec = parse_object(raw, str(config_path), RuntimeShimError)
+    hooks = spec.setdefault("hooks", {})
+    if not isinstance(hooks, dict):
+        raise RuntimeShimError(f"{config_path}: 'hooks' must be an object")
+    stage = hooks.setdefault(HOOK_STAGE, [])
+    if not isinstance(stage, list):
+        raise RuntimeShimError(f"{config_path}: 'hooks.{HOOK_STAGE}' must be an array")
+    if any(isinstance(h, dict) and h.get("path") == entry["path"] for h in stage):
+        return False
+    stage.append(entry)
+    write_config(config_path, spec, mode)
+    return True
+
+
 def release_root(root: Path) -> None:
     """Unmount (detached: a running container keeps its own view) and remove ``root``."""
     if not root.exists():
@@ -113,6 +149,17 @@ def release_root(root: Path) -> None:
         err = ctypes.get_errno()
         raise RuntimeShimError(f"cannot unmount {root}: {os.strerror(err)}")
     root.rmdir()
+
+
+def run_and_release(argv: list[str], root: Path, command: str, detached: bool) -> int:
+    """Run the runtime (``run_child``), then remove the tmpfs root when its container is gone:
+    after a successful ``delete``; after ``create``/``run`` that failed, or an attached ``run``
+    that returned."""
+    code = run_child(argv)
+    ended = code != 0 or (command == "run" and not detached)
+    if code == 0 if command == "delete" else ended:
+        release_root(root)  # no container, no plaintext
+    return code
 
 
 def run_child(argv: list[str]) -> int:
