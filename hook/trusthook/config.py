@@ -148,19 +148,28 @@ def load_config(path: str | Path | None = None, environ: Mapping[str, str] | Non
     return config
 
 
+def read_toml(path: Path, what: str) -> dict[str, Any]:
+    """The TOML document in ``path``; ConfigError naming ``what`` if it cannot be read or
+    parsed. A missing file raises FileNotFoundError: whether that is an error is the caller's."""
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        raise
+    except OSError as e:
+        raise ConfigError(f"cannot read {what} {path}: {e.strerror}") from e
+    try:
+        return tomllib.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, tomllib.TOMLDecodeError) as e:
+        raise ConfigError(f"{what} {path} is not valid TOML: {e}") from e
+
+
 def _load_file(path: str | Path | None, env: Mapping[str, str]) -> Config:
     explicit = path if path is not None else env.get(CONFIG_ENV)
     target = Path(explicit) if explicit else DEFAULT_CONFIG_PATH
     try:
-        raw = target.read_bytes()
+        data = read_toml(target, "config file")
     except FileNotFoundError:
         if explicit:
             raise ConfigError(f"config file {target} does not exist") from None
         return Config()
-    except OSError as e:
-        raise ConfigError(f"cannot read config file {target}: {e.strerror}") from e
-    try:
-        data = tomllib.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, tomllib.TOMLDecodeError) as e:
-        raise ConfigError(f"config file {target} is not valid TOML: {e}") from e
     return parse_config(data, source=target)

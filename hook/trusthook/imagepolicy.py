@@ -18,12 +18,12 @@ from __future__ import annotations
 
 import logging
 import re
-import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from trusthook.config import read_toml
 from trusthook.errors import ConfigError, InputError
 
 log = logging.getLogger(__name__)
@@ -109,13 +109,7 @@ def parse_policy(data: Mapping[str, Any], where: str) -> ImagePolicy:
 def load_policy(path: Path) -> ImagePolicy:
     """The policy in ``path``; the default policy if there is no such file."""
     try:
-        raw = path.read_bytes()
+        data = read_toml(path, "image policy")
     except FileNotFoundError:
         return ImagePolicy()
-    except OSError as e:
-        raise ConfigError(f"cannot read image policy {path}: {e.strerror}") from e
-    try:
-        data = tomllib.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, tomllib.TOMLDecodeError) as e:
-        raise ConfigError(f"image policy {path} is not valid TOML: {e}") from e
     return parse_policy(data, f" {path}")

@@ -11,7 +11,6 @@ Payload: JSON ``{"layers": {"<encrypted layer digest>": "<base64 private options
 
 from __future__ import annotations
 
-import base64
 import json
 import secrets
 from collections.abc import Callable, Mapping
@@ -22,6 +21,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
+from trusthook import b64
 from trusthook.errors import ImageCryptError
 from trusthook.image.model import check_digest
 from trusthook.jsonobject import parse_object
@@ -36,28 +36,19 @@ def associated_data(*, host_id: str, image: str, nonce: bytes) -> bytes:
     return b"\0".join([b"trusthook-release/v1", host_id.encode(), image.encode(), nonce])
 
 
-def _b64(data: bytes) -> str:
-    return base64.b64encode(data).decode()
-
-
 def _unb64(value: object, what: str) -> bytes:
-    if not isinstance(value, str):
-        raise ImageCryptError(f"released keys: {what} must be a base64 string")
-    try:
-        return base64.b64decode(value, validate=True)
-    except ValueError:
-        raise ImageCryptError(f"released keys: {what} is not valid base64") from None
+    return b64.decode(value, f"released keys: {what}", ImageCryptError)
 
 
 def seal(key: rsa.RSAPublicKey, layers: Mapping[str, bytes], aad: bytes) -> dict[str, str]:
     """The envelope of ``layers`` (layer digest to private options JSON) for ``key``."""
     seed = secrets.token_bytes(SEED_SIZE)
     iv = secrets.token_bytes(IV_SIZE)
-    payload = json.dumps({"layers": {d: _b64(o) for d, o in layers.items()}}).encode()
+    payload = json.dumps({"layers": {d: b64.encode(o) for d, o in layers.items()}}).encode()
     return {
-        "encrypted_seed": _b64(key.encrypt(seed, OAEP)),
-        "iv": _b64(iv),
-        "ciphertext": _b64(AESGCM(seed).encrypt(iv, payload, aad)),
+        "encrypted_seed": b64.encode(key.encrypt(seed, OAEP)),
+        "iv": b64.encode(iv),
+        "ciphertext": b64.encode(AESGCM(seed).encrypt(iv, payload, aad)),
     }
 
 

@@ -58,15 +58,20 @@ def _mount_tmpfs(target: Path) -> None:
         raise RuntimeShimError(f"cannot mount a tmpfs at {target}: {os.strerror(err)}")
 
 
-def prepare_root(config_path: Path, bundle: str, container_id: str, config: Config) -> Path | None:
-    """Mount the tmpfs root and rewrite config.json if the container is from an encrypted
-    image; the root, or None for an ordinary container."""
+def _read_spec(config_path: Path) -> tuple[dict[str, Any], int]:
+    """config.json's object and its file mode."""
     try:
         raw = config_path.read_bytes()
         mode = os.stat(config_path).st_mode & 0o7777
     except OSError as e:
         raise RuntimeShimError(f"cannot read {config_path}: {e.strerror}") from e
-    spec = parse_object(raw, str(config_path), RuntimeShimError)
+    return parse_object(raw, str(config_path), RuntimeShimError), mode
+
+
+def prepare_root(config_path: Path, bundle: str, container_id: str, config: Config) -> Path | None:
+    """Mount the tmpfs root and rewrite config.json if the container is from an encrypted
+    image; the root, or None for an ordinary container."""
+    spec, mode = _read_spec(config_path)
     annotations = spec.get("annotations") or {}
     root_spec = spec.get("root")
     if not isinstance(annotations, dict) or not isinstance(root_spec, dict):
@@ -122,12 +127,7 @@ def hook_entry(config: Config, hook_path: Path) -> dict[str, Any]:
 def inject_hook(config_path: Path, entry: dict[str, Any]) -> bool:
     """Add ``entry`` to the createRuntime hooks of ``config_path`` unless a hook with the same
     path is there; the file is replaced atomically with its mode kept. True if it changed."""
-    try:
-        raw = config_path.read_bytes()
-        mode = os.stat(config_path).st_mode & 0o7777
-    except OSError as e:
-        raise RuntimeShimError(f"cannot read {config_path}: {e.strerror}") from e
-    spec = parse_object(raw, str(config_path), RuntimeShimError)
+    spec, mode = _read_spec(config_path)
     hooks = spec.setdefault("hooks", {})
     if not isinstance(hooks, dict):
         raise RuntimeShimError(f"{config_path}: 'hooks' must be an object")

@@ -10,16 +10,14 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from tests.integration.imaging import (
-    KeyPair,
-    jwk_pair,
     layered_tars,
     manifest_layers,
-    pem_pair,
     skopeo,
     tree,
     umoci_rootfs,
     zstd_layers_to_tar,
 )
+from tests.keys import KeyPair, jwk_pair, pem_pair
 from trusthook.cli import main
 from trusthook.devenv.ociimage import ImageSpec, build_image
 from trusthook.image.keywrap import load_private_key, load_recipient, unwrap, wrap

@@ -11,13 +11,14 @@ from pathlib import Path
 
 import pytest
 import zstandard
-from cryptography.hazmat.primitives import hashes, hmac, serialization
+from cryptography.hazmat.primitives import hashes, hmac
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from hypothesis import given
 from hypothesis import strategies as st
 from jwcrypto import jwk
 
+from tests.keys import KeyPair, pem_pair
 from trusthook.errors import ImageCryptError, ImageError
 from trusthook.image.cipher import Authenticator, LayerCipher, PrivateOptions, PublicOptions
 from trusthook.image.keywrap import (
@@ -34,32 +35,13 @@ from trusthook.image.stream import GzipReader, LayerStream, decompressing
 DIGEST = "sha256:" + "ab" * 32
 
 
-def _pem_pair(tmp: Path, name: str, private: object) -> tuple[Path, Path]:
-    assert isinstance(private, rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey)
-    priv = tmp / f"{name}.pem"
-    pub = tmp / f"{name}.pub"
-    priv.write_bytes(
-        private.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
-    pub.write_bytes(
-        private.public_key().public_bytes(
-            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
-        )
-    )
-    return priv, pub
-
-
 @pytest.fixture(scope="module")
-def keys(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[Path, Path]]:
+def keys(tmp_path_factory: pytest.TempPathFactory) -> dict[str, KeyPair]:
     tmp = tmp_path_factory.mktemp("keys")
     return {
-        "rsa": _pem_pair(tmp, "rsa", rsa.generate_private_key(65537, 2048)),
-        "ec": _pem_pair(tmp, "ec", ec.generate_private_key(ec.SECP256R1())),
-        "ec384": _pem_pair(tmp, "ec384", ec.generate_private_key(ec.SECP384R1())),
+        "rsa": pem_pair(tmp, "rsa", rsa.generate_private_key(65537, 2048)),
+        "ec": pem_pair(tmp, "ec", ec.generate_private_key(ec.SECP256R1())),
+        "ec384": pem_pair(tmp, "ec384", ec.generate_private_key(ec.SECP384R1())),
     }
 
 
@@ -135,9 +117,9 @@ def test_other_ciphers_are_refused() -> None:
 
 @pytest.mark.parametrize(("name", "alg"), [("rsa", "RSA-OAEP"), ("ec", "ECDH-ES+A256KW")])
 def test_one_recipient_is_flattened_json_with_alg_protected(
-    keys: dict[str, tuple[Path, Path]], name: str, alg: str
+    keys: dict[str, KeyPair], name: str, alg: str
 ) -> None:
-    priv, pub = keys[name]
+    priv, pub = keys[name].private, keys[name].public
     annotation = wrap(b"secret", [load_recipient(f"jwe:{pub}")])
     doc = json.loads(base64.b64decode(annotation))
     assert "recipients" not in doc
@@ -147,26 +129,26 @@ def test_one_recipient_is_flattened_json_with_alg_protected(
 
 
 def test_several_recipients_are_general_json_and_each_key_unwraps(
-    keys: dict[str, tuple[Path, Path]],
+    keys: dict[str, KeyPair],
 ) -> None:
-    recipients = [load_recipient(str(keys[n][1])) for n in ("rsa", "ec", "ec384")]
+    recipients = [load_recipient(str(keys[n].public)) for n in ("rsa", "ec", "ec384")]
     annotation = wrap(b"secret", recipients)
     assert len(json.loads(base64.b64decode(annotation))["recipients"]) == 3
     assert recipient_algs(annotation, "l") == ["RSA-OAEP", "ECDH-ES+A256KW", "ECDH-ES+A256KW"]
     for n in ("rsa", "ec", "ec384"):
-        assert unwrap(annotation, [load_private_key(keys[n][0])], "l") == b"secret"
+        assert unwrap(annotation, [load_private_key(keys[n].private)], "l") == b"secret"
 
 
-def test_comma_joined_wrapped_keys_are_all_tried(keys: dict[str, tuple[Path, Path]]) -> None:
-    first = wrap(b"secret", [load_recipient(str(keys["rsa"][1]))])
-    second = wrap(b"secret", [load_recipient(str(keys["ec"][1]))])
-    assert unwrap(f"{first},{second}", [load_private_key(keys["ec"][0])], "l") == b"secret"
+def test_comma_joined_wrapped_keys_are_all_tried(keys: dict[str, KeyPair]) -> None:
+    first = wrap(b"secret", [load_recipient(str(keys["rsa"].public))])
+    second = wrap(b"secret", [load_recipient(str(keys["ec"].public))])
+    assert unwrap(f"{first},{second}", [load_private_key(keys["ec"].private)], "l") == b"secret"
 
 
-def test_a_wrong_key_is_named_in_one_line(keys: dict[str, tuple[Path, Path]]) -> None:
-    annotation = wrap(b"secret", [load_recipient(str(keys["rsa"][1]))])
+def test_a_wrong_key_is_named_in_one_line(keys: dict[str, KeyPair]) -> None:
+    annotation = wrap(b"secret", [load_recipient(str(keys["rsa"].public))])
     with pytest.raises(ImageCryptError, match=r"layer 2: none of the 1 decryption key\(s\)"):
-        unwrap(annotation, [load_private_key(keys["ec"][0])], "layer 2")
+        unwrap(annotation, [load_private_key(keys["ec"].private)], "layer 2")
 
 
 @pytest.mark.parametrize(
@@ -187,13 +169,11 @@ def test_jwk_alg_chooses_the_algorithm(tmp_path: Path, alg: str) -> None:
     assert unwrap(annotation, [key], "l") == b"s"
 
 
-def test_key_files_must_be_the_right_kind(
-    keys: dict[str, tuple[Path, Path]], tmp_path: Path
-) -> None:
+def test_key_files_must_be_the_right_kind(keys: dict[str, KeyPair], tmp_path: Path) -> None:
     with pytest.raises(ImageCryptError, match="is a private key, expected a public key"):
-        load_recipient(str(keys["rsa"][0]))
+        load_recipient(str(keys["rsa"].private))
     with pytest.raises(ImageCryptError, match="is a public key, expected a private key"):
-        load_private_key(keys["rsa"][1])
+        load_private_key(keys["rsa"].public)
     (tmp_path / "junk").write_bytes(b"not a key")
     with pytest.raises(ImageCryptError, match="not a PEM or JWK public key"):
         load_recipient(str(tmp_path / "junk"))

@@ -10,7 +10,6 @@ Every file is written to a temporary name, fsync'd and renamed: a crash leaves t
 
 from __future__ import annotations
 
-import base64
 import json
 import logging
 import os
@@ -26,6 +25,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
+from trusthook import b64
 from trusthook.agent.serverclient import ServerClient, tls_context
 from trusthook.agent.writer import MeasuredLog
 from trusthook.errors import (
@@ -42,17 +42,8 @@ log = logging.getLogger(__name__)
 RETRY_FIRST = 1.0  # seconds before the first retry of an unreachable server; doubles each time
 
 
-def _b64(data: bytes) -> str:
-    return base64.b64encode(data).decode("ascii")
-
-
 def _unb64(value: Any, what: str) -> bytes:
-    if not isinstance(value, str):
-        raise ServerRefusedError(f"attestation server sent no {what}")
-    try:
-        return base64.b64decode(value, validate=True)
-    except ValueError:
-        raise ServerRefusedError(f"attestation server sent a malformed {what}") from None
+    return b64.decode(value, f"attestation server's {what}", ServerRefusedError)
 
 
 def write_atomic(path: Path, data: bytes, mode: int = 0o644) -> None:
@@ -152,9 +143,9 @@ class Attester:
                 request = {
                     "hostname": hostname,
                     "group": group,
-                    "ek_certificate": _b64(tpm.ek_certificate()),
-                    "ek_public": _b64(tpm.ek_public()),
-                    "ak_public": _b64(tpm.ak_public()),
+                    "ek_certificate": b64.encode(tpm.ek_certificate()),
+                    "ek_public": b64.encode(tpm.ek_public()),
+                    "ak_public": b64.encode(tpm.ak_public()),
                     "csr": csr.public_bytes(serialization.Encoding.PEM).decode("ascii"),
                     "reenroll": reenroll,
                 }
@@ -169,7 +160,7 @@ class Attester:
                         _unb64(challenge.get("encrypted_secret"), "encrypted secret"),
                     )
                 result = client.post(
-                    f"/v1/enrollments/{enrollment_id}/activation", {"secret": _b64(secret)}
+                    f"/v1/enrollments/{enrollment_id}/activation", {"secret": b64.encode(secret)}
                 )
             certificate, host_id = result.get("certificate"), result.get("host_id")
             if not isinstance(certificate, str) or not isinstance(host_id, str):
@@ -231,11 +222,11 @@ class Attester:
                     {
                         "attestation": evidence,
                         "launch_recnum": record.recnum,
-                        "manifest": _b64(manifest),
+                        "manifest": b64.encode(manifest),
                         "release_key": {
-                            "public": _b64(public),
-                            "attest": _b64(attest),
-                            "signature": _b64(signature),
+                            "public": b64.encode(public),
+                            "attest": b64.encode(attest),
+                            "signature": b64.encode(signature),
                         },
                     },
                 )
@@ -267,8 +258,8 @@ class Attester:
             after = -1  # a new boot for the server: send the whole log of this one
         quote, records = self._log.evidence(pcrs, nonce, after)
         return nonce, {
-            "nonce": _b64(nonce),
-            "quote": {"attest": _b64(quote.attest), "signature": _b64(quote.signature)},
+            "nonce": b64.encode(nonce),
+            "quote": {"attest": b64.encode(quote.attest), "signature": b64.encode(quote.signature)},
             "pcrs": {str(i): v.hex() for i, v in quote.pcr_values.items()},
             "boot_id": self._boot_id,
             "events": [r.to_json() for r in records],

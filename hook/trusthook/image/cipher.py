@@ -10,7 +10,6 @@ strings (standard base64 with padding) and Go's field order.
 
 from __future__ import annotations
 
-import base64
 import hmac
 import json
 import secrets
@@ -21,6 +20,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives import hmac as crypto_hmac
 from cryptography.hazmat.primitives.ciphers import Cipher, CipherContext, algorithms, modes
 
+from trusthook import b64
 from trusthook.errors import ImageCryptError
 from trusthook.image.model import check_digest
 from trusthook.jsonobject import parse_object
@@ -30,18 +30,9 @@ KEY_SIZE = 32
 NONCE_SIZE = 16
 
 
-def _b64(data: bytes) -> str:
-    return base64.b64encode(data).decode()
-
-
-def _unb64(value: object, what: str, size: int | None = None) -> bytes:
-    if not isinstance(value, str):
-        raise ImageCryptError(f"{what} must be a base64 string")
-    try:
-        data = base64.b64decode(value, validate=True)
-    except ValueError as e:  # binascii.Error or non-ASCII text
-        raise ImageCryptError(f"{what} is not valid base64: {e}") from None
-    if size is not None and len(data) != size:
+def _unb64(value: object, what: str, size: int) -> bytes:
+    data = b64.decode(value, what, ImageCryptError)
+    if len(data) != size:
         raise ImageCryptError(f"{what} must be {size} bytes, got {len(data)}")
     return data
 
@@ -75,9 +66,9 @@ class PrivateOptions:
     def to_json(self) -> bytes:
         """Go's JSON for ocicrypt's PrivateLayerBlockCipherOptions."""
         doc = {
-            "symkey": _b64(self.symkey),
+            "symkey": b64.encode(self.symkey),
             "digest": self.digest,
-            "cipheroptions": {"nonce": _b64(self.nonce)},
+            "cipheroptions": {"nonce": b64.encode(self.nonce)},
         }
         return json.dumps(doc, separators=(",", ":")).encode()
 
@@ -102,13 +93,15 @@ class PublicOptions:
 
     def to_annotation(self) -> str:
         """The base64 annotation value (Go's JSON for PublicLayerBlockCipherOptions)."""
-        doc = {"cipher": CIPHER_NAME, "hmac": _b64(self.hmac), "cipheroptions": {}}
-        return _b64(json.dumps(doc, separators=(",", ":")).encode())
+        doc = {"cipher": CIPHER_NAME, "hmac": b64.encode(self.hmac), "cipheroptions": {}}
+        return b64.encode(json.dumps(doc, separators=(",", ":")).encode())
 
     @classmethod
     def from_annotation(cls, value: str) -> PublicOptions:
         """Parse a pubopts annotation; refuses any cipher but AES_256_CTR_HMAC_SHA256."""
-        obj = parse_object(_unb64(value, "pubopts annotation"), "pubopts", ImageCryptError)
+        obj = parse_object(
+            b64.decode(value, "pubopts annotation", ImageCryptError), "pubopts", ImageCryptError
+        )
         _cipher_options(obj, "pubopts")
         if obj.get("cipher") != CIPHER_NAME:
             raise ImageCryptError(

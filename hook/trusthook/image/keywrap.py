@@ -18,6 +18,7 @@ from pathlib import Path
 from jwcrypto import jwe, jwk
 from jwcrypto.common import JWException
 
+from trusthook import b64
 from trusthook.errors import ImageCryptError
 
 CONTENT_ALG = "A256GCM"
@@ -88,7 +89,7 @@ def wrap(plaintext: bytes, recipients: Sequence[Recipient]) -> str:
         token = jwe.JWE(plaintext, protected=json.dumps({"enc": CONTENT_ALG}))
         for r in recipients:
             token.add_recipient(r.key, header=json.dumps({"alg": r.alg}))
-    return base64.b64encode(token.serialize(compact=False).encode()).decode()
+    return b64.encode(token.serialize(compact=False).encode())
 
 
 def _documents(annotation: str, what: str) -> list[str]:
@@ -96,10 +97,11 @@ def _documents(annotation: str, what: str) -> list[str]:
     for i, part in enumerate(annotation.split(",")):
         if len(part) > MAX_WRAPPED:
             raise ImageCryptError(f"{what}: wrapped key {i} is too large ({len(part)} bytes)")
+        raw = b64.decode(part, f"{what}: wrapped key {i}", ImageCryptError)
         try:
-            documents.append(base64.b64decode(part, validate=True).decode())
-        except ValueError as e:  # binascii.Error, non-ASCII, bad UTF-8
-            raise ImageCryptError(f"{what}: wrapped key {i} is not base64 JSON: {e}") from None
+            documents.append(raw.decode())
+        except UnicodeDecodeError:
+            raise ImageCryptError(f"{what}: wrapped key {i} is not JSON text") from None
     return documents
 
 

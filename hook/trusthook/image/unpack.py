@@ -238,12 +238,7 @@ class _Layer:
         try:
             with src, os.fdopen(fd, "wb", closefd=False) as out:
                 shutil.copyfileobj(src, out, _CHUNK)
-            if self.policy.preserve_owner:
-                os.fchown(fd, meta.uid, meta.gid)  # before fchmod: chown clears setuid bits
-            os.fchmod(fd, meta.mode)
-            for key, value in meta.xattrs.items():
-                os.setxattr(fd, key, value)
-            os.utime(fd, ns=(meta.mtime_ns, meta.mtime_ns))
+            self._set_fd_meta(fd, meta)
         finally:
             os.close(fd)
 
@@ -311,6 +306,15 @@ class _Layer:
                 log.debug("%s: xattr %r not applied", what, name)
         return found
 
+    def _set_fd_meta(self, fd: int, meta: _Meta) -> None:
+        """Owner, mode, xattrs and mtime of an open file or directory."""
+        if self.policy.preserve_owner:
+            os.fchown(fd, meta.uid, meta.gid)  # before fchmod: chown clears setuid bits
+        os.fchmod(fd, meta.mode)
+        for key, value in meta.xattrs.items():
+            os.setxattr(fd, key, value)
+        os.utime(fd, ns=(meta.mtime_ns, meta.mtime_ns))
+
     def _set_node_meta(self, parent: int, name: str, meta: _Meta, *, chmod: bool) -> None:
         """Owner, mode (unless a symlink) and mtime of a node we cannot open."""
         if self.policy.preserve_owner:
@@ -324,12 +328,7 @@ class _Layer:
         if fd is None:
             return
         try:
-            if self.policy.preserve_owner:
-                os.fchown(fd, meta.uid, meta.gid)
-            os.fchmod(fd, meta.mode)
-            for key, value in meta.xattrs.items():
-                os.setxattr(fd, key, value)
-            os.utime(fd, ns=(meta.mtime_ns, meta.mtime_ns))
+            self._set_fd_meta(fd, meta)
         finally:
             os.close(fd)
 

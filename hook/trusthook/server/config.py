@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import re
-import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from trusthook.attest.appraise import Expectations
+from trusthook.config import read_toml
 from trusthook.errors import ConfigError
 
 _HEX32 = re.compile(r"[0-9a-f]{64}")
@@ -185,11 +185,7 @@ def parse_server_config(data: Mapping[str, Any], *, source: Path | None = None) 
 
 def load_server_config(path: Path) -> ServerConfig:
     try:
-        raw = path.read_bytes()
-    except OSError as e:
-        raise ConfigError(f"cannot read server config {path}: {e.strerror}") from e
-    try:
-        data = tomllib.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, tomllib.TOMLDecodeError) as e:
-        raise ConfigError(f"server config {path} is not valid TOML: {e}") from e
+        data = read_toml(path, "server config")
+    except FileNotFoundError:
+        raise ConfigError(f"cannot read server config {path}: no such file") from None
     return parse_server_config(data, source=path)
