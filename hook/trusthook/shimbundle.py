@@ -34,6 +34,7 @@ from trusthook.oci import IMAGE_LAYOUT_ANNOTATION, check_container_id
 
 SEALED_LAYOUT = ".trusthook/sealed"
 MNT_DETACH = 2
+MS_PRIVATE = 1 << 18
 FORWARDED_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT)
 HOOK_STAGE = "createRuntime"
 
@@ -53,9 +54,15 @@ def _libc() -> ctypes.CDLL:
 
 
 def _mount_tmpfs(target: Path) -> None:
-    if _libc().mount(b"tmpfs", os.fsencode(target), b"tmpfs", 0, b"mode=0755") != 0:
+    """Mount a private tmpfs: no mount the runtime makes inside the container can propagate
+    back into it, so the agent, which works in this namespace, sees only the tmpfs."""
+    libc, path = _libc(), os.fsencode(target)
+    if libc.mount(b"tmpfs", path, b"tmpfs", 0, b"mode=0755") != 0:
         err = ctypes.get_errno()
         raise RuntimeShimError(f"cannot mount a tmpfs at {target}: {os.strerror(err)}")
+    if libc.mount(None, path, None, MS_PRIVATE, None) != 0:
+        err = ctypes.get_errno()
+        raise RuntimeShimError(f"cannot make the tmpfs at {target} private: {os.strerror(err)}")
 
 
 def _read_spec(config_path: Path) -> tuple[dict[str, Any], int]:

@@ -411,3 +411,26 @@ def test_an_image_not_encrypted_to_the_server_gets_no_keys(scene: Scene) -> None
     assert "none of the 1 decryption key(s) is a recipient" in result.stderr
     assert [event for event, _ in scene.audit()] == ["release_refused"]
     scene.assert_no_plaintext()
+
+
+def test_a_shared_tmpfs_root_is_refused(scene: Scene) -> None:
+    """A tmpfs that mounts in the container could propagate into, mounted by hand."""
+    cid = f"shared-{uuid.uuid4().hex[:6]}"
+    root = scene.host.config.image_roots / cid
+    root.mkdir(parents=True)
+    subprocess.run(["mount", "-t", "tmpfs", "tmpfs", str(root)], check=True)
+    try:
+        subprocess.run(["mount", "--make-shared", str(root)], check=True)
+        bundle = scene.bundle(["/bin/cat", "/app/secret.txt"])
+        config = json.loads((bundle / "config.json").read_text())
+        config["root"]["path"] = str(root)
+        config["hooks"] = {"createRuntime": [scene.host.hook_entry()]}
+        (bundle / "config.json").write_text(json.dumps(config))
+        result = runc("run", "--bundle", str(bundle), cid)
+        assert result.returncode != 0
+        assert "is a shared mount" in result.stderr
+        assert scene.audit() == []
+    finally:
+        subprocess.run(["umount", str(root)], check=True)
+        root.rmdir()
+    scene.assert_no_plaintext()

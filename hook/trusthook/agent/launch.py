@@ -34,32 +34,40 @@ log = logging.getLogger(__name__)
 RELEASE_STAGE = "release"
 
 
-def mount_fstype(path: Path, mountinfo: str) -> str | None:
-    """The filesystem type mounted exactly at ``path`` (last mount wins), from mountinfo text."""
+def mount_at(path: Path, mountinfo: str) -> tuple[str, bool] | None:
+    """The filesystem type mounted exactly at ``path`` (the last such mount) and whether it is
+    a shared mount, from /proc/self/mountinfo text; None if nothing is mounted there."""
     found = None
     for line in mountinfo.splitlines():
         fields = line.split(" ")
         if len(fields) < 10 or "-" not in fields:
             continue
+        separator = fields.index("-")
         mount_point = fields[4].replace("\\040", " ").replace("\\134", "\\")
         if mount_point == str(path):
-            found = fields[fields.index("-") + 1]
+            shared = any(tag.startswith("shared:") for tag in fields[6:separator])
+            found = (fields[separator + 1], shared)
     return found
 
 
 def check_root(root: Path, roots_dir: Path) -> None:
-    """Refuse unless ``root`` is a tmpfs the shim mounted under ``roots_dir``."""
+    """Refuse unless ``root`` is a private tmpfs the shim mounted under ``roots_dir``."""
     if root.parent != roots_dir:
         raise BundleError(
             f"the root {root} of an encrypted-image container must be a tmpfs that"
             f" trusthook-runtime mounted under {roots_dir}; run it with trusthook-runtime"
         )
     with open("/proc/self/mountinfo") as f:
-        fstype = mount_fstype(root, f.read())
-    if fstype != "tmpfs":
+        mount = mount_at(root, f.read())
+    if mount is None or mount[0] != "tmpfs":
         raise BundleError(
-            f"{root} is not a tmpfs mount (got {fstype or 'no mount'}): plaintext would reach"
-            " disk; run the container with trusthook-runtime"
+            f"{root} is not a tmpfs mount (got {mount[0] if mount else 'no mount'}): plaintext"
+            " would reach disk; run the container with trusthook-runtime"
+        )
+    if mount[1]:
+        raise BundleError(
+            f"{root} is a shared mount: mounts made in the container could appear in it and be"
+            " written or removed; trusthook-runtime mounts it private"
         )
 
 
