@@ -16,6 +16,7 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -434,3 +435,19 @@ def test_a_shared_tmpfs_root_is_refused(scene: Scene) -> None:
         subprocess.run(["umount", str(root)], check=True)
         root.rmdir()
     scene.assert_no_plaintext()
+
+
+def test_a_host_that_allows_only_encrypted_images_refuses_an_ordinary_one(
+    scene: Scene, bundle_factory: Any
+) -> None:
+    policy = scene.host.config.state_dir / "image-policy.toml"
+    policy.write_text(f'allow_unencrypted = false\n[[image]]\nmanifest = "{scene.image}"\n')
+    plain = runc(
+        "run", "--bundle", str(bundle_factory(["/bin/true"])), f"plain-{uuid.uuid4().hex[:6]}",
+        binary=str(SHIM), env=scene.host.env,
+    )  # fmt: skip
+    assert plain.returncode != 0
+    assert "unencrypted images are not allowed on this host" in plain.stderr
+    encrypted = scene.run(scene.bundle(["/bin/cat", "/app/secret.txt"]))
+    assert encrypted.returncode == 0, encrypted.stderr
+    assert encrypted.stdout.encode() == SECRET
