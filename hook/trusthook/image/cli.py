@@ -79,13 +79,20 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
 
 def _cmd_unpack(args: argparse.Namespace) -> int:
     src, ref = parse_reference(args.source)
-    root = Path(args.rootfs)
-    root.mkdir(parents=True, exist_ok=True)
+    layout = Layout.open(src)
     keys = [load_private_key(Path(k)) for k in args.key]
     policy = ExtractPolicy(devices=args.devices, setuid=args.setuid)
-    done = unpack_image(
-        Layout.open(src), ref, root, keys=local_keys(keys), policy=policy, pinned_manifest=args.pin
-    )
+    root = Path(args.rootfs)
+    created = not root.exists()
+    root.mkdir(parents=True, exist_ok=True)
+    try:
+        done = unpack_image(
+            layout, ref, root, keys=local_keys(keys), policy=policy, pinned_manifest=args.pin
+        )
+    except BaseException:
+        if created:
+            root.rmdir()  # unpack_image emptied it: leave nothing behind
+        raise
     print(f"unpacked {done.manifest_digest} into {root} ({done.encrypted_layers} encrypted layers)")
     return 0
 
