@@ -94,7 +94,7 @@ class ReleaseRequest(_Body):
 class ReleaseResponse(_Body):
     image: str = Field(description="the manifest digest the keys are for")
     sealed_keys: dict[str, str] = Field(
-        description="encrypted_seed, iv, ciphertext (docs/attestation.md, key release)"
+        description="encrypted_seed, iv, ciphertext (docs/images.md, key release)"
     )
 
 

@@ -14,8 +14,6 @@ from trusthook.errors import ConfigError
 
 _HEX32 = re.compile(r"[0-9a-f]{64}")
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,62}")
-
-
 _DIGEST = re.compile(r"sha256:[0-9a-f]{64}")
 
 
