@@ -19,8 +19,15 @@ from hypothesis import strategies as st
 from jwcrypto import jwk
 
 from tests.keys import KeyPair, pem_pair
+from trusthook.devenv.ociimage import Entry, ImageSpec, build_image, tar_bytes
 from trusthook.errors import ImageCryptError, ImageError
 from trusthook.image.cipher import Authenticator, LayerCipher, PrivateOptions, PublicOptions
+from trusthook.image.crypt import (
+    authenticate_layer,
+    decrypted_chunks,
+    encrypt_image,
+    unwrap_layer_key,
+)
 from trusthook.image.keywrap import (
     load_private_key,
     load_recipient,
@@ -28,7 +35,7 @@ from trusthook.image.keywrap import (
     unwrap,
     wrap,
 )
-from trusthook.image.layout import parse_reference
+from trusthook.image.layout import Layout, parse_reference
 from trusthook.image.model import ImageConfig, LayerType, Manifest
 from trusthook.image.stream import GzipReader, LayerStream, decompressing
 
@@ -270,3 +277,24 @@ def test_truncated_or_corrupt_gzip_is_refused(cut: int) -> None:
 def test_a_producer_error_reaches_the_reader() -> None:
     with LayerStream(GzipReader(io.BytesIO(b"not gzip"))) as stream, pytest.raises(ImageError):
         stream.read(10)
+
+
+def test_pass_two_checks_the_hmac_again(tmp_path: Path, keys: dict[str, KeyPair]) -> None:
+    """A blob that changes after pass 1 (authenticate_layer) is caught at the end of pass 2."""
+    build_image(
+        tmp_path / "plain", "x", ImageSpec(layers=[tar_bytes([Entry(name="f", data=b"x" * 9000)])])
+    )
+    layout = Layout.open_or_create(tmp_path / "enc")
+    encrypt_image(
+        Layout.open(tmp_path / "plain"), "x", layout, "x", [load_recipient(str(keys["ec"].public))]
+    )
+    _, manifest = layout.manifest("x")
+    desc = manifest.layers[0]
+    key = unwrap_layer_key(desc, [load_private_key(keys["ec"].private)], "layer 0")
+    authenticate_layer(layout, desc, key, "layer 0")
+    blob = layout.blob_path(desc.digest)
+    data = bytearray(blob.read_bytes())
+    data[-1] ^= 1
+    blob.write_bytes(bytes(data))
+    with pytest.raises(ImageCryptError, match="layer 0: HMAC mismatch"):
+        b"".join(decrypted_chunks(layout, desc, key, "layer 0"))

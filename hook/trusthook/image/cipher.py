@@ -131,6 +131,12 @@ class LayerCipher:
         return self._mac.finalize()
 
 
+def check_mac(got: bytes, expected: bytes, what: str) -> None:
+    """An ImageCryptError naming ``what`` unless the two HMACs are equal (constant time)."""
+    if not hmac.compare_digest(got, expected):
+        raise ImageCryptError(f"{what}: HMAC mismatch, the ciphertext was tampered with")
+
+
 class Authenticator:
     """HMAC-SHA256 of a ciphertext, checked before any of it is decrypted."""
 
@@ -143,5 +149,4 @@ class Authenticator:
 
     def verify(self, expected: bytes, what: str) -> None:
         """An ImageCryptError naming ``what`` unless the HMAC is ``expected``."""
-        if not hmac.compare_digest(self._mac.finalize(), expected):
-            raise ImageCryptError(f"{what}: HMAC mismatch, the ciphertext was tampered with")
+        check_mac(self._mac.finalize(), expected, what)

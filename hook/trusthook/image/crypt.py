@@ -16,7 +16,13 @@ from dataclasses import dataclass
 from jwcrypto import jwk
 
 from trusthook.errors import ImageCryptError, ImageError
-from trusthook.image.cipher import Authenticator, LayerCipher, PrivateOptions, PublicOptions
+from trusthook.image.cipher import (
+    Authenticator,
+    LayerCipher,
+    PrivateOptions,
+    PublicOptions,
+    check_mac,
+)
 from trusthook.image.keywrap import Recipient, unwrap, wrap
 from trusthook.image.layout import CHUNK, Layout, check_blob
 from trusthook.image.model import (
@@ -25,7 +31,6 @@ from trusthook.image.model import (
     ENCRYPTION_ANNOTATION_PREFIX,
     Descriptor,
     LayerType,
-    Manifest,
 )
 
 
@@ -131,13 +136,15 @@ def authenticate_layer(layout: Layout, desc: Descriptor, key: LayerKey, what: st
     mac.verify(key.public.hmac, what)
 
 
-def decrypted_chunks(layout: Layout, desc: Descriptor, key: LayerKey) -> Iterator[bytes]:
-    """Pass 2: the plaintext blob in chunks (call only after ``authenticate_layer``)."""
+def decrypted_chunks(layout: Layout, desc: Descriptor, key: LayerKey, what: str) -> Iterator[bytes]:
+    """Pass 2: the plaintext blob in chunks (only after ``authenticate_layer``). The HMAC is
+    checked again at the end, in case the blob changed since pass 1: the caller must discard
+    what it got if this raises."""
     cipher = LayerCipher(key.private, encrypt=False)
     with layout.open_blob(desc) as f:
         while chunk := f.read(CHUNK):
             yield cipher.update(chunk)
-    cipher.finalize()
+    check_mac(cipher.finalize(), key.public.hmac, what)
 
 
 def plain_descriptor(desc: Descriptor, digest: str, size: int) -> Descriptor:
@@ -185,11 +192,6 @@ def _decrypt_layer(
     key = unwrap_layer_key(desc, keys, what)
     authenticate_layer(source, desc, key, what)
     with dest.blob_writer() as out:
-        for chunk in decrypted_chunks(source, desc, key):
+        for chunk in decrypted_chunks(source, desc, key, what):
             out.write(chunk)
     return plain_descriptor(desc, out.digest, out.size)
-
-
-def encrypted_layers(manifest: Manifest) -> list[int]:
-    """Indexes of the encrypted layers of ``manifest``."""
-    return [i for i, d in enumerate(manifest.layers) if LayerType.parse(d.media_type).encrypted]

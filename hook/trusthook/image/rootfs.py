@@ -22,7 +22,7 @@ from pathlib import Path
 from jwcrypto import jwk
 
 from trusthook.errors import ImageCryptError, ImageError
-from trusthook.image.cipher import LayerCipher, PrivateOptions
+from trusthook.image.cipher import LayerCipher, PrivateOptions, check_mac
 from trusthook.image.crypt import (
     LayerKey,
     authenticate_layer,
@@ -154,7 +154,11 @@ def _extract(
                 diff_id = tar.drain()
             except ImageError as e:
                 raise type(e)(f"{plan.what}: {e}") from None
-    if plan.key is None and blob.digest() != plan.desc.digest:  # changed since pass 1
+    # The blob may have changed since pass 1: check it again (the diff_id check below would
+    # catch a changed plaintext too, but name the cause less well).
+    if cipher is not None and plan.key is not None:
+        check_mac(cipher.finalize(), plan.key.public.hmac, plan.what)
+    elif blob.digest() != plan.desc.digest:
         raise ImageError(f"{plan.what}: the blob changed while it was read")
     if diff_id != plan.diff_id:
         raise ImageError(
