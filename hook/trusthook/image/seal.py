@@ -16,7 +16,7 @@ import json
 import re
 import tarfile
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, cast
 
 from trusthook.errors import ImageError
 from trusthook.image.layout import Layout
@@ -79,7 +79,9 @@ def _layer(layout: Layout, ref: str | None, out: IO[bytes]) -> str:
         {"schemaVersion": 2, "manifests": [dict(desc.raw, annotations={})]},
         separators=(",", ":"),
     ).encode()
-    with tarfile.open(fileobj=writer, mode="w|", format=tarfile.PAX_FORMAT) as tf:  # type: ignore[call-overload]
+    # Stream mode only ever calls write(); the cast satisfies tarfile's stub.
+    stream = cast(IO[bytes], writer)
+    with tarfile.open(fileobj=stream, mode="w|", format=tarfile.PAX_FORMAT) as tf:
         for d in (".trusthook", SEALED_DIR, f"{SEALED_DIR}/blobs", f"{SEALED_DIR}/blobs/sha256"):
             _add_dir(tf, d)
         for name, data in (
