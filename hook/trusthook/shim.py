@@ -3,7 +3,9 @@
 Docker (daemon.json ``runtimes``), containerd (``BinaryName``) and Kubernetes RuntimeClass select
 it like any runtime. On ``create`` and ``run`` it adds a ``createRuntime`` hook to the bundle's
 config.json (every other field kept, the file replaced atomically) and execs the real runtime with
-the identical arguments; every other subcommand passes straight through. Standard library only.
+the identical arguments; every other subcommand passes straight through. A container from an
+encrypted image also gets a tmpfs root, and the runtime then runs as a child so that the tmpfs
+can be removed after it (``shimbundle``). Standard library only.
 """
 
 from __future__ import annotations

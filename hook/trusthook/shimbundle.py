@@ -3,14 +3,13 @@
 The hook: on ``create`` and ``run`` a ``createRuntime`` hook entry is added to config.json
 (every other field kept, the file replaced atomically, its mode kept).
 
-The memory-backed root of a container from an encrypted image:
-A container is from an encrypted image when its config.json names an OCI layout in the
-``org.trusthook.image.layout`` annotation, or when its rootfs is a *sealed* image (it holds
-``/.trusthook/sealed/oci-layout``; see ``trusthook image seal``). Then, before the runtime
-creates it, the shim mounts a tmpfs at ``<image_roots>/<container id>`` and points
-config.json's ``root.path`` at it (the sealed layout's path goes into the annotation). The hook
-decrypts into that tmpfs. The tmpfs is unmounted when the container is deleted, when ``create``
-fails, and when an attached ``run`` returns: no plaintext outlives its container.
+The memory-backed root: a container is from an encrypted image when its config.json names an
+OCI layout in the ``org.trusthook.image.layout`` annotation, or when its rootfs is a *sealed*
+image (it holds ``/.trusthook/sealed/oci-layout``; see ``trusthook image seal``). Then, before
+the runtime creates it, the shim mounts a private tmpfs at ``<image_roots>/<container id>`` and
+points config.json's ``root.path`` at it (the sealed layout's path goes into the annotation).
+The hook decrypts into that tmpfs. The tmpfs is unmounted when the container is deleted, when
+``create`` fails, and when an attached ``run`` returns: no plaintext outlives its container.
 """
 
 from __future__ import annotations
