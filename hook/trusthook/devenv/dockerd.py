@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import contextlib
 import json
-import signal
 import subprocess
 import sys
-import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+
+from trusthook.devenv.child import spawn, stop, wait_ready
 
 DOCKER_ROOT = Path("/var/lib/trusthook-test-docker")
 START_TIMEOUT = 60.0
@@ -38,8 +38,7 @@ def dockerd(config_path: Path, log_path: Path) -> Iterator[list[str]]:
         json.dumps({"runtimes": {"trusthook": {"path": str(wrapper)}}})
     )
     sock = root / "docker.sock"
-    log = open(log_path, "wb")  # noqa: SIM115 - handed to the child, closed below
-    proc = subprocess.Popen(
+    proc = spawn(
         [
             "dockerd",
             "--data-root",
@@ -55,26 +54,22 @@ def dockerd(config_path: Path, log_path: Path) -> Iterator[list[str]]:
             "--config-file",
             str(root / "daemon.json"),
         ],
-        stdout=log,
-        stderr=log,
+        log_path,
     )
     cmd = ["docker", "--host", f"unix://{sock}"]
     try:
-        deadline = time.monotonic() + START_TIMEOUT
-        while subprocess.run([*cmd, "info"], capture_output=True, check=False).returncode != 0:
-            if proc.poll() is not None:
-                raise RuntimeError(f"dockerd exited; see {log_path}")
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"dockerd did not come up in {START_TIMEOUT:g}s")
-            time.sleep(0.25)
+        wait_ready(
+            proc,
+            lambda: (
+                subprocess.run([*cmd, "info"], capture_output=True, check=False).returncode == 0
+            ),
+            what="dockerd",
+            log_path=log_path,
+            timeout=START_TIMEOUT,
+            poll=0.25,
+        )
         yield cmd
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        log.close()
+        stop(proc, timeout=60)
         subprocess.run(["umount", "-R", "-l", str(root / "data")], check=False, capture_output=True)
         subprocess.run(["rm", "-rf", "--one-file-system", str(root)], check=False)

@@ -12,10 +12,10 @@ import pwd
 import shutil
 import signal
 import subprocess
-import time
 from pathlib import Path
 from types import TracebackType
 
+from trusthook.devenv.child import spawn, stop, wait_ready
 from trusthook.devenv.swtpm import free_port_pair
 from trusthook.errors import ServiceError
 
@@ -74,8 +74,8 @@ class Postgres:
         fresh = self.port == 0
         if fresh:
             self.port = free_port_pair()
-        log = open(self.root / "postgres.log", "ab")  # noqa: SIM115 - handed to the child
-        self._proc = subprocess.Popen(
+        log_path = self.root / "postgres.log"
+        self._proc = spawn(
             self._as_postgres(
                 str(self._bin / "postgres"),
                 "-D", str(self.data),
@@ -85,25 +85,21 @@ class Postgres:
                 "-c", "fsync=off",
                 "-c", "max_connections=200",
             ),
-            stdout=log,
-            stderr=log,
+            log_path,
         )  # fmt: skip
-        log.close()
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self._proc.poll() is not None:
-                raise ServiceError(f"postgres exited with {self._proc.returncode}; see {log.name}")
-            ready = subprocess.run(
-                [str(self._bin / "pg_isready"), "-h", "127.0.0.1", "-p", str(self.port)],
-                capture_output=True,
-                check=False,
+        ready = [str(self._bin / "pg_isready"), "-h", "127.0.0.1", "-p", str(self.port)]
+        try:
+            wait_ready(
+                self._proc,
+                lambda: subprocess.run(ready, capture_output=True, check=False).returncode == 0,
+                what="postgres",
+                log_path=log_path,
+                timeout=timeout,
+                poll=0.1,
             )
-            if ready.returncode == 0:
-                break
-            time.sleep(0.1)
-        else:
-            self.stop()
-            raise ServiceError(f"postgres did not accept connections within {timeout}s")
+        except ServiceError:
+            self._proc = None
+            raise
         if fresh:
             subprocess.run(
                 [str(self._bin / "createdb"), "-h", "127.0.0.1", "-p", str(self.port),
@@ -115,13 +111,7 @@ class Postgres:
 
     def stop(self, sig: int = signal.SIGINT) -> None:
         """Stop the postmaster this object started (SIGINT: fast shutdown; SIGKILL: crash)."""
-        if self._proc is not None and self._proc.poll() is None:
-            self._proc.send_signal(sig)
-            try:
-                self._proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self._proc.kill()
-                self._proc.wait()
+        stop(self._proc, sig, timeout=30)
         self._proc = None
 
     def restart(self) -> None:

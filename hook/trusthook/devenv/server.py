@@ -3,15 +3,13 @@
 from __future__ import annotations
 
 import http.client
-import signal
 import ssl
 import subprocess
 import sys
-import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from types import TracebackType
 
+from trusthook.devenv.child import ChildProcess
 from trusthook.errors import ServiceError
 from trusthook.server.config import ServerConfig, load_server_config
 
@@ -75,14 +73,13 @@ def write_server_config(
     return load_server_config(path)
 
 
-class ServerProcess:
+class ServerProcess(ChildProcess):
     """``trusthook server run`` with a given config; ``init`` it first."""
 
     def __init__(self, config_path: Path, log_path: Path) -> None:
+        super().__init__(log_path)
         self.config_path = config_path
         self.config = load_server_config(config_path)
-        self.log_path = log_path
-        self.proc: subprocess.Popen[bytes] | None = None
 
     @property
     def url(self) -> str:
@@ -108,67 +105,22 @@ class ServerProcess:
         )
 
     def start(self, timeout: float = 30.0) -> ServerProcess:
-        log = open(self.log_path, "ab")  # noqa: SIM115 - handed to the child
-        self.proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "trusthook.cli",
-                "server",
-                "run",
-                "--config",
-                str(self.config_path),
-            ],
-            stdout=log,
-            stderr=log,
-        )
-        log.close()
         context = ssl.create_default_context(cafile=str(self.ca_cert))
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise ServiceError(
-                    f"trusthook server exited with {self.proc.returncode}: {self.output()[-2000:]}"
-                )
+
+        def healthy() -> bool:
             conn = http.client.HTTPSConnection(
                 "127.0.0.1", self.config.port, context=context, timeout=2
             )
             try:
                 conn.request("GET", "/v1/health")
-                if conn.getresponse().status == 200:
-                    return self
+                return conn.getresponse().status == 200
             except OSError:
-                time.sleep(0.05)
+                return False
             finally:
                 conn.close()
-        self.stop()
-        raise ServiceError(f"trusthook server did not come up within {timeout}s")
 
-    def output(self) -> str:
-        return self.log_path.read_text(errors="replace")
-
-    def stop(self, sig: int = signal.SIGTERM) -> int | None:
-        """Stop the server this object started, by its PID."""
-        if self.proc is None:
-            return None
-        if self.proc.poll() is None:
-            self.proc.send_signal(sig)
-            try:
-                self.proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        code = self.proc.returncode
-        self.proc = None
-        return code
-
-    def __enter__(self) -> ServerProcess:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
+        argv = [sys.executable, "-m", "trusthook.cli", "server", "run"]
+        self._start(
+            [*argv, "--config", str(self.config_path)], healthy, "trusthook server", timeout
+        )
+        return self

@@ -3,15 +3,14 @@
 from __future__ import annotations
 
 import contextlib
-import signal
 import socket
 import subprocess
-import time
 from pathlib import Path
 from types import TracebackType
 
 from tpm2_pytss import ESAPI, TPM2_SU, TSS2_Exception
 
+from trusthook.devenv.child import spawn, stop, wait_ready
 from trusthook.errors import ServiceError
 
 
@@ -77,8 +76,8 @@ class Swtpm:
         self.setup()
         if not (self.port and _port_pair_free(self.port)):  # a restart keeps a free port
             self.port = free_port_pair()
-        log = open(self.state_dir / "swtpm.log", "ab")  # noqa: SIM115 - lives as long as swtpm
-        self._proc = subprocess.Popen(
+        log_path = self.state_dir / "swtpm.log"
+        self._proc = spawn(
             [
                 "swtpm",
                 "socket",
@@ -92,33 +91,31 @@ class Swtpm:
                 "--flags",
                 "not-need-init,startup-clear",
             ],
-            stdout=log,
-            stderr=log,
+            log_path,
         )
-        log.close()
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            if self._proc.poll() is not None:
-                raise ServiceError(f"swtpm exited with {self._proc.returncode}; see {log.name}")
+
+        def listening() -> bool:
             try:
                 socket.create_connection(("127.0.0.1", self.port + 1), timeout=0.2).close()
-                return self
             except OSError:
-                time.sleep(0.02)
-        self.stop()
-        raise ServiceError("swtpm did not start listening within 10s")
+                return False
+            return True
+
+        try:
+            wait_ready(
+                self._proc, listening, what="swtpm", log_path=log_path, timeout=10, poll=0.02
+            )
+        except ServiceError:
+            self._proc = None
+            raise
+        return self
 
     def stop(self) -> None:
         """Stop the swtpm this object started (by its PID, nobody else's), after an orderly
         TPM2_Shutdown so the next start reports a safe clock (``clockInfo.safe``)."""
         if self._proc is not None and self._proc.poll() is None:
             self._shutdown_tpm()
-            self._proc.send_signal(signal.SIGTERM)
-            try:
-                self._proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self._proc.kill()
-                self._proc.wait()
+        stop(self._proc, timeout=10)
         self._proc = None
 
     def _shutdown_tpm(self) -> None:
