@@ -134,9 +134,9 @@ def main(argv: list[str] | None = None) -> int:
                 hook = config.hook_path or Path(sys.executable).parent / "trusthook-hook"
                 hook_path = Path(resolve(str(hook), "trusthook hook"))
                 bundle = find_bundle(rest, os.getcwd())
+                entry = shimbundle.hook_entry(config, hook_path)
                 config_path = Path(bundle, "config.json")
-                shimbundle.inject_hook(config_path, shimbundle.hook_entry(config, hook_path))
-                root = shimbundle.prepare_root(config_path, bundle, container, config)
+                root = shimbundle.prepare_bundle(config_path, bundle, container, config, entry)
     except TrusthookError as e:
         _report(args, end, f"trusthook-runtime: {e}")
         return 1

@@ -74,20 +74,19 @@ def _read_spec(config_path: Path) -> tuple[dict[str, Any], int]:
     return parse_object(raw, str(config_path), RuntimeShimError), mode
 
 
-def prepare_root(config_path: Path, bundle: str, container_id: str, config: Config) -> Path | None:
-    """Mount the tmpfs root and rewrite config.json if the container is from an encrypted
-    image; the root, or None for an ordinary container."""
+def prepare_bundle(
+    config_path: Path, bundle: str, container_id: str, config: Config, entry: dict[str, Any]
+) -> Path | None:
+    """Add the hook ``entry`` to config.json and, for a container from an encrypted image,
+    mount its tmpfs root and point ``root.path`` at it; config.json is read once and replaced
+    atomically (mode kept) only if it changed. The tmpfs root, or None."""
     spec, mode = _read_spec(config_path)
-    annotations = spec.get("annotations") or {}
-    root_spec = spec.get("root")
-    if not isinstance(annotations, dict) or not isinstance(root_spec, dict):
-        raise RuntimeShimError(f"{config_path}: 'annotations' and 'root' must be objects")
-    old_root = Path(bundle, str(root_spec.get("path", "rootfs")))
-    sealed = old_root / SEALED_LAYOUT
-    if IMAGE_LAYOUT_ANNOTATION not in annotations:
-        if not (sealed / "oci-layout").is_file():
-            return None
-        annotations[IMAGE_LAYOUT_ANNOTATION] = str(sealed)
+    changed = add_hook(spec, entry, config_path)
+    layout = _encrypted_layout(spec, bundle, config_path)
+    if layout is None:
+        if changed:
+            write_config(config_path, spec, mode)
+        return None
     root = config.image_roots / container_id
     config.image_roots.mkdir(mode=0o700, parents=True, exist_ok=True)
     try:
@@ -98,13 +97,30 @@ def prepare_root(config_path: Path, bundle: str, container_id: str, config: Conf
         ) from None
     try:
         _mount_tmpfs(root)
-        spec["annotations"] = annotations
-        root_spec["path"] = str(root)
+        spec.setdefault("annotations", {})[IMAGE_LAYOUT_ANNOTATION] = layout
+        spec["root"]["path"] = str(root)
         write_config(config_path, spec, mode)
     except BaseException:
         release_root(root)
         raise
     return root
+
+
+def _encrypted_layout(spec: dict[str, Any], bundle: str, config_path: Path) -> str | None:
+    """The encrypted image's layout: the annotation's, or a sealed rootfs's; None if neither."""
+    annotations = spec.get("annotations") or {}
+    root_spec = spec.get("root")
+    if not isinstance(annotations, dict):
+        raise RuntimeShimError(f"{config_path}: 'annotations' must be an object")
+    sealed = None
+    if isinstance(root_spec, dict):
+        sealed = Path(bundle, str(root_spec.get("path", "rootfs"))) / SEALED_LAYOUT
+    layout = annotations.get(IMAGE_LAYOUT_ANNOTATION)
+    if layout is None and sealed is not None and (sealed / "oci-layout").is_file():
+        layout = str(sealed)
+    if layout is not None and not isinstance(root_spec, dict):
+        raise RuntimeShimError(f"{config_path}: 'root' must be an object")
+    return None if layout is None else str(layout)
 
 
 def write_config(config_path: Path, spec: dict[str, Any], mode: int) -> None:
@@ -130,10 +146,9 @@ def hook_entry(config: Config, hook_path: Path) -> dict[str, Any]:
     }
 
 
-def inject_hook(config_path: Path, entry: dict[str, Any]) -> bool:
-    """Add ``entry`` to the createRuntime hooks of ``config_path`` unless a hook with the same
-    path is there; the file is replaced atomically with its mode kept. True if it changed."""
-    spec, mode = _read_spec(config_path)
+def add_hook(spec: dict[str, Any], entry: dict[str, Any], config_path: Path) -> bool:
+    """Add ``entry`` to the createRuntime hooks of ``spec`` unless a hook with the same path is
+    there; True if it did."""
     hooks = spec.setdefault("hooks", {})
     if not isinstance(hooks, dict):
         raise RuntimeShimError(f"{config_path}: 'hooks' must be an object")
@@ -143,7 +158,6 @@ def inject_hook(config_path: Path, entry: dict[str, Any]) -> bool:
     if any(isinstance(h, dict) and h.get("path") == entry["path"] for h in stage):
         return False
     stage.append(entry)
-    write_config(config_path, spec, mode)
     return True
 
 

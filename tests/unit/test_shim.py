@@ -8,11 +8,18 @@ from pathlib import Path
 
 import pytest
 
+from trusthook.config import Config
 from trusthook.errors import RuntimeShimError
 from trusthook.shim import find_bundle, find_subcommand, global_flag
-from trusthook.shimbundle import inject_hook
+from trusthook.shimbundle import prepare_bundle
 
 ENTRY = {"path": "/usr/bin/trusthook-hook", "args": ["trusthook-hook"], "timeout": 30}
+
+
+def _prepare(path: Path) -> Path | None:
+    """The shim's bundle step for an ordinary container (no tmpfs root is made)."""
+    config = Config(image_roots=path.parent / "roots")
+    return prepare_bundle(path, str(path.parent), "id", config, ENTRY)
 
 
 @pytest.mark.parametrize(
@@ -68,7 +75,7 @@ def test_missing_flag_value_is_an_error() -> None:
         find_bundle(["--bundle"], "/cwd")
 
 
-def test_inject_keeps_everything_and_is_idempotent(tmp_path: Path) -> None:
+def test_hook_is_added_keeping_everything_and_only_once(tmp_path: Path) -> None:
     path = tmp_path / "config.json"
     original = {
         "ociVersion": "1.0.2",
@@ -77,13 +84,15 @@ def test_inject_keeps_everything_and_is_idempotent(tmp_path: Path) -> None:
     }
     path.write_text(json.dumps(original))
     os.chmod(path, 0o640)
-    assert inject_hook(path, ENTRY) is True
+    assert _prepare(path) is None
     after = json.loads(path.read_text())
     assert after["x-unknown"] == original["x-unknown"]
     assert after["hooks"]["poststop"] == [{"path": "/p"}]
     assert after["hooks"]["createRuntime"] == [{"path": "/other"}, ENTRY]
     assert os.stat(path).st_mode & 0o777 == 0o640
-    assert inject_hook(path, ENTRY) is False
+    written = os.stat(path).st_ino
+    assert _prepare(path) is None
+    assert os.stat(path).st_ino == written  # the hook is there already: not rewritten
     assert json.loads(path.read_text()) == after
     assert sorted(p.name for p in tmp_path.iterdir()) == ["config.json"]
 
@@ -103,13 +112,13 @@ def test_malformed_config_is_refused_and_left_alone(
     path = tmp_path / "config.json"
     path.write_text(content)
     with pytest.raises(RuntimeShimError, match=message):
-        inject_hook(path, ENTRY)
+        _prepare(path)
     assert path.read_text() == content
 
 
 def test_missing_config_is_refused(tmp_path: Path) -> None:
     with pytest.raises(RuntimeShimError, match="cannot read"):
-        inject_hook(tmp_path / "config.json", ENTRY)
+        _prepare(tmp_path / "config.json")
 
 
 def test_shim_failure_reaches_the_engine_through_the_runtime_log(
