@@ -108,7 +108,8 @@ def prepare_bundle(
 
 def _encrypted_layout(spec: dict[str, Any], bundle: str, config_path: Path) -> str | None:
     """The encrypted image's layout: the annotation's, or a sealed rootfs's; None if neither."""
-    annotations = spec.get("annotations") or {}
+    annotations = spec.get("annotations")
+    annotations = {} if annotations is None else annotations
     root_spec = spec.get("root")
     if not isinstance(annotations, dict):
         raise RuntimeShimError(f"{config_path}: 'annotations' must be an object")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import sqlite3
 import subprocess
 import time
@@ -414,14 +415,26 @@ def test_an_image_not_encrypted_to_the_server_gets_no_keys(scene: Scene) -> None
     scene.assert_no_plaintext()
 
 
-def test_a_shared_tmpfs_root_is_refused(scene: Scene) -> None:
-    """A tmpfs that mounts in the container could propagate into, mounted by hand."""
-    cid = f"shared-{uuid.uuid4().hex[:6]}"
+@pytest.mark.parametrize(
+    ("mount", "message"),
+    [
+        ([], "is not a tmpfs mount (got no mount)"),
+        (["--make-shared"], "is a shared mount"),
+    ],
+)
+def test_a_root_under_the_roots_directory_must_be_a_private_tmpfs(
+    scene: Scene, mount: list[str], message: str
+) -> None:
+    """Roots made by hand: a plain directory (plaintext would reach disk), and a shared tmpfs
+    (mounts made in the container could propagate into it)."""
+    cid = f"byhand-{uuid.uuid4().hex[:6]}"
     root = scene.host.config.image_roots / cid
     root.mkdir(parents=True)
-    subprocess.run(["mount", "-t", "tmpfs", "tmpfs", str(root)], check=True)
+    if mount:
+        subprocess.run(["mount", "-t", "tmpfs", "tmpfs", str(root)], check=True)
     try:
-        subprocess.run(["mount", "--make-shared", str(root)], check=True)
+        if mount:
+            subprocess.run(["mount", *mount, str(root)], check=True)
         bundle = scene.bundle(["/bin/cat", "/app/secret.txt"])
         config = json.loads((bundle / "config.json").read_text())
         config["root"]["path"] = str(root)
@@ -429,11 +442,12 @@ def test_a_shared_tmpfs_root_is_refused(scene: Scene) -> None:
         (bundle / "config.json").write_text(json.dumps(config))
         result = runc("run", "--bundle", str(bundle), cid)
         assert result.returncode != 0
-        assert "is a shared mount" in result.stderr
+        assert message in result.stderr
         assert scene.audit() == []
     finally:
-        subprocess.run(["umount", str(root)], check=True)
-        root.rmdir()
+        if mount:
+            subprocess.run(["umount", str(root)], check=True)
+        shutil.rmtree(root)
     scene.assert_no_plaintext()
 
 

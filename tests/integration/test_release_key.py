@@ -7,7 +7,14 @@ import base64
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric import rsa
-from tpm2_pytss import ESYS_TR, TPM2_ALG, TPM2B_SENSITIVE_CREATE, TPMT_SIG_SCHEME
+from tpm2_pytss import (
+    ESYS_TR,
+    TPM2_ALG,
+    TPM2B_PUBLIC,
+    TPM2B_SENSITIVE_CREATE,
+    TPMA_OBJECT,
+    TPMT_SIG_SCHEME,
+)
 
 from trusthook.attest.bindkey import verify_bind_key
 from trusthook.attest.identity import check_ak_public
@@ -108,3 +115,54 @@ def test_a_malformed_envelope_is_refused() -> None:
     short = {"encrypted_seed": base64.b64encode(b"s").decode(), "iv": "", "ciphertext": ""}
     with pytest.raises(ImageCryptError, match="wrong size"):
         open_sealed(short, lambda data: data, b"")
+
+
+def test_a_quote_is_not_a_key_certification(swtpm: Swtpm) -> None:
+    """A genuine AK signature over the wrong structure: a quote carrying the nonce."""
+    with Tpm(swtpm.tcti) as tpm:
+        quote = tpm.quote([23], NONCE)
+        ak, public = tpm.ak_public(), tpm.certify_bind_key(NONCE)[0]
+    with pytest.raises(AttestationError, match="not a TPM2_Certify"):
+        _verify(ak, public, quote.attest, quote.signature)
+
+
+@pytest.mark.parametrize(
+    ("template", "message"),
+    [
+        ("rsa2048:null:null", "scheme is not RSA-OAEP with SHA-256"),
+        ("rsa3072:oaep-sha256:null", "is not RSA-2048"),
+        ("ecc256:null:null", "is not an RSA key"),
+    ],
+)
+def test_a_certified_key_of_the_wrong_kind_is_refused(
+    swtpm: Swtpm, template: str, message: str
+) -> None:
+    attrs = (
+        TPMA_OBJECT.DECRYPT
+        | TPMA_OBJECT.FIXEDTPM
+        | TPMA_OBJECT.FIXEDPARENT
+        | TPMA_OBJECT.SENSITIVEDATAORIGIN
+        | TPMA_OBJECT.USERWITHAUTH
+    )
+    public_template = TPM2B_PUBLIC.parse(template, nameAlg="sha256", objectAttributes=attrs)
+    with Tpm(swtpm.tcti) as tpm:
+        ak_public = tpm.ak_public()
+        tpm.certify_bind_key(NONCE)  # loads the AK
+        ectx = tpm._ectx
+        handle, public, _, _, _ = ectx.create_primary(
+            TPM2B_SENSITIVE_CREATE(), public_template, ESYS_TR.ENDORSEMENT
+        )
+        ak = tpm._ak
+        assert ak is not None
+        attested, sig = ectx.certify(handle, ak, NONCE, TPMT_SIG_SCHEME(scheme=TPM2_ALG.NULL))
+        ectx.flush_context(handle)
+    with pytest.raises(AttestationError, match=message):
+        _verify(ak_public, public.marshal(), bytes(attested), sig.marshal())
+
+
+def test_a_malformed_release_key_is_refused(swtpm: Swtpm) -> None:
+    ak, public, attest, signature = _certified(swtpm)
+    with pytest.raises(AttestationError, match="release key public area has 3 trailing bytes"):
+        _verify(ak, public + b"xyz", attest, signature)
+    with pytest.raises(AttestationError, match="release key public area is malformed"):
+        _verify(ak, public[:40], attest, signature)

@@ -16,7 +16,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from hypothesis import given
 from hypothesis import strategies as st
-from jwcrypto import jwk
+from jwcrypto import jwe, jwk
 
 from tests.keys import KeyPair, pem_pair
 from trusthook.devenv.ociimage import Entry, ImageSpec, build_image, tar_bytes
@@ -37,7 +37,10 @@ from trusthook.image.keywrap import (
 )
 from trusthook.image.layout import Layout, parse_reference
 from trusthook.image.model import ImageConfig, LayerType, Manifest
+from trusthook.image.rootfs import local_keys, released_keys, unpack_image
+from trusthook.image.seal import seal_image
 from trusthook.image.stream import GzipReader, LayerStream, decompressing
+from trusthook.image.unpack import ExtractPolicy
 
 DIGEST = "sha256:" + "ab" * 32
 
@@ -298,3 +301,52 @@ def test_pass_two_checks_the_hmac_again(tmp_path: Path, keys: dict[str, KeyPair]
     blob.write_bytes(bytes(data))
     with pytest.raises(ImageCryptError, match="layer 0: HMAC mismatch"):
         b"".join(decrypted_chunks(layout, desc, key, "layer 0"))
+
+
+def test_a_jwe_with_other_content_encryption_is_refused() -> None:
+    key = jwk.JWK.generate(kty="EC", crv="P-256")
+    token = jwe.JWE(b"secret", protected=json.dumps({"alg": "ECDH-ES+A256KW", "enc": "A128GCM"}))
+    token.add_recipient(jwk.JWK.from_json(key.export_public()))
+    annotation = base64.b64encode(token.serialize(compact=False).encode()).decode()
+    with pytest.raises(ImageCryptError, match="none of the 1 decryption key"):
+        unwrap(annotation, [key], "layer 0")
+
+
+def _layout_with(tmp_path: Path, spec: ImageSpec) -> Layout:
+    build_image(tmp_path / "img", "x", spec)
+    return Layout.open(tmp_path / "img")
+
+
+def test_a_config_with_another_number_of_diff_ids_is_refused(tmp_path: Path) -> None:
+    layout = _layout_with(tmp_path, ImageSpec(layers=[tar_bytes([Entry(name="f")])]))
+    desc, manifest = layout.manifest("x")
+    raw = json.loads(layout.read_blob(desc))
+    config = json.loads(layout.read_blob(manifest.config))
+    config["rootfs"]["diff_ids"].append("sha256:" + "0" * 64)
+    blob = json.dumps(config).encode()
+    raw["config"].update(digest=layout.write_blob(blob), size=len(blob))
+    layout.add_manifest(raw, "x")
+    root = tmp_path / "root"
+    root.mkdir()
+    with pytest.raises(ImageError, match="the manifest has 1 layers, the config 2 diff_ids"):
+        unpack_image(layout, "x", root, keys=local_keys([]), policy=ExtractPolicy())
+    assert list(root.iterdir()) == []
+
+
+def test_a_layer_the_server_released_no_key_for_is_refused(
+    tmp_path: Path, keys: dict[str, KeyPair]
+) -> None:
+    plain = _layout_with(tmp_path, ImageSpec(layers=[tar_bytes([Entry(name="f")])]))
+    layout = Layout.open_or_create(tmp_path / "enc")
+    encrypt_image(plain, "x", layout, "x", [load_recipient(str(keys["ec"].public))])
+    root = tmp_path / "root"
+    root.mkdir()
+    with pytest.raises(ImageCryptError, match="the server released no key for this layer"):
+        unpack_image(layout, "x", root, keys=released_keys({}), policy=ExtractPolicy())
+
+
+def test_sealing_refuses_a_user_given_by_name(tmp_path: Path) -> None:
+    layout = _layout_with(tmp_path, ImageSpec(layers=[tar_bytes([Entry(name="f")])], user="app"))
+    with pytest.raises(ImageError, match="user 'app' is a name"):
+        seal_image(layout, "x", "app:sealed", tmp_path / "sealed.tar")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["img"]

@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 
 from trusthook.config import Config
-from trusthook.errors import RuntimeShimError
+from trusthook.errors import RuntimeShimError, TrusthookError
 from trusthook.shim import find_bundle, find_subcommand, global_flag
-from trusthook.shimbundle import prepare_bundle
+from trusthook.shimbundle import container_arg, prepare_bundle
 
 ENTRY = {"path": "/usr/bin/trusthook-hook", "args": ["trusthook-hook"], "timeout": 30}
 
@@ -104,6 +104,11 @@ def test_hook_is_added_keeping_everything_and_only_once(tmp_path: Path) -> None:
         ("[]", "must be a JSON object, got list"),
         ('{"hooks": []}', "'hooks' must be an object"),
         ('{"hooks": {"createRuntime": {}}}', "'hooks.createRuntime' must be an array"),
+        ('{"annotations": []}', "'annotations' must be an object"),
+        (
+            '{"annotations": {"org.trusthook.image.layout": "/l"}, "root": "rootfs"}',
+            "'root' must be an object",
+        ),
     ],
 )
 def test_malformed_config_is_refused_and_left_alone(
@@ -137,3 +142,19 @@ def test_shim_failure_reaches_the_engine_through_the_runtime_log(
     entry = json.loads(log.read_text())
     assert (entry["level"], entry["msg"]) == ("error", message)
     assert not (tmp_path / "config.json").exists()
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        ([], "no container id"),
+        (["--bundle", "/b", "--pid-file"], "no container id"),
+        ([".."], "is not a valid name"),
+        (["a/b"], "forbidden characters"),
+    ],
+)
+def test_container_ids_that_would_escape_the_roots_directory_are_refused(
+    args: list[str], message: str
+) -> None:
+    with pytest.raises(TrusthookError, match=message):
+        container_arg(args)

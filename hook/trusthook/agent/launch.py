@@ -99,10 +99,10 @@ class EncryptedLaunch:
         layout_dir = Path(annotations[IMAGE_LAYOUT_ANNOTATION])
         ref = annotations.get(IMAGE_REF_ANNOTATION) or None
         layout = Layout.open(layout_dir)
-        desc, _ = layout.manifest(ref)
+        desc = layout.resolve(ref)
         policy = self._policy()
         policy.check(encrypted=True, manifest=desc.digest)
-        manifest = layout.read_blob(desc)
+        manifest = layout.read_blob(desc)  # parsed by the server, and by unpack_image
         intent = replace(
             event,
             image_reference=event.image_reference or f"{layout_dir}:{ref or ''}",
