@@ -16,9 +16,9 @@ import time
 import uuid
 from pathlib import Path
 
-from trusthook.devenv.agentproc import AgentProcess, write_config
-from trusthook.devenv.bundle import make_bundle
-from trusthook.devenv.swtpm import Swtpm
+from trusthook._devenv.agentproc import AgentProcess, write_config
+from trusthook._devenv.bundle import make_bundle
+from trusthook._devenv.swtpm import Swtpm
 
 TARGET_RATIO = 1.5
 

@@ -21,11 +21,12 @@ import tempfile
 import time
 from pathlib import Path
 
-from trusthook.devenv.agentproc import AgentProcess, write_config
-from trusthook.devenv.dockerd import dockerd
-from trusthook.devenv.ociimage import ImageSpec, build_image, busybox_entries, tar_bytes
-from trusthook.devenv.server import ServerProcess, swtpm_ek_bundle, write_server_config
-from trusthook.devenv.swtpm import Swtpm, free_port_pair
+from tests.support.dockerd import dockerd
+
+from trusthook._devenv.agentproc import AgentProcess, write_config
+from trusthook._devenv.ociimage import ImageSpec, build_image, busybox_entries, tar_bytes
+from trusthook._devenv.serverproc import ServerProcess, swtpm_ek_bundle, write_server_config
+from trusthook._devenv.swtpm import Swtpm, free_port_pair
 from trusthook.image.layout import Layout
 
 BIN = Path(sys.executable).parent

@@ -19,12 +19,12 @@ import time
 from pathlib import Path
 
 import psutil
+from tests.support.postgres import Postgres
 
-from trusthook.devenv.agentproc import AgentProcess, write_config
-from trusthook.devenv.postgres import Postgres
-from trusthook.devenv.server import ServerProcess, swtpm_ek_bundle, write_server_config
-from trusthook.devenv.swtpm import Swtpm, free_port_pair
-from trusthook.protocol import OP_ATTEST, call
+from trusthook._devenv.agentproc import AgentProcess, write_config
+from trusthook._devenv.serverproc import ServerProcess, swtpm_ek_bundle, write_server_config
+from trusthook._devenv.swtpm import Swtpm, free_port_pair
+from trusthook.common.protocol import OP_ATTEST, call
 
 TARGET_CPU_MS = 2.0
 BIN = Path(sys.executable).parent

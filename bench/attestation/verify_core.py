@@ -19,12 +19,12 @@ from pathlib import Path
 
 from cryptography.hazmat.primitives import serialization
 
+from trusthook._devenv.swtpm import Swtpm
+from trusthook.agent.tpm import Quote, Tpm
 from trusthook.attest.appraise import Evidence, Expectations, HostState, appraise
 from trusthook.attest.identity import check_ak_public
 from trusthook.attest.tpmwire import parse_quote_info
-from trusthook.devenv.swtpm import Swtpm
-from trusthook.eventlog import LaunchEvent, Record, extend
-from trusthook.tpm import Quote, Tpm
+from trusthook.common.eventlog import LaunchEvent, Record, extend
 
 TARGET_PER_CORE = 2500
 PCRS = (*range(8), 23)

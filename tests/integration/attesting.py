@@ -11,10 +11,10 @@ from datetime import UTC, datetime
 from typing import Any
 
 from tests.integration.conftest import AttestServer, Host
+from trusthook.agent.logstore import LogStore, read_boot_id
 from trusthook.agent.serverclient import ServerClient, tls_context
-from trusthook.eventlog import Record
-from trusthook.logstore import LogStore, read_boot_id
-from trusthook.tpm import Tpm
+from trusthook.agent.tpm import Tpm
+from trusthook.common.eventlog import Record
 
 Body = dict[str, Any]
 

@@ -18,16 +18,16 @@ from typing import Any
 import pytest
 import sqlalchemy
 
+from tests.support.postgres import Postgres
+from trusthook._devenv.agentproc import AgentProcess, write_config
+from trusthook._devenv.bundle import build_rootfs
+from trusthook._devenv.bundle import write_config as write_bundle_config
+from trusthook._devenv.serverproc import ServerProcess, swtpm_ek_bundle, write_server_config
+from trusthook._devenv.swtpm import Swtpm, free_port_pair
 from trusthook.agent.serverclient import tls_context
-from trusthook.config import Config
-from trusthook.devenv.agentproc import AgentProcess, write_config
-from trusthook.devenv.bundle import build_rootfs
-from trusthook.devenv.bundle import write_config as write_bundle_config
-from trusthook.devenv.postgres import Postgres
-from trusthook.devenv.server import ServerProcess, swtpm_ek_bundle, write_server_config
-from trusthook.devenv.swtpm import Swtpm, free_port_pair
-from trusthook.eventlog import Record, parse_record
-from trusthook.protocol import OP_SNAPSHOT, call
+from trusthook.common.config import Config
+from trusthook.common.eventlog import Record, parse_record
+from trusthook.common.protocol import OP_SNAPSHOT, call
 from trusthook.server.run import operator_certificate
 
 BIN = Path(sys.executable).parent

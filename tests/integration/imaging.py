@@ -10,7 +10,7 @@ import subprocess
 import tarfile
 from pathlib import Path
 
-from trusthook.devenv.ociimage import Entry, busybox_entries, tar_bytes
+from trusthook._devenv.ociimage import Entry, busybox_entries, tar_bytes
 from trusthook.image.layout import Layout
 from trusthook.image.model import LAYER_TAR
 

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from trusthook.agent.server import MAX_HEADER_BYTES
+from trusthook.agent.listener import MAX_HEADER_BYTES
+from trusthook.common.wire import MAX_MESSAGE_BYTES, exchange
 from trusthook.errors import AgentRefusedError
-from trusthook.wire import MAX_MESSAGE_BYTES, exchange
 
 from .conftest import Host
 

@@ -20,8 +20,8 @@ from tests.integration.conftest import (
     make_server,
     runc,
 )
+from trusthook._devenv.swtpm import Swtpm
 from trusthook.agent.serverclient import ServerClient, tls_context
-from trusthook.devenv.swtpm import Swtpm
 from trusthook.errors import ServerRefusedError
 from trusthook.server.ca import CertificateAuthority, pem
 

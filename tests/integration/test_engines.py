@@ -14,8 +14,8 @@ from typing import Any
 
 import pytest
 
-from trusthook.devenv import dockerd as devenv_dockerd
-from trusthook.eventlog import verify_against_pcr
+from tests.support import dockerd as devenv_dockerd
+from trusthook.common.eventlog import verify_against_pcr
 
 from .conftest import SHIM, Host, runc
 

@@ -16,9 +16,9 @@ from typing import Any
 import pytest
 from tpm2_pytss import ESAPI, ESYS_TR
 
-from trusthook.eventlog import LaunchEvent, Record, replay
-from trusthook.logstore import LogStore, read_boot_id
-from trusthook.tpm import Tpm
+from trusthook.agent.logstore import LogStore, read_boot_id
+from trusthook.agent.tpm import Tpm
+from trusthook.common.eventlog import LaunchEvent, Record, replay
 
 from .conftest import Host, runc
 

@@ -24,13 +24,13 @@ from tpm2_pytss import ESAPI, ESYS_TR
 
 from tests.integration.attesting import Body, Forger, b64, enroll, host_client, now
 from tests.integration.conftest import AttestServer, Host, make_host, make_server, runc
+from trusthook._devenv.swtpm import Swtpm
+from trusthook.agent.logstore import LogStore, read_boot_id
 from trusthook.agent.serverclient import ServerClient, tls_context
-from trusthook.devenv.swtpm import Swtpm
+from trusthook.agent.tpm import Tpm
+from trusthook.common.eventlog import Record, parse_record
 from trusthook.errors import ServerRefusedError, ServerUnavailableError
-from trusthook.eventlog import Record, parse_record
-from trusthook.logstore import LogStore, read_boot_id
 from trusthook.server.ca import CertificateAuthority
-from trusthook.tpm import Tpm
 
 pytestmark = pytest.mark.integration
 

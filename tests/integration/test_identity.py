@@ -31,6 +31,7 @@ from tpm2_pytss import (
 )
 from tpm2_pytss.utils import NVReadEK, create_ek_template
 
+from trusthook._devenv.swtpm import Swtpm
 from trusthook.attest.identity import (
     check_ak_public,
     check_ek_public,
@@ -38,7 +39,6 @@ from trusthook.attest.identity import (
     make_credential,
     verify_ek_certificate,
 )
-from trusthook.devenv.swtpm import Swtpm
 from trusthook.errors import ConfigError, EnrollmentError
 
 pytestmark = pytest.mark.integration
@@ -56,7 +56,7 @@ AK_ATTRIBUTES = (
 AK_TEMPLATE = "rsa2048:rsassa-sha256:null"
 
 
-# TPM helpers (tpm2-pytss directly, independent of trusthook.tpm)
+# TPM helpers (tpm2-pytss directly, independent of trusthook.agent.tpm)
 
 
 @dataclass(frozen=True)

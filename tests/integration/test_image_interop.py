@@ -18,8 +18,8 @@ from tests.integration.imaging import (
     zstd_layers_to_tar,
 )
 from tests.keys import KeyPair, jwk_pair, pem_pair
+from trusthook._devenv.ociimage import ImageSpec, build_image
 from trusthook.cli import main
-from trusthook.devenv.ociimage import ImageSpec, build_image
 from trusthook.image.keywrap import load_private_key, load_recipient, unwrap, wrap
 from trusthook.image.layout import Layout
 from trusthook.image.model import ANNOTATION_JWE

@@ -16,12 +16,12 @@ from tpm2_pytss import (
     TPMT_SIG_SCHEME,
 )
 
+from trusthook._devenv.swtpm import Swtpm
+from trusthook.agent.tpm import Tpm, ak_template
 from trusthook.attest.bindkey import verify_bind_key
 from trusthook.attest.identity import check_ak_public
-from trusthook.devenv.swtpm import Swtpm
 from trusthook.errors import AttestationError, ImageCryptError, TPMError
-from trusthook.release import associated_data, open_sealed, seal
-from trusthook.tpm import Tpm, ak_template
+from trusthook.image.envelope import associated_data, open_sealed, seal
 
 pytestmark = pytest.mark.integration
 NONCE = b"N" * 32

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from trusthook.eventlog import replay, verify_against_pcr
+from trusthook.common.eventlog import replay, verify_against_pcr
 from trusthook.measure.walk import measure_rootfs
 
 from .conftest import SHIM, Host, runc

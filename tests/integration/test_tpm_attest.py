@@ -8,11 +8,11 @@ import hashlib
 import pytest
 from tpm2_pytss.types import TPMS_ATTEST, TPMT_SIGNATURE
 
+from trusthook._devenv.swtpm import Swtpm
+from trusthook.agent.tpm import Tpm
 from trusthook.attest.identity import check_ak_public
 from trusthook.attest.tpmwire import parse_quote_info, parse_rsassa_signature
-from trusthook.devenv.swtpm import Swtpm
 from trusthook.errors import TPMError
-from trusthook.tpm import Tpm
 
 pytestmark = pytest.mark.integration
 

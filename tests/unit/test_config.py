@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from trusthook.config import Config, Mode, load_config
+from trusthook.common.config import Config, Mode, load_config
 from trusthook.errors import ConfigError
 
 

@@ -9,8 +9,15 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from trusthook.common.eventlog import (
+    LaunchEvent,
+    Record,
+    extend,
+    parse_line,
+    replay,
+    verify_against_pcr,
+)
 from trusthook.errors import EventLogError
-from trusthook.eventlog import LaunchEvent, Record, extend, parse_line, replay, verify_against_pcr
 
 
 def event(cid: str = "c1") -> LaunchEvent:

@@ -10,9 +10,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from trusthook.common.oci import MAX_CONFIG_BYTES, image_of, parse_state, read_config, rootfs_path
 from trusthook.errors import BundleError, StateError, TrusthookError
-from trusthook.hook import HookArgs, UsageError, request
-from trusthook.oci import MAX_CONFIG_BYTES, image_of, parse_state, read_config, rootfs_path
+from trusthook.startpath.hook import HookArgs, UsageError, request
 
 
 def test_hook_args() -> None:
@@ -93,7 +93,7 @@ def test_arbitrary_state_objects_raise_only_our_errors(data: dict[str, object]) 
 
 
 def test_audit_mode_covers_bad_arguments(capsys: pytest.CaptureFixture[str]) -> None:
-    from trusthook.hook import main
+    from trusthook.startpath.hook import main
 
     assert main(["--bogus"]) == 1
     assert capsys.readouterr().err == "trusthook-hook: unknown argument '--bogus'; " + (

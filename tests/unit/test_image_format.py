@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 from jwcrypto import jwe, jwk
 
 from tests.keys import KeyPair, pem_pair
-from trusthook.devenv.ociimage import Entry, ImageSpec, build_image, tar_bytes
+from trusthook._devenv.ociimage import Entry, ImageSpec, build_image, tar_bytes
 from trusthook.errors import ImageCryptError, ImageError
 from trusthook.image.cipher import Authenticator, LayerCipher, PrivateOptions, PublicOptions
 from trusthook.image.crypt import (

@@ -7,8 +7,8 @@ import json
 import pytest
 from jwcrypto import jwk
 
+from trusthook.common.eventlog import LaunchEvent, Record
 from trusthook.errors import AttestationError
-from trusthook.eventlog import LaunchEvent, Record
 from trusthook.image.cipher import PrivateOptions, PublicOptions
 from trusthook.image.keywrap import Recipient, wrap
 from trusthook.image.model import ANNOTATION_JWE, ANNOTATION_PUBOPTS

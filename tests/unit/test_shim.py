@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from trusthook.config import Config
+from trusthook.common.config import Config
 from trusthook.errors import RuntimeShimError, TrusthookError
-from trusthook.shim import find_bundle, find_subcommand, global_flag
-from trusthook.shimbundle import container_arg, prepare_bundle
+from trusthook.startpath.bundle import container_arg, prepare_bundle
+from trusthook.startpath.runtime import find_bundle, find_subcommand, global_flag
 
 ENTRY = {"path": "/usr/bin/trusthook-hook", "args": ["trusthook-hook"], "timeout": 30}
 
@@ -129,7 +129,7 @@ def test_missing_config_is_refused(tmp_path: Path) -> None:
 def test_shim_failure_reaches_the_engine_through_the_runtime_log(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from trusthook.shim import main
+    from trusthook.startpath.runtime import main
 
     config = tmp_path / "trusthook.toml"
     config.write_text('[runtime]\npath = "/nonexistent/runc"\n')

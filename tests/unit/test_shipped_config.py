@@ -6,10 +6,10 @@ import json
 import tomllib
 from pathlib import Path
 
-from trusthook.config import Config, parse_config
-from trusthook.hook import HookArgs
-from trusthook.imagepolicy import parse_policy
+from trusthook.agent.imagepolicy import parse_policy
+from trusthook.common.config import Config, parse_config
 from trusthook.server.config import ServerConfig, parse_server_config
+from trusthook.startpath.hook import HookArgs
 
 OCI_CONFIG = Path(__file__).resolve().parents[2] / "oci-config"
 

@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 
 from trusthook.cli import main as cli_main
+from trusthook.common.wire import exchange
 from trusthook.errors import AgentRefusedError, AgentUnavailableError
-from trusthook.wire import exchange
 
 
 @pytest.fixture

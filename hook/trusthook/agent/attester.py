@@ -25,9 +25,10 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from trusthook import b64
 from trusthook.agent.serverclient import ServerClient, tls_context
 from trusthook.agent.writer import MeasuredLog
+from trusthook.common import b64
+from trusthook.common.eventlog import LaunchEvent
 from trusthook.errors import (
     ConfigError,
     ServerRefusedError,
@@ -35,8 +36,7 @@ from trusthook.errors import (
     StateError,
     TrusthookError,
 )
-from trusthook.eventlog import LaunchEvent
-from trusthook.release import associated_data, open_sealed
+from trusthook.image.envelope import associated_data, open_sealed
 
 log = logging.getLogger(__name__)
 RETRY_FIRST = 1.0  # seconds before the first retry of an unreachable server; doubles each time

@@ -20,15 +20,15 @@ from pathlib import Path
 from typing import Any
 
 from trusthook.agent.attester import Attester
+from trusthook.agent.imagepolicy import ImagePolicy
 from trusthook.agent.writer import MeasuredLog
+from trusthook.common.eventlog import LaunchEvent, Record
+from trusthook.common.oci import IMAGE_LAYOUT_ANNOTATION, IMAGE_REF_ANNOTATION
 from trusthook.errors import BundleError
-from trusthook.eventlog import LaunchEvent, Record
 from trusthook.image.layout import Layout
 from trusthook.image.rootfs import empty_directory, released_keys, unpack_image
 from trusthook.image.unpack import ExtractPolicy
-from trusthook.imagepolicy import ImagePolicy
 from trusthook.measure.walk import RootfsMeasurement
-from trusthook.oci import IMAGE_LAYOUT_ANNOTATION, IMAGE_REF_ANNOTATION
 
 log = logging.getLogger(__name__)
 RELEASE_STAGE = "release"

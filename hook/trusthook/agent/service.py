@@ -12,12 +12,9 @@ from typing import Any
 from trusthook.agent.attester import Attester
 from trusthook.agent.launch import EncryptedLaunch, image_annotations
 from trusthook.agent.writer import MeasuredLog
-from trusthook.errors import InputError
-from trusthook.eventlog import LaunchEvent
-from trusthook.measure.profile import config_digest, launch_profile_digest
-from trusthook.measure.walk import RootfsMeasurement
-from trusthook.oci import ContainerState, image_of, parse_state, read_config, rootfs_path
-from trusthook.protocol import (
+from trusthook.common.eventlog import LaunchEvent
+from trusthook.common.oci import ContainerState, image_of, parse_state, read_config, rootfs_path
+from trusthook.common.protocol import (
     OP_ATTEST,
     OP_ENROLL,
     OP_HOOK,
@@ -25,7 +22,10 @@ from trusthook.protocol import (
     OP_STATUS,
     PROTOCOL_VERSION,
 )
-from trusthook.wire import STAGES
+from trusthook.common.wire import STAGES
+from trusthook.errors import InputError
+from trusthook.measure.profile import config_digest, launch_profile_digest
+from trusthook.measure.walk import RootfsMeasurement
 
 log = logging.getLogger(__name__)
 

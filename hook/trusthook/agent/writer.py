@@ -14,10 +14,10 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 
+from trusthook.agent.logstore import LogStore
+from trusthook.agent.tpm import Quote, Tpm
+from trusthook.common.eventlog import LaunchEvent, Record, extend, replay, verify_against_pcr
 from trusthook.errors import EventLogError, TPMError
-from trusthook.eventlog import LaunchEvent, Record, extend, replay, verify_against_pcr
-from trusthook.logstore import LogStore
-from trusthook.tpm import Quote, Tpm
 
 log = logging.getLogger(__name__)
 

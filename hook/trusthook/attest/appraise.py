@@ -18,8 +18,8 @@ from dataclasses import dataclass, replace
 from trusthook.attest.identity import AttestationKey
 from trusthook.attest.quote import PCR_SIZE, ClockInfo, verify_quote
 from trusthook.attest.verdict import Reason
+from trusthook.common.eventlog import Record, extend
 from trusthook.errors import AttestationError
-from trusthook.eventlog import Record, extend
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -20,10 +20,10 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives import hmac as crypto_hmac
 from cryptography.hazmat.primitives.ciphers import Cipher, CipherContext, algorithms, modes
 
-from trusthook import b64
+from trusthook.common import b64
+from trusthook.common.jsonobject import parse_object
 from trusthook.errors import ImageCryptError
 from trusthook.image.model import check_digest
-from trusthook.jsonobject import parse_object
 
 CIPHER_NAME = "AES_256_CTR_HMAC_SHA256"
 KEY_SIZE = 32

@@ -18,7 +18,7 @@ from pathlib import Path
 from jwcrypto import jwe, jwk
 from jwcrypto.common import JWException
 
-from trusthook import b64
+from trusthook.common import b64
 from trusthook.errors import ImageCryptError
 
 CONTENT_ALG = "A256GCM"

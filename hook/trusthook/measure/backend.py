@@ -14,7 +14,7 @@ import os
 from collections.abc import Sequence
 from typing import Protocol
 
-from trusthook.config import HASHER_ENV, HASHERS
+from trusthook.common.config import HASHER_ENV, HASHERS
 from trusthook.errors import ConfigError
 from trusthook.measure.native import BlobError, NativeHasher, NativeUnavailableError
 from trusthook.measure.walk import RootfsMeasurement, measure_rootfs

@@ -14,6 +14,7 @@ whose fault it was; the OpenAPI document is served at /openapi.json and kept in 
 import json
 import logging
 from collections.abc import Awaitable, Callable, MutableMapping
+from datetime import UTC, datetime
 from typing import Annotated, Any
 
 from fastapi import Depends, FastAPI, Request
@@ -22,6 +23,8 @@ from fastapi.responses import JSONResponse
 
 from trusthook.errors import AttestationError, EnrollmentError, StorageError, TrusthookError
 from trusthook.server import api
+from trusthook.server.ca import CertificateAuthority
+from trusthook.server.config import ServerConfig
 from trusthook.server.service import (
     AuthError,
     ConflictError,
@@ -29,7 +32,7 @@ from trusthook.server.service import (
     RequestError,
     ServerService,
 )
-from trusthook.server.store import HostRecord
+from trusthook.server.store import HostRecord, Store
 from trusthook.server.tlsproto import peer_certificate
 
 log = logging.getLogger(__name__)
@@ -193,6 +196,17 @@ def create_app(service: ServerService, *, max_body: int) -> FastAPI:
     return app
 
 
-def openapi_document(app: FastAPI) -> str:
-    """The OpenAPI document as served, in the form kept in docs/openapi.json."""
+def openapi_document(app: FastAPI | None = None) -> str:
+    """The OpenAPI document as ``app`` serves it, in the form kept in docs/openapi.json.
+
+    Without ``app``: the document of an application over an in-memory SQLite store that is
+    never opened, so printing the schema needs no configuration, CA or database."""
+    if app is None:
+        service = ServerService(
+            config=ServerConfig(),
+            store=Store("sqlite://"),
+            ca=CertificateAuthority.create("openapi", datetime.now(UTC)),
+            ek_roots=(),
+        )
+        app = create_app(service, max_body=ServerConfig.max_body)
     return json.dumps(app.openapi(), indent=2, sort_keys=True) + "\n"

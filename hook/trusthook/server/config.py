@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from trusthook.attest.appraise import Expectations
-from trusthook.config import read_toml
+from trusthook.common.config import read_toml
 from trusthook.errors import ConfigError
 
 _HEX32 = re.compile(r"[0-9a-f]{64}")

@@ -10,8 +10,8 @@ from collections.abc import Sequence
 
 from jwcrypto import jwk
 
+from trusthook.common.eventlog import LaunchEvent, Record
 from trusthook.errors import AttestationError, ImageError
-from trusthook.eventlog import LaunchEvent, Record
 from trusthook.image.crypt import layer_name, unwrap_layer_key
 from trusthook.image.model import LayerType, Manifest
 from trusthook.server.config import ReleaseRule

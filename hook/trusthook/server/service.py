@@ -24,6 +24,7 @@ from trusthook.attest.identity import (
     verify_ek_certificate,
 )
 from trusthook.attest.verdict import Reason
+from trusthook.common.eventlog import parse_record
 from trusthook.errors import (
     AttestationError,
     ConfigError,
@@ -31,8 +32,7 @@ from trusthook.errors import (
     EventLogError,
     InputError,
 )
-from trusthook.eventlog import parse_record
-from trusthook.release import associated_data, seal
+from trusthook.image.envelope import associated_data, seal
 from trusthook.server import api, release
 from trusthook.server.ca import CertificateAuthority
 from trusthook.server.config import ServerConfig

@@ -5,10 +5,10 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from trusthook.config import Config, load_config
-from trusthook.devenv.child import ChildProcess
+from trusthook._devenv.child import ChildProcess
+from trusthook.common.config import Config, load_config
+from trusthook.common.protocol import OP_SNAPSHOT, call
 from trusthook.errors import AgentUnavailableError
-from trusthook.protocol import OP_SNAPSHOT, call
 
 
 def write_config(

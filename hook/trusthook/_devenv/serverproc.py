@@ -9,7 +9,7 @@ import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from trusthook.devenv.child import ChildProcess
+from trusthook._devenv.child import ChildProcess
 from trusthook.errors import ServiceError
 from trusthook.server.config import ServerConfig, load_server_config
 

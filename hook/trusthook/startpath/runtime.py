@@ -14,7 +14,7 @@ import os
 import sys
 from pathlib import Path
 
-from trusthook.config import load_config
+from trusthook.common.config import load_config
 from trusthook.errors import RuntimeShimError, TrusthookError
 
 # Global flags of runc and crun that take a separate value argument.
@@ -125,7 +125,7 @@ def main(argv: list[str] | None = None) -> int:
         if command in CREATING_COMMANDS or (
             command == "delete" and rest and os.path.lexists(config.image_roots / rest[-1])
         ):
-            from trusthook import shimbundle  # noqa: PLC0415 - see above
+            from trusthook.startpath import bundle as shimbundle  # noqa: PLC0415 - see above
 
             container = shimbundle.container_arg(rest)
             if command == "delete":

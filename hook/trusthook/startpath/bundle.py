@@ -26,10 +26,10 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from trusthook.config import Config
+from trusthook.common.config import Config
+from trusthook.common.jsonobject import parse_object
+from trusthook.common.oci import IMAGE_LAYOUT_ANNOTATION, check_container_id
 from trusthook.errors import RuntimeShimError
-from trusthook.jsonobject import parse_object
-from trusthook.oci import IMAGE_LAYOUT_ANNOTATION, check_container_id
 
 SEALED_LAYOUT = ".trusthook/sealed"
 MNT_DETACH = 2

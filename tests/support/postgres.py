@@ -15,8 +15,8 @@ import subprocess
 from pathlib import Path
 from types import TracebackType
 
-from trusthook.devenv.child import spawn, stop, wait_ready
-from trusthook.devenv.swtpm import free_port_pair
+from trusthook._devenv.child import spawn, stop, wait_ready
+from trusthook._devenv.swtpm import free_port_pair
 from trusthook.errors import ServiceError
 
 PG_ROOT = Path("/usr/lib/postgresql")

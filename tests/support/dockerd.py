@@ -14,7 +14,7 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
-from trusthook.devenv.child import spawn, stop, wait_ready
+from trusthook._devenv.child import spawn, stop, wait_ready
 
 DOCKER_ROOT = Path("/var/lib/trusthook-test-docker")
 START_TIMEOUT = 60.0

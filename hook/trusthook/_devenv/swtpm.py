@@ -10,7 +10,7 @@ from types import TracebackType
 
 from tpm2_pytss import ESAPI, TPM2_SU, TSS2_Exception
 
-from trusthook.devenv.child import spawn, stop, wait_ready
+from trusthook._devenv.child import spawn, stop, wait_ready
 from trusthook.errors import ServiceError
 
 

@@ -8,13 +8,13 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from trusthook.common.jsonobject import parse_object
+from trusthook.common.wire import exchange
 from trusthook.errors import AgentRefusedError
-from trusthook.jsonobject import parse_object
-from trusthook.wire import exchange
 
 PROTOCOL_VERSION = 1
 MAX_RESULT_BYTES = 1 << 30  # a snapshot carries the whole log of the boot
-OP_HOOK = "hook"  # built by hand in trusthook.hook.request
+OP_HOOK = "hook"  # built by hand in trusthook.startpath.hook.request
 OP_SNAPSHOT = "snapshot"
 OP_ENROLL = "enroll"
 OP_ATTEST = "attest"

@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import sys
 
+from trusthook.common.wire import MAX_MESSAGE_BYTES, STAGES, exchange
 from trusthook.errors import InputError, TrusthookError
-from trusthook.wire import MAX_MESSAGE_BYTES, STAGES, exchange
 
 DEFAULT_SOCKET = "/run/trusthook/agent.sock"
 DEFAULT_TIMEOUT = 30.0

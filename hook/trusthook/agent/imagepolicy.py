@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from trusthook.config import read_toml
+from trusthook.common.config import read_toml
 from trusthook.errors import ConfigError, InputError
 
 log = logging.getLogger(__name__)

@@ -21,10 +21,10 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from trusthook import b64
+from trusthook.common import b64
+from trusthook.common.jsonobject import parse_object
 from trusthook.errors import ImageCryptError
 from trusthook.image.model import check_digest
-from trusthook.jsonobject import parse_object
 
 SEED_SIZE = 32
 IV_SIZE = 12

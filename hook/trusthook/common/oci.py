@@ -12,8 +12,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from trusthook.common.jsonobject import parse_object
 from trusthook.errors import BundleError, StateError
-from trusthook.jsonobject import parse_object
 
 MAX_STATE_BYTES = 1 << 20
 MAX_CONFIG_BYTES = 16 << 20

@@ -12,9 +12,9 @@ import struct
 from pathlib import Path
 
 from trusthook.agent.service import AgentService
+from trusthook.common.jsonobject import parse_object
+from trusthook.common.wire import ERROR, MAX_MESSAGE_BYTES, OK, read_to_eof
 from trusthook.errors import ServiceError, TrusthookError
-from trusthook.jsonobject import parse_object
-from trusthook.wire import ERROR, MAX_MESSAGE_BYTES, OK, read_to_eof
 
 log = logging.getLogger(__name__)
 _UCRED = struct.Struct("3i")

@@ -10,15 +10,15 @@ import threading
 from types import FrameType
 
 from trusthook.agent.attester import Attester
+from trusthook.agent.imagepolicy import load_policy
 from trusthook.agent.launch import EncryptedLaunch
-from trusthook.agent.server import AgentServer
+from trusthook.agent.listener import AgentServer
+from trusthook.agent.logstore import LogStore, read_boot_id
 from trusthook.agent.service import AgentService
+from trusthook.agent.tpm import Tpm
 from trusthook.agent.writer import MeasuredLog
-from trusthook.config import Config
-from trusthook.imagepolicy import load_policy
-from trusthook.logstore import LogStore, read_boot_id
+from trusthook.common.config import Config
 from trusthook.measure.backend import select_hasher
-from trusthook.tpm import Tpm
 
 log = logging.getLogger(__name__)
 

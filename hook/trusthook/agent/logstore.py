@@ -8,8 +8,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from trusthook.common.eventlog import Record, parse_line
 from trusthook.errors import EventLogError
-from trusthook.eventlog import Record, parse_line
 
 
 def read_boot_id() -> str:

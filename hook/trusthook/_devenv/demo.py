@@ -18,13 +18,13 @@ import sys
 import tarfile
 from pathlib import Path
 
-from trusthook.config import load_config
-from trusthook.devenv.agentproc import AgentProcess, write_config
-from trusthook.devenv.bundle import make_bundle
-from trusthook.devenv.bundle import write_config as write_bundle_config
-from trusthook.devenv.ociimage import Entry, ImageSpec, build_image, busybox_entries, tar_bytes
-from trusthook.devenv.server import ServerProcess, swtpm_ek_bundle, write_server_config
-from trusthook.devenv.swtpm import Swtpm, free_port_pair
+from trusthook._devenv.agentproc import AgentProcess, write_config
+from trusthook._devenv.bundle import make_bundle
+from trusthook._devenv.bundle import write_config as write_bundle_config
+from trusthook._devenv.ociimage import Entry, ImageSpec, build_image, busybox_entries, tar_bytes
+from trusthook._devenv.serverproc import ServerProcess, swtpm_ek_bundle, write_server_config
+from trusthook._devenv.swtpm import Swtpm, free_port_pair
+from trusthook.common.config import load_config
 from trusthook.errors import ServiceError
 from trusthook.image.layout import Layout
 from trusthook.server.config import load_server_config
