@@ -16,7 +16,7 @@ import time
 import uuid
 from pathlib import Path
 
-from trusthook._devenv.agentproc import AgentProcess, write_config
+from trusthook._devenv.agentproc import AgentProcess, write_agent_config
 from trusthook._devenv.bundle import make_bundle
 from trusthook._devenv.swtpm import Swtpm
 
@@ -45,7 +45,7 @@ def main() -> int:
         config["root"]["path"] = str(plain / "rootfs")
         with Swtpm(work / "tpm") as tpm:
             cfg_path = work / "trusthook.toml"
-            cfg = write_config(cfg_path, tcti=tpm.tcti, state_dir=work / "state", hook=hook)
+            cfg = write_agent_config(cfg_path, tcti=tpm.tcti, state_dir=work / "state", hook=hook)
             config["hooks"] = {
                 "createRuntime": [
                     {"path": str(hook), "args": ["trusthook-hook", *cfg.hook_args], "timeout": 10}

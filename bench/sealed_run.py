@@ -23,7 +23,7 @@ from pathlib import Path
 
 from tests.support.dockerd import dockerd
 
-from trusthook._devenv.agentproc import AgentProcess, write_config
+from trusthook._devenv.agentproc import AgentProcess, write_agent_config
 from trusthook._devenv.ociimage import ImageSpec, build_image, busybox_entries, tar_bytes
 from trusthook._devenv.serverproc import ServerProcess, swtpm_ek_bundle, write_server_config
 from trusthook._devenv.swtpm import Swtpm, free_port_pair
@@ -90,7 +90,7 @@ def _bench(work: Path, runs: int) -> int:
     (work / "busybox.tar").write_bytes(busybox)
     with Swtpm(work / "tpm") as tpm, server:
         config_path = work / "trusthook.toml"
-        config = write_config(
+        config = write_agent_config(
             config_path, tcti=tpm.tcti, state_dir=work / "state", hook=BIN / "trusthook-hook"
         )
         with AgentProcess(config_path, config, work / "agent.log"):

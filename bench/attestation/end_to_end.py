@@ -21,7 +21,7 @@ from pathlib import Path
 import psutil
 from tests.support.postgres import Postgres
 
-from trusthook._devenv.agentproc import AgentProcess, write_config
+from trusthook._devenv.agentproc import AgentProcess, write_agent_config
 from trusthook._devenv.serverproc import ServerProcess, swtpm_ek_bundle, write_server_config
 from trusthook._devenv.swtpm import Swtpm, free_port_pair
 from trusthook.common.protocol import OP_ATTEST, call
@@ -121,7 +121,7 @@ def main() -> int:
             for i, tpm in enumerate(tpms):
                 tpm.start()
                 config_path = work / f"host{i}.toml"
-                config = write_config(
+                config = write_agent_config(
                     config_path,
                     tcti=tpm.tcti,
                     state_dir=work / f"host{i}",

@@ -1,9 +1,13 @@
-"""The error hierarchy. Every message names what was wrong and, where it helps, what to do.
+"""The error hierarchy, the one home of every error class trusthook raises on purpose. Every
+message names what was wrong and, where it helps, what to do ("got X, expected Y").
 
-Two subtrees by source:
-- ``InputError``: something handed to us is bad (state JSON, config.json, a rootfs, a log).
+Three subtrees by source:
+- ``InputError``: something handed to us is malformed (arguments, state JSON, config.json, a
+  rootfs, a log, an image, a request).
+- ``RefusedError``: well-formed input that a check refused: enrollment evidence, attestation
+  evidence, a policy, an unauthorised caller. A refusal is a verdict, not a malformed input.
 - ``ServiceError``: a part we depend on failed (TPM, agent socket, runtime, server, database).
-Standard library only: the hook imports this module.
+Catch broadly only at entry points. Standard library only: the hook imports this module.
 """
 
 
@@ -11,8 +15,15 @@ class TrusthookError(Exception):
     """Base of every error trusthook raises on purpose."""
 
 
+# malformed input
+
+
 class InputError(TrusthookError):
-    """Something handed to trusthook is malformed or refused."""
+    """Something handed to trusthook is malformed."""
+
+
+class UsageError(InputError):
+    """A command's arguments are wrong."""
 
 
 class ConfigError(InputError):
@@ -20,7 +31,7 @@ class ConfigError(InputError):
 
 
 class StateError(InputError):
-    """The OCI state JSON on the hook's stdin is malformed."""
+    """The OCI state JSON on the hook's stdin, or a state file of ours, is malformed."""
 
 
 class BundleError(InputError):
@@ -31,8 +42,75 @@ class MeasurementError(InputError):
     """The rootfs cannot be measured faithfully (unreadable, changed while hashed, escapes)."""
 
 
+class BlobError(InputError):
+    """A blob could not be read for digesting."""
+
+
+class CanonicalizationError(InputError):
+    """A value has no canonical JSON form (RFC 8785): a float, a lone surrogate, a cycle."""
+
+
 class EventLogError(InputError):
     """The event log is malformed, torn or does not replay to the PCR."""
+
+
+class RequestError(InputError):
+    """A request to the agent or the server is malformed (the server answers 400)."""
+
+
+class NotFoundError(InputError):
+    """What a request names does not exist (404)."""
+
+
+class ConflictError(InputError):
+    """A request conflicts with what is stored (409)."""
+
+
+class ImageError(InputError):
+    """An OCI image, layout or blob is malformed or does not match its digest."""
+
+
+class ImageCryptError(ImageError):
+    """An encrypted layer cannot be decrypted: no matching key, tampered ciphertext or options."""
+
+
+class UnsafeLayerError(ImageError):
+    """A layer tar holds an entry that would escape the root or that the policy forbids."""
+
+
+# refused by a check
+
+
+class RefusedError(TrusthookError):
+    """Well-formed input that a check refused."""
+
+
+class EnrollmentError(RefusedError):
+    """Enrollment evidence was refused: EK certificate, EK or AK public area, credential answer."""
+
+
+class AttestationError(RefusedError):
+    """Attestation evidence failed a check: ``check`` names it, ``expected``/``got`` say how."""
+
+    def __init__(
+        self, check: str, message: str, *, expected: str | None = None, got: str | None = None
+    ) -> None:
+        super().__init__(f"{check}: {message}")
+        self.check = check
+        self.message = message
+        self.expected = expected
+        self.got = got
+
+
+class PolicyRefusedError(RefusedError):
+    """The host's image policy refuses this container."""
+
+
+class AuthError(RefusedError):
+    """The client is not who may make this request (403)."""
+
+
+# a service failed
 
 
 class ServiceError(TrusthookError):
@@ -41,6 +119,10 @@ class ServiceError(TrusthookError):
 
 class TPMError(ServiceError):
     """The TPM refused a command or could not be reached."""
+
+
+class NativeUnavailableError(ServiceError):
+    """The native hasher is required but cannot be loaded."""
 
 
 class AgentUnavailableError(ServiceError):
@@ -55,23 +137,6 @@ class RuntimeShimError(ServiceError):
     """The runtime shim could not prepare or hand over to the real runtime."""
 
 
-class EnrollmentError(InputError):
-    """Enrollment evidence was refused: EK certificate, EK or AK public area, credential answer."""
-
-
-class AttestationError(InputError):
-    """Attestation evidence failed a check: ``check`` names it, ``expected``/``got`` say how."""
-
-    def __init__(
-        self, check: str, message: str, *, expected: str | None = None, got: str | None = None
-    ) -> None:
-        super().__init__(f"{check}: {message}")
-        self.check = check
-        self.message = message
-        self.expected = expected
-        self.got = got
-
-
 class ServerUnavailableError(ServiceError):
     """The attestation server could not be reached."""
 
@@ -82,15 +147,3 @@ class ServerRefusedError(ServiceError):
 
 class StorageError(ServiceError):
     """The attestation server's database failed."""
-
-
-class ImageError(InputError):
-    """An OCI image, layout or blob is malformed or does not match its digest."""
-
-
-class ImageCryptError(ImageError):
-    """An encrypted layer cannot be decrypted: no matching key, tampered ciphertext or options."""
-
-
-class UnsafeLayerError(ImageError):
-    """A layer tar holds an entry that would escape the root or that the policy forbids."""

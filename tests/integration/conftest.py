@@ -19,9 +19,8 @@ import pytest
 import sqlalchemy
 
 from tests.support.postgres import Postgres
-from trusthook._devenv.agentproc import AgentProcess, write_config
-from trusthook._devenv.bundle import build_rootfs
-from trusthook._devenv.bundle import write_config as write_bundle_config
+from trusthook._devenv.agentproc import AgentProcess, write_agent_config
+from trusthook._devenv.bundle import build_rootfs, write_bundle_config
 from trusthook._devenv.serverproc import ServerProcess, swtpm_ek_bundle, write_server_config
 from trusthook._devenv.swtpm import Swtpm, free_port_pair
 from trusthook.agent.serverclient import tls_context
@@ -103,7 +102,7 @@ def make_host(
     swtpm: Swtpm, root: Path, mode: str = "enforce", attest_interval: float = 60.0
 ) -> Host:
     config_path = root / "trusthook.toml"
-    config = write_config(
+    config = write_agent_config(
         config_path,
         tcti=swtpm.tcti,
         state_dir=root / "state",

@@ -30,7 +30,7 @@ from tests.integration.test_engines import (
     podman_cli,
     runtime_wrapper,
 )
-from trusthook._devenv.bundle import write_config as write_bundle_config
+from trusthook._devenv.bundle import write_bundle_config
 from trusthook._devenv.ociimage import Entry, ImageSpec, build_image, busybox_entries, tar_bytes
 from trusthook._devenv.serverproc import write_server_config
 from trusthook._devenv.swtpm import Swtpm

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from trusthook.errors import MeasurementError
+from trusthook.errors import BlobError, MeasurementError
 from trusthook.measure.backend import Hasher, PythonHasher
-from trusthook.measure.native import BlobError, NativeHasher
+from trusthook.measure.native import NativeHasher
 
 BACKENDS = ["native", "python"]
 

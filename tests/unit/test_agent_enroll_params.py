@@ -7,7 +7,8 @@ from typing import Any
 
 import pytest
 
-from trusthook.agent.service import RequestError, parse_enroll_params
+from trusthook.agent.service import parse_enroll_params
+from trusthook.errors import RequestError
 
 GOOD: dict[str, Any] = {
     "server": "https://verifier:8443",

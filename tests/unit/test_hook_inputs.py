@@ -11,8 +11,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from trusthook.common.oci import MAX_CONFIG_BYTES, image_of, parse_state, read_config, rootfs_path
-from trusthook.errors import BundleError, StateError, TrusthookError
-from trusthook.startpath.hook import HookArgs, UsageError, request
+from trusthook.errors import BundleError, StateError, TrusthookError, UsageError
+from trusthook.startpath.hook import HookArgs, request
 
 
 def test_hook_args() -> None:

@@ -8,8 +8,8 @@ from typing import Any
 
 import pytest
 
-from trusthook.agent.imagepolicy import ImagePolicy, PolicyRefusedError, load_policy, parse_policy
-from trusthook.errors import ConfigError
+from trusthook.agent.imagepolicy import ImagePolicy, load_policy, parse_policy
+from trusthook.errors import ConfigError, PolicyRefusedError
 
 IMAGE = "sha256:" + "ab" * 32
 

@@ -10,7 +10,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from trusthook.measure.jcs import CanonicalizationError, canonicalize
+from trusthook.errors import CanonicalizationError
+from trusthook.measure.jcs import canonicalize
 
 
 @pytest.mark.parametrize(

@@ -22,6 +22,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from trusthook.errors import ImageError, UnsafeLayerError
+from trusthook.image.choices import Devices, Setuid
 from trusthook.image.unpack import ExtractPolicy, apply_layer
 
 MTIME = 1_600_000_000
@@ -362,7 +363,7 @@ def test_device_refused_by_default(root: Path, kind: bytes) -> None:
 
 
 def test_device_skipped(root: Path) -> None:
-    apply(root, dev("dev/null"), reg("after"), policy=ExtractPolicy(devices="skip"))
+    apply(root, dev("dev/null"), reg("after"), policy=ExtractPolicy(devices=Devices.SKIP))
     assert not (root / "dev").exists()
     assert (root / "after").exists()
 
@@ -371,7 +372,7 @@ def test_device_skipped(root: Path) -> None:
     ("kind", "check"), [(tarfile.CHRTYPE, stat.S_ISCHR), (tarfile.BLKTYPE, stat.S_ISBLK)]
 )
 def test_device_allowed(root: Path, kind: bytes, check: Callable[[int], bool]) -> None:
-    apply(root, dev("dev/null", kind), policy=ExtractPolicy(devices="allow"))
+    apply(root, dev("dev/null", kind), policy=ExtractPolicy(devices=Devices.ALLOW))
     st_ = (root / "dev" / "null").lstat()
     assert check(st_.st_mode)
     assert st_.st_rdev == os.makedev(1, 3)
@@ -381,7 +382,7 @@ def test_device_allowed(root: Path, kind: bytes, check: Callable[[int], bool]) -
 @pytest.mark.parametrize("bits", [stat.S_ISUID, stat.S_ISGID])
 def test_setuid_refused(root: Path, bits: int) -> None:
     with pytest.raises(UnsafeLayerError, match="setuid"):
-        apply(root, reg("su", mode=0o755 | bits), policy=ExtractPolicy(setuid="refuse"))
+        apply(root, reg("su", mode=0o755 | bits), policy=ExtractPolicy(setuid=Setuid.REFUSE))
     assert not (root / "su").exists()
 
 
@@ -391,14 +392,16 @@ def test_setuid_stripped_by_default(root: Path) -> None:
 
 
 def test_setuid_kept(root: Path) -> None:
-    apply(root, reg("su", mode=0o6755, uid=1000, gid=1000), policy=ExtractPolicy(setuid="keep"))
+    apply(
+        root, reg("su", mode=0o6755, uid=1000, gid=1000), policy=ExtractPolicy(setuid=Setuid.KEEP)
+    )
     st_ = (root / "su").stat()
     assert stat.S_IMODE(st_.st_mode) == 0o6755  # chown before chmod: the bits survive
     assert (st_.st_uid, st_.st_gid) == (1000, 1000)
 
 
 def test_setgid_directory_is_not_a_setuid_file(root: Path) -> None:
-    apply(root, dir_("shared", mode=0o2775), policy=ExtractPolicy(setuid="refuse"))
+    apply(root, dir_("shared", mode=0o2775), policy=ExtractPolicy(setuid=Setuid.REFUSE))
     assert stat.S_IMODE((root / "shared").stat().st_mode) == 0o2775
 
 
@@ -427,7 +430,7 @@ def test_user_xattrs_applied_others_dropped(root: Path) -> None:
 
 @pytest.mark.parametrize(
     ("policy", "kept"),
-    [(ExtractPolicy(setuid="strip"), False), (ExtractPolicy(setuid="keep"), True)],
+    [(ExtractPolicy(setuid=Setuid.STRIP), False), (ExtractPolicy(setuid=Setuid.KEEP), True)],
 )
 def test_capability_follows_setuid_policy(root: Path, policy: ExtractPolicy, kept: bool) -> None:
     apply(root, _with_xattrs(reg("ping"), security_capability=CAP), policy=policy)
@@ -439,7 +442,7 @@ def test_capability_refused(root: Path) -> None:
         apply(
             root,
             _with_xattrs(reg("ping"), security_capability=CAP),
-            policy=ExtractPolicy(setuid="refuse"),
+            policy=ExtractPolicy(setuid=Setuid.REFUSE),
         )
 
 

@@ -11,7 +11,7 @@ from trusthook.common.protocol import OP_SNAPSHOT, call
 from trusthook.errors import AgentUnavailableError
 
 
-def write_config(
+def write_agent_config(
     path: Path,
     *,
     tcti: str,

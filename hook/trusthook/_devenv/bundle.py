@@ -33,7 +33,9 @@ def build_rootfs(rootfs: Path) -> Path:
     return rootfs
 
 
-def write_config(bundle: Path, args: Sequence[str], *, readonly: bool = True) -> dict[str, Any]:
+def write_bundle_config(
+    bundle: Path, args: Sequence[str], *, readonly: bool = True
+) -> dict[str, Any]:
     """``runc spec``'s default config with ``args``, no terminal, and the given root mode."""
     config_path = bundle / "config.json"
     config_path.unlink(missing_ok=True)
@@ -49,5 +51,5 @@ def write_config(bundle: Path, args: Sequence[str], *, readonly: bool = True) ->
 def make_bundle(bundle: Path, args: Sequence[str] = ("/bin/true",)) -> Path:
     """A complete busybox bundle at ``bundle``."""
     build_rootfs(bundle / "rootfs")
-    write_config(bundle, args)
+    write_bundle_config(bundle, args)
     return bundle

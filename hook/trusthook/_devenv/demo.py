@@ -18,9 +18,8 @@ import sys
 import tarfile
 from pathlib import Path
 
-from trusthook._devenv.agentproc import AgentProcess, write_config
-from trusthook._devenv.bundle import make_bundle
-from trusthook._devenv.bundle import write_config as write_bundle_config
+from trusthook._devenv.agentproc import AgentProcess, write_agent_config
+from trusthook._devenv.bundle import make_bundle, write_bundle_config
 from trusthook._devenv.ociimage import Entry, ImageSpec, build_image, busybox_entries, tar_bytes
 from trusthook._devenv.serverproc import ServerProcess, swtpm_ek_bundle, write_server_config
 from trusthook._devenv.swtpm import Swtpm, free_port_pair
@@ -43,7 +42,7 @@ def run_demo(workdir: Path = DEFAULT_WORKDIR) -> int:
     _step(f"starting swtpm (state in {workdir / 'tpm'})")
     with Swtpm(workdir / "tpm") as tpm:
         config_path = workdir / "trusthook.toml"
-        config = write_config(
+        config = write_agent_config(
             config_path, tcti=tpm.tcti, state_dir=workdir / "state", hook=bindir / "trusthook-hook"
         )
         print(f"    TCTI {tpm.tcti}, config {config_path}")

@@ -12,12 +12,11 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import random
 import threading
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +27,9 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from trusthook.agent.serverclient import ServerClient, tls_context
 from trusthook.agent.writer import MeasuredLog
 from trusthook.common import b64
+from trusthook.common.clock import iso, utc_now
 from trusthook.common.eventlog import LaunchEvent
+from trusthook.common.files import write_atomic
 from trusthook.errors import (
     ConfigError,
     ServerRefusedError,
@@ -44,21 +45,6 @@ RETRY_FIRST = 1.0  # seconds before the first retry of an unreachable server; do
 
 def _unb64(value: Any, what: str) -> bytes:
     return b64.decode(value, f"attestation server's {what}", ServerRefusedError)
-
-
-def write_atomic(path: Path, data: bytes, mode: int = 0o644) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, mode)
-    try:
-        os.write(fd, data)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
-
-
-def now_iso() -> str:
-    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -80,7 +66,7 @@ class Attester:
         boot_id: str,
         interval: float,
         timeout: float = 30.0,
-        clock: Callable[[], str] = now_iso,
+        clock: Callable[[], datetime] = utc_now,
     ) -> None:
         self._log = log
         self._dir = state_dir / "attest"
@@ -167,7 +153,9 @@ class Attester:
                 raise ServerRefusedError("attestation server sent a malformed enrollment result")
             self._save_identity(key, certificate.encode(), ca_pem)
             enrollment = Enrollment(server=server, host_id=host_id, hostname=hostname, group=group)
-            write_atomic(self._files["enrollment.json"], json.dumps(asdict(enrollment)).encode())
+            write_atomic(
+                self._files["enrollment.json"], json.dumps(asdict(enrollment)).encode(), 0o644
+            )
             log.info("enrolled with %s as host %s", server, host_id)
             return {"host_id": host_id, "server": server, "reenrolled": current is not None}
 
@@ -180,8 +168,8 @@ class Attester:
             serialization.NoEncryption(),
         )
         write_atomic(files["client.key"], key_pem, 0o600)
-        write_atomic(files["client.crt"], cert)
-        write_atomic(files["server-ca.pem"], ca)
+        write_atomic(files["client.crt"], cert, 0o644)
+        write_atomic(files["server-ca.pem"], ca, 0o644)
 
     # attestation
 
@@ -191,7 +179,7 @@ class Attester:
             enrollment = self.enrollment()
             if enrollment is None:
                 raise ConfigError("this host is not enrolled; run 'trusthook enroll --server URL'")
-            started = self._clock()
+            started = iso(self._clock())
             try:
                 verdict = self._exchange(enrollment)
             except TrusthookError as e:
@@ -288,7 +276,7 @@ class Attester:
             previous = {}
         if status.get("last_verdict") is None and "last_verdict" in previous:
             status = {**status, "last_verdict": previous["last_verdict"]}
-        write_atomic(path, json.dumps(status, indent=2).encode())
+        write_atomic(path, json.dumps(status, indent=2).encode(), 0o644)
 
     # the loop
 

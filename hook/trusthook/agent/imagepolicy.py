@@ -17,23 +17,18 @@ allowed. Standard library only.
 from __future__ import annotations
 
 import logging
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, TypeVar
 
-from trusthook.common.config import read_toml
-from trusthook.errors import ConfigError, InputError
+from trusthook.common.config import check_keys, read_toml
+from trusthook.common.digest import is_digest
+from trusthook.errors import ConfigError, PolicyRefusedError
+from trusthook.image.choices import Devices, Setuid, choice_values
 
 log = logging.getLogger(__name__)
-_DIGEST = re.compile(r"sha256:[0-9a-f]{64}")
-DEVICES = ("refuse", "skip", "allow")  # the first is the default
-SETUID = ("strip", "refuse", "keep")
-
-
-class PolicyRefusedError(InputError):
-    """The local image policy refuses this container."""
+Choice = TypeVar("Choice", Devices, Setuid)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -42,8 +37,8 @@ class ImagePolicy:
 
     enforce: bool = True
     allow_unencrypted: bool = True
-    devices: Literal["refuse", "skip", "allow"] = "refuse"
-    setuid: Literal["strip", "refuse", "keep"] = "strip"
+    devices: Devices = Devices.REFUSE
+    setuid: Setuid = Setuid.STRIP
     images: Mapping[str, str] = field(default_factory=dict)
 
     def check(self, *, encrypted: bool, manifest: str | None) -> None:
@@ -62,18 +57,14 @@ class ImagePolicy:
 
 def parse_policy(data: Mapping[str, Any], where: str) -> ImagePolicy:
     """An ImagePolicy from parsed TOML; a ConfigError naming the first bad key."""
-    unknown = set(data) - {"mode", "allow_unencrypted", "devices", "setuid", "image"}
-    if unknown:
-        raise ConfigError(
-            f"image policy{where}: unknown key(s) {sorted(unknown)};"
-            " expected mode, allow_unencrypted, devices, setuid, [[image]]"
-        )
-    for key, choices in (("devices", DEVICES), ("setuid", SETUID)):
-        if data.get(key, choices[0]) not in choices:
-            raise ConfigError(
-                f"image policy{where}: {key} got {data[key]!r},"
-                f" expected one of {', '.join(choices)}"
-            )
+    check_keys(
+        data,
+        "",
+        ("mode", "allow_unencrypted", "devices", "setuid", "image"),
+        f" in image policy{where}",
+    )
+    devices = _choice(data, "devices", Devices, Devices.REFUSE, where)
+    setuid = _choice(data, "setuid", Setuid, Setuid.STRIP, where)
     mode = data.get("mode", "enforce")
     if mode not in ("enforce", "audit"):
         raise ConfigError(f"image policy{where}: mode got {mode!r}, expected enforce or audit")
@@ -88,7 +79,7 @@ def parse_policy(data: Mapping[str, Any], where: str) -> ImagePolicy:
         if not isinstance(entry, dict) or set(entry) - {"manifest", "name"}:
             raise ConfigError(f"image policy{where}: image[{i}] takes only manifest and name")
         manifest = entry.get("manifest")
-        if not isinstance(manifest, str) or not _DIGEST.fullmatch(manifest):
+        if not isinstance(manifest, str) or not is_digest(manifest):
             raise ConfigError(
                 f"image policy{where}: image[{i}].manifest got {manifest!r},"
                 " expected sha256:<64 hex>"
@@ -100,8 +91,8 @@ def parse_policy(data: Mapping[str, Any], where: str) -> ImagePolicy:
     return ImagePolicy(
         enforce=mode == "enforce",
         allow_unencrypted=allow,
-        devices=data.get("devices", DEVICES[0]),
-        setuid=data.get("setuid", SETUID[0]),
+        devices=devices,
+        setuid=setuid,
         images=images,
     )
 
@@ -113,3 +104,16 @@ def load_policy(path: Path) -> ImagePolicy:
     except FileNotFoundError:
         return ImagePolicy()
     return parse_policy(data, f" {path}")
+
+
+def _choice(
+    data: Mapping[str, Any], key: str, kind: type[Choice], default: Choice, where: str
+) -> Choice:
+    value = data.get(key, default.value)
+    try:
+        return kind(value)
+    except ValueError:
+        raise ConfigError(
+            f"image policy{where}: {key} got {value!r}, expected one of"
+            f" {', '.join(choice_values(kind))}"
+        ) from None

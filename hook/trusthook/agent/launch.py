@@ -22,6 +22,7 @@ from typing import Any
 from trusthook.agent.attester import Attester
 from trusthook.agent.imagepolicy import ImagePolicy
 from trusthook.agent.writer import MeasuredLog
+from trusthook.common.digest import digest_string
 from trusthook.common.eventlog import LaunchEvent, Record
 from trusthook.common.oci import IMAGE_LAYOUT_ANNOTATION, IMAGE_REF_ANNOTATION
 from trusthook.errors import BundleError
@@ -134,7 +135,7 @@ class EncryptedLaunch:
             replace(
                 intent,
                 stage=event.stage,
-                rootfs_digest="sha256:" + rootfs.digest.hex(),
+                rootfs_digest=digest_string(rootfs.digest),
                 rootfs_entries=rootfs.entries,
             )
         )

@@ -5,13 +5,15 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Callable
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 from trusthook.agent.attester import Attester
 from trusthook.agent.launch import EncryptedLaunch, image_annotations
 from trusthook.agent.writer import MeasuredLog
+from trusthook.common.clock import iso, utc_now
+from trusthook.common.digest import digest_string
 from trusthook.common.eventlog import LaunchEvent
 from trusthook.common.oci import ContainerState, image_of, parse_state, read_config, rootfs_path
 from trusthook.common.protocol import (
@@ -23,15 +25,11 @@ from trusthook.common.protocol import (
     PROTOCOL_VERSION,
 )
 from trusthook.common.wire import STAGES
-from trusthook.errors import InputError
+from trusthook.errors import RequestError
 from trusthook.measure.profile import config_digest, launch_profile_digest
 from trusthook.measure.walk import RootfsMeasurement
 
 log = logging.getLogger(__name__)
-
-
-class RequestError(InputError):
-    """A request to the agent is malformed."""
 
 
 class AgentService:
@@ -45,7 +43,7 @@ class AgentService:
         launch: EncryptedLaunch,
         boot_id: str,
         measure_rootfs: Callable[[str | os.PathLike[str]], RootfsMeasurement],
-        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        clock: Callable[[], datetime] = utc_now,
     ) -> None:
         self._log = log
         self._attester = attester
@@ -98,12 +96,12 @@ class AgentService:
             bundle=bundle,
             image_reference=image_ref,
             image_digest=image_digest,
-            rootfs_digest="sha256:" + rootfs.digest.hex(),
+            rootfs_digest=digest_string(rootfs.digest),
             rootfs_entries=rootfs.entries,
             config_digest=config_digest(config),
             launch_profile_digest=launch_profile_digest(config, container_id),
             stage=stage,
-            time=self._clock().isoformat(timespec="microseconds").replace("+00:00", "Z"),
+            time=iso(self._clock()),
             boot_id=self._boot_id,
         )
         if encrypted is not None:

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from trusthook.common.config import Config
+from trusthook.image.choices import Devices, Setuid
 from trusthook.image.crypt import decrypt_image, encrypt_image
 from trusthook.image.keywrap import load_private_key, load_recipient, recipient_algs
 from trusthook.image.layout import Layout, parse_reference
@@ -79,7 +80,7 @@ def unpack(args: argparse.Namespace, _config: Config) -> int:
     src, ref = parse_reference(args.source)
     layout = Layout.open(src)
     keys = [load_private_key(Path(k)) for k in args.key]
-    policy = ExtractPolicy(devices=args.devices, setuid=args.setuid)
+    policy = ExtractPolicy(devices=Devices(args.devices), setuid=Setuid(args.setuid))
     root = Path(args.rootfs)
     created = not root.exists()
     root.mkdir(parents=True, exist_ok=True)

@@ -8,6 +8,7 @@ import os
 from typing import Any
 
 from trusthook.common.config import Config
+from trusthook.common.digest import digest_string
 from trusthook.common.oci import read_config
 from trusthook.errors import BundleError
 from trusthook.measure.backend import select_hasher
@@ -19,7 +20,7 @@ def measure(args: argparse.Namespace, config: Config) -> int:
     rootfs = hasher.measure_rootfs(args.rootfs)
     out: dict[str, Any] = {
         "rootfs": os.path.abspath(args.rootfs),
-        "rootfs_digest": "sha256:" + rootfs.digest.hex(),
+        "rootfs_digest": digest_string(rootfs.digest),
         "rootfs_entries": rootfs.entries,
         "bytes_hashed": rootfs.bytes_hashed,
         "hasher": hasher.backend,

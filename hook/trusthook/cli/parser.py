@@ -7,6 +7,8 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from trusthook.image.choices import Devices, Setuid, choice_values
+
 REFERENCE_HELP = "an OCI layout directory, optionally :REF (skopeo's oci:DIR:REF also works)"
 
 
@@ -136,8 +138,8 @@ def _add_image(sub: Any) -> None:
     unp.add_argument("rootfs", help="an empty or new directory")
     unp.add_argument("--key", action="append", default=[], metavar="PRIVKEY")
     unp.add_argument("--pin", metavar="sha256:DIGEST", help="refuse any other manifest digest")
-    unp.add_argument("--devices", choices=("refuse", "skip", "allow"), default="refuse")
-    unp.add_argument("--setuid", choices=("refuse", "strip", "keep"), default="strip")
+    unp.add_argument("--devices", choices=choice_values(Devices), default=Devices.REFUSE.value)
+    unp.add_argument("--setuid", choices=choice_values(Setuid), default=Setuid.STRIP.value)
 
 
 def build_parser(description: str | None) -> argparse.ArgumentParser:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
@@ -56,7 +56,8 @@ class Config:
         return [*args, "--audit"] if self.mode is Mode.AUDIT else args
 
 
-_SCHEMA: dict[str, dict[str, type | tuple[type, ...]]] = {
+Schema = Mapping[str, type | tuple[type, ...]]
+_SCHEMA: dict[str, Schema] = {
     "tpm": {"tcti": str, "pcr": int},
     "agent": {"socket": str, "state_dir": str, "hasher": str, "hash_threads": int},
     "hook": {"mode": str, "timeout": (int, float)},
@@ -66,23 +67,36 @@ _SCHEMA: dict[str, dict[str, type | tuple[type, ...]]] = {
 }
 
 
+def check_keys(data: Mapping[str, Any], name: str | None, known: Iterable[str], where: str) -> None:
+    """Refuse a key that is not in ``known``: of table ``name``, of a document of keys
+    (``name`` empty) or of a document of sections (``name`` None)."""
+    allowed = sorted(known)
+    for key in data:
+        if key not in allowed:
+            what = (
+                f"key {name}.{key}" if name else f"key {key}" if name == "" else f"section [{key}]"
+            )
+            raise ConfigError(f"unknown {what}{where}; expected one of {allowed}")
+
+
+def check_table(data: Any, name: str, schema: Schema, where: str) -> dict[str, Any]:
+    """``data`` if it is a table of the keys in ``schema`` with values of their types (a
+    boolean is never a number); else a ConfigError naming the first bad key."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"[{name}]{where} must be a table")
+    check_keys(data, name, schema, where)
+    for key, value in data.items():
+        if not isinstance(value, schema[key]) or isinstance(value, bool):
+            raise ConfigError(f"{name}.{key}{where}: got {value!r}, wrong type")
+    return data
+
+
 def parse_config(data: Mapping[str, Any], *, source: Path | None = None) -> Config:
     """Build a Config from parsed TOML, refusing unknown sections, keys and wrong types."""
     where = f" in {source}" if source else ""
+    check_keys(data, None, _SCHEMA, where)
     for section, body in data.items():
-        if section not in _SCHEMA:
-            raise ConfigError(
-                f"unknown section [{section}]{where}; expected one of {sorted(_SCHEMA)}"
-            )
-        if not isinstance(body, dict):
-            raise ConfigError(f"[{section}]{where} must be a table")
-        for key, value in body.items():
-            expected = _SCHEMA[section].get(key)
-            if expected is None:
-                known = sorted(_SCHEMA[section])
-                raise ConfigError(f"unknown key {section}.{key}{where}; expected one of {known}")
-            if not isinstance(value, expected) or isinstance(value, bool):
-                raise ConfigError(f"{section}.{key}{where}: got {value!r}, wrong type")
+        check_table(body, section, _SCHEMA[section], where)
     tpm = data.get("tpm", {})
     agent = data.get("agent", {})
     hook = data.get("hook", {})

@@ -11,12 +11,12 @@ import contextlib
 import hashlib
 import json
 import os
-import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
+from trusthook.common.files import commit, create_temp, write_atomic
 from trusthook.errors import ImageError
 from trusthook.image.model import (
     MANIFEST_TYPE,
@@ -67,8 +67,8 @@ class Layout:
         if path.exists() and any(path.iterdir()):
             return cls.open(path)
         (path / "blobs" / "sha256").mkdir(parents=True, exist_ok=True)
-        _write_atomic(path / "oci-layout", LAYOUT_FILE.encode())
-        _write_atomic(path / "index.json", b'{"schemaVersion":2,"manifests":[]}')
+        write_atomic(path / "oci-layout", LAYOUT_FILE.encode())
+        write_atomic(path / "index.json", b'{"schemaVersion":2,"manifests":[]}')
         return cls(path)
 
     def entries(self) -> tuple[IndexEntry, ...]:
@@ -175,7 +175,7 @@ class Layout:
             entry["annotations"] = {REF_NAME: ref}
         kept = [dict(e.descriptor.raw) for e in self.entries() if ref is None or e.ref != ref]
         index = {"schemaVersion": 2, "manifests": [*kept, entry]}
-        _write_atomic(self.path / "index.json", json.dumps(index, separators=(",", ":")).encode())
+        write_atomic(self.path / "index.json", json.dumps(index, separators=(",", ":")).encode())
         return Descriptor.parse(entry, "new manifest")
 
 
@@ -193,9 +193,9 @@ class BlobWriter:
     def __init__(self, directory: Path) -> None:
         directory.mkdir(parents=True, exist_ok=True)
         self._dir = directory
-        fd, name = tempfile.mkstemp(dir=directory, prefix=".tmp-")
-        self._file = os.fdopen(fd, "wb")
-        self._tmp = Path(name)
+        fd, self._tmp = create_temp(directory, "blob")
+        self._file = os.fdopen(fd, "wb", closefd=False)
+        self._fd = fd
         self._hasher = hashlib.sha256()
         self.size = 0
         self.digest = ""
@@ -215,26 +215,16 @@ class BlobWriter:
 
     def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
         try:
-            if exc_type is None:
-                self._file.flush()
-                os.fsync(self._file.fileno())
-        finally:
-            self._file.close()
+            self._file.close()  # flushes; the descriptor stays open for commit
+        except BaseException:
+            self._discard()
+            raise
         if exc_type is not None:
-            self._tmp.unlink(missing_ok=True)
+            self._discard()
             return
         self.digest = self.current_digest()
-        os.replace(self._tmp, self._dir / self.digest.removeprefix("sha256:"))
+        commit(self._fd, self._tmp, self._dir / self.digest.removeprefix("sha256:"))
 
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    fd, name = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(name, path)
-    except BaseException:
-        Path(name).unlink(missing_ok=True)
-        raise
+    def _discard(self) -> None:
+        os.close(self._fd)
+        self._tmp.unlink(missing_ok=True)

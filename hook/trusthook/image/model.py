@@ -6,11 +6,11 @@ came (``raw``) so that rewriting a manifest loses nothing.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from trusthook.common.digest import is_digest
 from trusthook.common.jsonobject import parse_object
 from trusthook.errors import ImageError
 
@@ -25,12 +25,10 @@ ANNOTATION_PUBOPTS = "org.opencontainers.image.enc.pubopts"
 ANNOTATION_JWE = "org.opencontainers.image.enc.keys.jwe"
 ENCRYPTION_ANNOTATION_PREFIX = "org.opencontainers.image.enc."
 
-_DIGEST = re.compile(r"sha256:[0-9a-f]{64}")
-
 
 def check_digest(value: object, what: str) -> str:
     """``value`` if it is a ``sha256:<64 lowercase hex>`` digest, else an ImageError."""
-    if not isinstance(value, str) or not _DIGEST.fullmatch(value):
+    if not is_digest(value):
         raise ImageError(f"{what}: expected a sha256:<64 hex> digest, got {value!r}")
     return value
 

@@ -20,9 +20,10 @@ import stat
 import tarfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Literal, Protocol, cast
+from typing import IO, Protocol, cast
 
 from trusthook.errors import ImageError, UnsafeLayerError
+from trusthook.image.choices import Devices, Setuid
 
 log = logging.getLogger(__name__)
 
@@ -54,8 +55,8 @@ class ExtractPolicy:
     refused, stripped or kept. ``preserve_owner``: chown to the tar's numeric uid/gid.
     """
 
-    devices: Literal["refuse", "skip", "allow"] = "refuse"
-    setuid: Literal["refuse", "strip", "keep"] = "strip"
+    devices: Devices = Devices.REFUSE
+    setuid: Setuid = Setuid.STRIP
     preserve_owner: bool = True
 
 
@@ -176,8 +177,8 @@ class _Layer:
         return any(k[: len(path)] == path for k in self.kept)
 
     def _create(self, member: tarfile.TarInfo, path: RelPath, what: str) -> None:
-        if (member.ischr() or member.isblk()) and self.policy.devices != "allow":
-            if self.policy.devices == "refuse":
+        if (member.ischr() or member.isblk()) and self.policy.devices is not Devices.ALLOW:
+            if self.policy.devices is Devices.REFUSE:
                 raise UnsafeLayerError(f"{what}: device nodes are refused by the policy")
             log.debug("%s: device node skipped by the policy", what)
             return
@@ -277,9 +278,9 @@ class _Layer:
         mode = stat.S_IMODE(member.mode)
         xattrs = self._xattrs(member, what)
         if member.isreg() and (mode & _SETID or _CAPABILITY in xattrs):
-            if self.policy.setuid == "refuse":
+            if self.policy.setuid is Setuid.REFUSE:
                 raise UnsafeLayerError(f"{what}: setuid, setgid or capabilities refused by policy")
-            if self.policy.setuid == "strip":
+            if self.policy.setuid is Setuid.STRIP:
                 mode &= ~_SETID
                 xattrs.pop(_CAPABILITY, None)
         return _Meta(

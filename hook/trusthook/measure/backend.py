@@ -15,8 +15,8 @@ from collections.abc import Sequence
 from typing import Protocol
 
 from trusthook.common.config import HASHER_ENV, HASHERS
-from trusthook.errors import ConfigError
-from trusthook.measure.native import BlobError, NativeHasher, NativeUnavailableError
+from trusthook.errors import BlobError, ConfigError, NativeUnavailableError
+from trusthook.measure.native import NativeHasher
 from trusthook.measure.walk import RootfsMeasurement, measure_rootfs
 
 log = logging.getLogger(__name__)

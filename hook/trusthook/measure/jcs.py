@@ -11,13 +11,9 @@ import math
 from json.encoder import encode_basestring
 from typing import Any
 
-from trusthook.errors import InputError
+from trusthook.errors import CanonicalizationError
 
 _LITERALS = {None: "null", True: "true", False: "false"}
-
-
-class CanonicalizationError(InputError):
-    """A value has no RFC 8785 canonical form (NaN, infinity, a lone surrogate, a non-JSON type)."""
 
 
 def _string(s: str) -> str:

@@ -11,20 +11,12 @@ import os
 from collections.abc import Sequence
 from typing import Any
 
-from trusthook.errors import InputError, MeasurementError, ServiceError
+from trusthook.errors import BlobError, MeasurementError, NativeUnavailableError, ServiceError
 from trusthook.measure.walk import RootfsMeasurement
 
 EXPECTED_NATIVE_VERSION = 1
 _ERRLEN = 2048
 _TH_ERR_MEASURE, _TH_ERR_IO, _TH_ERR_NOMEM = 1, 2, 3
-
-
-class NativeUnavailableError(ServiceError):
-    """The compiled hasher is missing or does not match this Python code."""
-
-
-class BlobError(InputError):
-    """A blob could not be read for digesting."""
 
 
 def _load() -> tuple[Any, Any]:

@@ -21,17 +21,20 @@ from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
-from trusthook.errors import AttestationError, EnrollmentError, StorageError, TrusthookError
+from trusthook.errors import (
+    AttestationError,
+    AuthError,
+    ConflictError,
+    EnrollmentError,
+    NotFoundError,
+    RequestError,
+    StorageError,
+    TrusthookError,
+)
 from trusthook.server import api
 from trusthook.server.ca import CertificateAuthority
 from trusthook.server.config import ServerConfig
-from trusthook.server.service import (
-    AuthError,
-    ConflictError,
-    NotFoundError,
-    RequestError,
-    ServerService,
-)
+from trusthook.server.service import ServerService
 from trusthook.server.store import HostRecord, Store
 from trusthook.server.tlsproto import peer_certificate
 

@@ -9,12 +9,12 @@ from pathlib import Path
 from typing import Any
 
 from trusthook.attest.appraise import Expectations
-from trusthook.common.config import read_toml
+from trusthook.common.config import check_keys, check_table, read_toml
+from trusthook.common.digest import is_digest
 from trusthook.errors import ConfigError
 
 _HEX32 = re.compile(r"[0-9a-f]{64}")
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,62}")
-_DIGEST = re.compile(r"sha256:[0-9a-f]{64}")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -78,22 +78,10 @@ _ATTEST_KEYS: dict[str, type | tuple[type, ...]] = {
 }
 
 
-def _check_table(data: Any, name: str, schema: Mapping[str, Any], where: str) -> dict[str, Any]:
-    if not isinstance(data, dict):
-        raise ConfigError(f"[{name}]{where} must be a table")
-    for key, value in data.items():
-        kind = schema.get(key)
-        if kind is None:
-            raise ConfigError(f"unknown key {name}.{key}{where}; expected one of {sorted(schema)}")
-        if not isinstance(value, kind) or isinstance(value, bool):
-            raise ConfigError(f"{name}.{key}{where}: got {value!r}, wrong type")
-    return data
-
-
 def _parse_group(name: str, body: Any, container_pcr: int, where: str) -> Expectations:
     if not _NAME.fullmatch(name):
         raise ConfigError(f"group name {name!r}{where} must match {_NAME.pattern}")
-    _check_table(body, f"groups.{name}", {"pcrs": dict}, where)
+    check_table(body, f"groups.{name}", {"pcrs": dict}, where)
     golden: dict[int, frozenset[bytes]] = {}
     for key, listed in body.get("pcrs", {}).items():
         if not key.isdigit() or not 0 <= int(key) <= 23 or int(key) == container_pcr:
@@ -117,9 +105,9 @@ def _parse_release(
     index: int, body: Any, groups: Mapping[str, Expectations], where: str
 ) -> ReleaseRule:
     name = f"release[{index}]"
-    _check_table(body, name, {"image": str, "groups": list, "launch_profiles": list}, where)
+    check_table(body, name, {"image": str, "groups": list, "launch_profiles": list}, where)
     image = body.get("image")
-    if not isinstance(image, str) or not _DIGEST.fullmatch(image):
+    if not isinstance(image, str) or not is_digest(image):
         raise ConfigError(f"{name}.image{where}: got {image!r}, expected an image manifest digest")
     chosen = body.get("groups", [])
     if not chosen or not all(isinstance(g, str) and g in groups for g in chosen):
@@ -127,7 +115,7 @@ def _parse_release(
             f"{name}.groups{where}: got {chosen!r}, expected configured groups {sorted(groups)}"
         )
     profiles = body.get("launch_profiles", [])
-    if not all(isinstance(p, str) and _DIGEST.fullmatch(p) for p in profiles):
+    if not all(is_digest(p) for p in profiles):
         raise ConfigError(f"{name}.launch_profiles{where}: expected sha256:<hex> digests")
     return ReleaseRule(image=image, groups=frozenset(chosen), launch_profiles=frozenset(profiles))
 
@@ -135,14 +123,9 @@ def _parse_release(
 def parse_server_config(data: Mapping[str, Any], *, source: Path | None = None) -> ServerConfig:
     """Build a ServerConfig from parsed TOML, refusing unknown keys and bad values."""
     where = f" in {source}" if source else ""
-    unknown = set(data) - {"server", "attestation", "groups", "release"}
-    if unknown:
-        raise ConfigError(
-            f"unknown section(s) {sorted(unknown)}{where};"
-            " expected server, attestation, groups, release"
-        )
-    server = _check_table(data.get("server", {}), "server", _SERVER_KEYS, where)
-    attest = _check_table(data.get("attestation", {}), "attestation", _ATTEST_KEYS, where)
+    check_keys(data, None, ("server", "attestation", "groups", "release"), where)
+    server = check_table(data.get("server", {}), "server", _SERVER_KEYS, where)
+    attest = check_table(data.get("attestation", {}), "attestation", _ATTEST_KEYS, where)
     defaults = ServerConfig()
     pcr = attest.get("container_pcr", defaults.container_pcr)
     if not 0 <= pcr <= 23:

@@ -16,6 +16,7 @@ import uvicorn
 from cryptography.hazmat.primitives import serialization
 
 from trusthook.attest.identity import load_ca_bundle
+from trusthook.common.files import write_atomic
 from trusthook.errors import ConfigError
 from trusthook.server.app import create_app
 from trusthook.server.ca import CertificateAuthority, pem
@@ -52,11 +53,7 @@ class Paths:
 
 def _write_private(path: Path, data: bytes, mode: int) -> None:
     path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.unlink(missing_ok=True)
-    tmp.touch(mode=mode)
-    tmp.write_bytes(data)
-    tmp.replace(path)
+    write_atomic(path, data, mode)
 
 
 def load_ca(config: ServerConfig) -> CertificateAuthority:

@@ -24,13 +24,18 @@ from trusthook.attest.identity import (
     verify_ek_certificate,
 )
 from trusthook.attest.verdict import Reason
+from trusthook.common.clock import iso_from_timestamp
+from trusthook.common.digest import digest_string
 from trusthook.common.eventlog import parse_record
 from trusthook.errors import (
     AttestationError,
+    AuthError,
     ConfigError,
+    ConflictError,
     EnrollmentError,
     EventLogError,
-    InputError,
+    NotFoundError,
+    RequestError,
 )
 from trusthook.image.envelope import associated_data, seal
 from trusthook.server import api, release
@@ -44,26 +49,6 @@ NONCE_BYTES = 32
 CERT_LIFETIME = timedelta(days=365)
 OPERATOR_PREFIX = "operator:"
 _SAVE_ATTEMPTS = 5
-
-
-class RequestError(InputError):
-    """A request is malformed (400)."""
-
-
-class NotFoundError(InputError):
-    """What a request names does not exist (404)."""
-
-
-class ConflictError(InputError):
-    """A request conflicts with what is stored (409)."""
-
-
-class AuthError(InputError):
-    """The client is not who may make this request (401/403)."""
-
-
-def iso(t: float) -> str:
-    return datetime.fromtimestamp(t, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def host_id_of(certificate: x509.Certificate) -> str:
@@ -115,8 +100,8 @@ class ServerService:
         if existing is not None and not req.reenroll:
             raise ConflictError(
                 f"host {host_id[:16]}… ({existing.hostname}) is already enrolled since"
-                f" {iso(existing.enrolled_at)}; enroll again explicitly (--reenroll) to replace"
-                " its keys"
+                f" {iso_from_timestamp(existing.enrolled_at)}; enroll again explicitly"
+                " (--reenroll) to replace its keys"
             )
         secret = secrets.token_bytes(32)
         blob, encrypted = make_credential(ek, secret, ak.name)
@@ -136,7 +121,7 @@ class ServerService:
             host_id=host_id,
             credential_blob=api.b64(blob),
             encrypted_secret=api.b64(encrypted),
-            expires_at=iso(expires),
+            expires_at=iso_from_timestamp(expires),
         )
 
     def finish_enrollment(
@@ -225,7 +210,7 @@ class ServerService:
         self._store.issue_nonce(host_id=host.host_id, nonce=nonce, expires=expires, now=now)
         return api.NonceResponse(
             nonce=api.b64(nonce),
-            expires_at=iso(expires),
+            expires_at=iso_from_timestamp(expires),
             pcrs=list(self._expectations(host).pcrs),
             verified_boot_id=host.state.boot_id,
             verified_recnum=host.state.verified_recnum,
@@ -271,7 +256,7 @@ class ServerService:
         """Appraise the evidence, then release the image's layer keys sealed to the host's TPM
         if its launch record and the release policy allow it. Every decision is audited."""
         manifest = _decode(req.manifest, "manifest")
-        image = "sha256:" + hashlib.sha256(manifest).hexdigest()
+        image = digest_string(hashlib.sha256(manifest).digest())
         nonce = _decode(req.attestation.nonce, "attestation.nonce")
         status = self.attest(host, req.attestation)
         try:
@@ -329,8 +314,8 @@ class ServerService:
                 Reason(
                     check="stale",
                     message="no passing attestation in time; the last one was at"
-                    f" {iso(host.last_attestation or host.since)}",
-                    expected=f"a new attestation before {iso(host.valid_until)}",
+                    f" {iso_from_timestamp(host.last_attestation or host.since)}",
+                    expected=f"a new attestation before {iso_from_timestamp(host.valid_until)}",
                     got="none",
                 ),
             )
@@ -340,10 +325,14 @@ class ServerService:
             group=host.group,
             trusted=trusted,
             reasons=[api.ReasonBody.of(r) for r in reasons],
-            since=iso(since),
-            valid_until=iso(host.valid_until) if trusted and host.valid_until else None,
-            last_attestation=iso(host.last_attestation) if host.last_attestation else None,
-            enrolled_at=iso(host.enrolled_at),
+            since=iso_from_timestamp(since),
+            valid_until=iso_from_timestamp(host.valid_until)
+            if trusted and host.valid_until
+            else None,
+            last_attestation=iso_from_timestamp(host.last_attestation)
+            if host.last_attestation
+            else None,
+            enrolled_at=iso_from_timestamp(host.enrolled_at),
             verified_recnum=host.state.verified_recnum,
         )
 

@@ -21,12 +21,12 @@ import math
 import os
 import signal
 import subprocess
-import tempfile
 from pathlib import Path
 from types import FrameType
 from typing import Any
 
 from trusthook.common.config import Config
+from trusthook.common.files import write_atomic
 from trusthook.common.jsonobject import parse_object
 from trusthook.common.oci import IMAGE_LAYOUT_ANNOTATION, check_container_id
 from trusthook.errors import RuntimeShimError
@@ -85,7 +85,7 @@ def prepare_bundle(
     layout = _encrypted_layout(spec, bundle, config_path)
     if layout is None:
         if changed:
-            write_config(config_path, spec, mode)
+            write_spec(config_path, spec, mode)
         return None
     root = config.image_roots / container_id
     config.image_roots.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -99,7 +99,7 @@ def prepare_bundle(
         _mount_tmpfs(root)
         spec.setdefault("annotations", {})[IMAGE_LAYOUT_ANNOTATION] = layout
         spec["root"]["path"] = str(root)
-        write_config(config_path, spec, mode)
+        write_spec(config_path, spec, mode)
     except BaseException:
         release_root(root)
         raise
@@ -124,18 +124,11 @@ def _encrypted_layout(spec: dict[str, Any], bundle: str, config_path: Path) -> s
     return None if layout is None else str(layout)
 
 
-def write_config(config_path: Path, spec: dict[str, Any], mode: int) -> None:
+def write_spec(config_path: Path, spec: dict[str, Any], mode: int) -> None:
     """Replace ``config_path`` with ``spec`` atomically, keeping ``mode``."""
-    fd, tmp = tempfile.mkstemp(dir=config_path.parent, prefix=".config.json.")
     try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(spec, f)
-            f.flush()
-            os.fchmod(f.fileno(), mode)
-            os.fsync(f.fileno())
-        os.replace(tmp, config_path)
+        write_atomic(config_path, json.dumps(spec).encode(), mode)
     except OSError as e:
-        Path(tmp).unlink(missing_ok=True)
         raise RuntimeShimError(f"cannot write {config_path}: {e.strerror}") from e
 
 

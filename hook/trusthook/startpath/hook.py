@@ -14,15 +14,11 @@ from __future__ import annotations
 import sys
 
 from trusthook.common.wire import MAX_MESSAGE_BYTES, STAGES, exchange
-from trusthook.errors import InputError, TrusthookError
+from trusthook.errors import TrusthookError, UsageError
 
 DEFAULT_SOCKET = "/run/trusthook/agent.sock"
 DEFAULT_TIMEOUT = 30.0
 USAGE = "usage: trusthook-hook [--socket PATH] [--timeout SECONDS] [--stage STAGE] [--audit]"
-
-
-class UsageError(InputError):
-    """The hook's arguments are wrong."""
 
 
 class HookArgs:

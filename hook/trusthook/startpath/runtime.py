@@ -90,13 +90,14 @@ def resolve(program: str, what: str) -> str:
 def _report(args: list[str], end: int, message: str) -> None:
     """Tell the engine: stderr, and the runtime log file in runc's format when one is given."""
     import json  # noqa: PLC0415 - error path only: the shim's every start is kept lean
-    from datetime import UTC, datetime  # noqa: PLC0415
+
+    from trusthook.common.clock import iso, utc_now  # noqa: PLC0415
 
     print(message, file=sys.stderr)
     log_path = global_flag(args, end, "--log")
     if not log_path:
         return
-    now = datetime.now(UTC).isoformat()
+    now = iso(utc_now())
     if global_flag(args, end, "--log-format") == "json":
         line = json.dumps({"level": "error", "msg": message, "time": now})
     else:
