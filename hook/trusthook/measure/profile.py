@@ -7,11 +7,11 @@ same options give the same digest on any host and under any engine. Pure: dicts 
 
 from __future__ import annotations
 
-import hashlib
 import posixpath
 from collections.abc import Mapping
 from typing import Any
 
+from trusthook.common.digest import sha256_of
 from trusthook.measure.jcs import canonicalize
 
 PROFILE_VERSION = 1
@@ -112,16 +112,11 @@ def launch_profile(config: Mapping[str, Any], container_id: str) -> dict[str, An
     }
 
 
-def sha256_prefixed(data: bytes) -> str:
-    """``sha256:<hex>``, the digest notation of the OCI specifications."""
-    return "sha256:" + hashlib.sha256(data).hexdigest()
-
-
 def config_digest(config: Mapping[str, Any]) -> str:
     """Digest of the whole config.json in RFC 8785 canonical form."""
-    return sha256_prefixed(canonicalize(config))
+    return sha256_of(canonicalize(config))
 
 
 def launch_profile_digest(config: Mapping[str, Any], container_id: str) -> str:
     """Digest of the launch profile in RFC 8785 canonical form."""
-    return sha256_prefixed(canonicalize(launch_profile(config, container_id)))
+    return sha256_of(canonicalize(launch_profile(config, container_id)))

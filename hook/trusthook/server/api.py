@@ -1,4 +1,4 @@
-"""The HTTP API's bodies (docs/api-server.md, docs/openapi.json). Validation of shapes only;
+"""The HTTP API's bodies (docs/attestation.md, docs/openapi.json). Validation of shapes only;
 what the values mean is checked by the service."""
 
 from __future__ import annotations

@@ -25,7 +25,7 @@ from trusthook.attest.identity import (
 )
 from trusthook.attest.verdict import Reason
 from trusthook.common.clock import iso_from_timestamp
-from trusthook.common.digest import digest_string
+from trusthook.common.digest import sha256_of
 from trusthook.common.eventlog import parse_record
 from trusthook.errors import (
     AttestationError,
@@ -256,7 +256,7 @@ class ServerService:
         """Appraise the evidence, then release the image's layer keys sealed to the host's TPM
         if its launch record and the release policy allow it. Every decision is audited."""
         manifest = _decode(req.manifest, "manifest")
-        image = digest_string(hashlib.sha256(manifest).digest())
+        image = sha256_of(manifest)
         nonce = _decode(req.attestation.nonce, "attestation.nonce")
         status = self.attest(host, req.attestation)
         try:
