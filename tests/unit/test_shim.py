@@ -10,8 +10,8 @@ import pytest
 
 from trusthook.common.config import Config
 from trusthook.errors import RuntimeShimError, TrusthookError
-from trusthook.startpath.bundle import container_arg, prepare_bundle
-from trusthook.startpath.runtime import find_bundle, find_subcommand, global_flag
+from trusthook.startpath.bundle import check_container_name, prepare_bundle
+from trusthook.startpath.runtimeargs import parse_invocation, parse_subcommand
 
 ENTRY = {"path": "/usr/bin/trusthook-hook", "args": ["trusthook-hook"], "timeout": 30}
 
@@ -23,18 +23,60 @@ def _prepare(path: Path) -> Path | None:
 
 
 @pytest.mark.parametrize(
-    ("args", "index"),
+    ("args", "command", "flags"),
     [
-        (["create", "--bundle", "/b", "id"], 0),
-        (["--root", "/run/x", "--log", "/l", "--log-format", "json", "create", "id"], 6),
-        (["--root=/run/x", "--systemd-cgroup", "run", "id"], 2),
-        (["--debug", "--rootless", "false", "state", "id"], 3),
-        (["--version"], None),
-        ([], None),
+        (["create", "--bundle", "/b", "id"], "create", {}),
+        (
+            ["--root", "/run/x", "--log", "/l", "--log-format", "json", "create", "id"],
+            "create",
+            {"root": "/run/x", "log": "/l", "log-format": "json"},
+        ),
+        (
+            ["--root=/run/x", "--systemd-cgroup", "run", "id"],
+            "run",
+            {"root": "/run/x", "systemd-cgroup": "true"},
+        ),
+        (
+            ["--debug", "--rootless", "false", "state", "id"],
+            "state",
+            {"debug": "true", "rootless": "false"},
+        ),
+        # runc reads single-dash long flags like double-dash ones (Go's flag package)
+        (["-root", "/tmp/r", "run", "id"], "run", {"root": "/tmp/r"}),
+        (
+            ["-root=/tmp/r", "-debug=false", "create", "id"],
+            "create",
+            {"root": "/tmp/r", "debug": "false"},
+        ),
+        (["--", "create", "id"], "create", {}),
+        ([], None, {}),
     ],
 )
-def test_subcommand_after_global_flags(args: list[str], index: int | None) -> None:
-    assert find_subcommand(args) == index
+def test_subcommand_after_global_flags(
+    args: list[str], command: str | None, flags: dict[str, str]
+) -> None:
+    invocation = parse_invocation(args)
+    assert (invocation.command, invocation.flags) == (command, flags)
+
+
+def test_help_and_version_run_no_subcommand() -> None:
+    for args in (["--version"], ["-v"], ["--help", "create", "id"], ["-h"]):
+        assert parse_invocation(args).info and parse_invocation(args).command is None
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--ro", "/tmp/x", "run", "id"], "unknown global flag '--ro'"),  # crun's abbreviation
+        (["--bogus", "run", "id"], "unknown global flag"),
+        (["--debug=maybe", "run", "id"], "expected a boolean value"),
+        (["--root"], "has no value"),
+        (["---root", "/x", "run", "id"], "bad flag syntax"),
+    ],
+)
+def test_unclassifiable_global_arguments_are_refused(args: list[str], message: str) -> None:
+    with pytest.raises(RuntimeShimError, match=message):
+        parse_invocation(args)
 
 
 def test_docker_style_invocation() -> None:
@@ -45,17 +87,33 @@ def test_docker_style_invocation() -> None:
         "/run/containerd/x/log.json",
         "--log-format",
         "json",
+        "--systemd-cgroup",
         "create",
         "--bundle",
         "/run/containerd/b",
         "--pid-file",
         "/p",
+        "--console-socket",
+        "/s",
         "cid",
     ]
-    sub = find_subcommand(args)
-    assert sub == 6 and args[sub] == "create"
-    assert global_flag(args, sub, "--log") == "/run/containerd/x/log.json"
-    assert find_bundle(args[sub + 1 :], "/cwd") == "/run/containerd/b"
+    invocation = parse_invocation(args)
+    assert invocation.command == "create"
+    assert invocation.flag("log") == "/run/containerd/x/log.json"
+    sub = parse_subcommand("create", invocation.rest)
+    assert (sub.container_id, sub.bundle("/cwd")) == ("cid", "/run/containerd/b")
+
+
+def test_podman_conmon_style_invocation() -> None:
+    args = ["--root", "/run/crun", "--log-level=error", "--systemd-cgroup", "create"]
+    args += ["--bundle", "/var/lib/c/b", "--pid-file", "/p", "--no-new-keyring", "cid"]
+    invocation = parse_invocation(args)
+    sub = parse_subcommand("create", invocation.rest)
+    assert (sub.container_id, sub.bundle("/"), sub.flags["no-new-keyring"]) == (
+        "cid",
+        "/var/lib/c/b",
+        "true",
+    )
 
 
 @pytest.mark.parametrize(
@@ -63,16 +121,65 @@ def test_docker_style_invocation() -> None:
     [
         (["-b", "rel", "id"], "/cwd/rel"),
         (["--bundle=/abs", "id"], "/abs"),
+        (["-b=/abs", "id"], "/abs"),
         (["id"], "/cwd"),
+        (["id", "--bundle", "/after"], "/after"),  # runc moves flags before the argument
+        (["--pid-file", "--bundle", "id"], "/cwd"),  # a value flag takes the next argument
     ],
 )
 def test_bundle(sub_args: list[str], bundle: str) -> None:
-    assert find_bundle(sub_args, "/cwd") == bundle
+    assert parse_subcommand("create", tuple(sub_args)).bundle("/cwd") == bundle
 
 
-def test_missing_flag_value_is_an_error() -> None:
-    with pytest.raises(RuntimeShimError, match="flag --bundle has no value"):
-        find_bundle(["--bundle"], "/cwd")
+@pytest.mark.parametrize(
+    ("command", "sub_args", "message"),
+    [
+        ("create", ["--bundle"], "flag '--bundle' has no value"),
+        ("create", ["-f", "other.json", "id"], "--config"),
+        ("run", ["--config=other.json", "id"], "--config"),
+        ("create", ["--bun", "/b", "id"], "unknown create flag '--bun'"),
+        ("create", ["a", "b"], "exactly one container id, got 2"),
+        ("create", [], "exactly one container id, got 0"),
+        ("delete", ["--regex", "a.*"], "--regex"),
+        ("run", ["--detach=later", "id"], "expected a boolean value"),
+    ],
+)
+def test_unclassifiable_subcommand_arguments_are_refused(
+    command: str, sub_args: list[str], message: str
+) -> None:
+    with pytest.raises(RuntimeShimError, match=message):
+        parse_subcommand(command, tuple(sub_args))
+
+
+def test_detach() -> None:
+    assert parse_subcommand("run", ("-d", "id")).detached
+    assert not parse_subcommand("run", ("--detach=false", "id")).detached
+    assert not parse_subcommand("create", ("id",)).detached
+
+
+@pytest.mark.parametrize("command", ["restore", "checkpoint"])
+def test_restore_and_checkpoint_are_refused(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    command: str,
+) -> None:
+    from trusthook.startpath.runtime import main
+
+    monkeypatch.setenv("TRUSTHOOK_CONFIG", str(tmp_path / "absent.toml"))
+    assert main(["--root", str(tmp_path), command, "--image-path", str(tmp_path), "id"]) == 1
+    assert f"trusthook-runtime: {command} is refused" in capsys.readouterr().err
+
+
+def test_a_single_dash_root_flag_still_gets_the_hook(tmp_path: Path) -> None:
+    """The review's bypass: `-root DIR run ...` was read as the subcommand DIR (no hook)."""
+    invocation = parse_invocation(["-root", str(tmp_path), "run", "--bundle", str(tmp_path), "c"])
+    assert invocation.command == "run"
+    sub = parse_subcommand("run", invocation.rest)
+    path = tmp_path / "config.json"
+    path.write_text("{}")
+    assert prepare_bundle(path, sub.bundle("/"), sub.container_id, Config(), ENTRY) is None
+    assert json.loads(path.read_text())["hooks"]["createRuntime"] == [ENTRY]
 
 
 def test_hook_is_added_keeping_everything_and_only_once(tmp_path: Path) -> None:
@@ -95,6 +202,29 @@ def test_hook_is_added_keeping_everything_and_only_once(tmp_path: Path) -> None:
     assert os.stat(path).st_ino == written  # the hook is there already: not rewritten
     assert json.loads(path.read_text()) == after
     assert sorted(p.name for p in tmp_path.iterdir()) == ["config.json"]
+
+
+@pytest.mark.parametrize(
+    "planted",
+    [
+        {"path": ENTRY["path"], "args": ["trusthook-hook", "--audit"]},
+        {"path": ENTRY["path"], "args": ["trusthook-hook", "--socket", "/tmp/fake.sock"]},
+        {"path": ENTRY["path"]},
+    ],
+)
+def test_a_planted_trusthook_entry_is_replaced_by_the_canonical_one(
+    tmp_path: Path, planted: dict[str, object]
+) -> None:
+    """The review's bypass: an entry at the hook's path with --audit or another socket was kept
+    and the container started unmeasured."""
+    path = tmp_path / "config.json"
+    other = {"path": "/other"}
+    path.write_text(
+        json.dumps({"hooks": {"createRuntime": [planted, other], "prestart": [planted]}})
+    )
+    _prepare(path)
+    hooks = json.loads(path.read_text())["hooks"]
+    assert hooks == {"createRuntime": [other, ENTRY], "prestart": []}
 
 
 @pytest.mark.parametrize(
@@ -145,16 +275,15 @@ def test_shim_failure_reaches_the_engine_through_the_runtime_log(
 
 
 @pytest.mark.parametrize(
-    ("args", "message"),
+    ("name", "message"),
     [
-        ([], "no container id"),
-        (["--bundle", "/b", "--pid-file"], "no container id"),
-        ([".."], "is not a valid name"),
-        (["a/b"], "forbidden characters"),
+        ("..", "is not a valid name"),
+        ("a/b", "forbidden characters"),
+        ("", "non-empty string"),
     ],
 )
 def test_container_ids_that_would_escape_the_roots_directory_are_refused(
-    args: list[str], message: str
+    name: str, message: str
 ) -> None:
     with pytest.raises(TrusthookError, match=message):
-        container_arg(args)
+        check_container_name(name)

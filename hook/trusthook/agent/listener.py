@@ -8,24 +8,15 @@ import os
 import socket
 import socketserver
 import stat
-import struct
 from pathlib import Path
 
 from trusthook.agent.service import AgentService
 from trusthook.common.jsonobject import parse_object
-from trusthook.common.wire import ERROR, MAX_MESSAGE_BYTES, OK, read_to_eof
+from trusthook.common.wire import ERROR, MAX_MESSAGE_BYTES, OK, peer_uid, read_to_eof
 from trusthook.errors import ServiceError, TrusthookError
 
 log = logging.getLogger(__name__)
-_UCRED = struct.Struct("3i")
 MAX_HEADER_BYTES = 4096  # a body may be MAX_MESSAGE_BYTES; its header comes on top
-
-
-def peer_uid(sock: socket.socket) -> int:
-    """The uid of the process at the other end of a unix socket (SO_PEERCRED)."""
-    raw = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _UCRED.size)
-    _pid, uid, _gid = _UCRED.unpack(raw)
-    return int(uid)
 
 
 def _error(message: str) -> bytes:

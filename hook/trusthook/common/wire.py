@@ -9,6 +9,8 @@ module's import alone would add several milliseconds to it.
 from __future__ import annotations
 
 import _socket
+import os
+import sys
 import time
 
 from trusthook.errors import AgentRefusedError, AgentUnavailableError
@@ -41,14 +43,42 @@ def _connect(sock: _socket.socket, path: str, deadline: float) -> None:
             time.sleep(0.002)
 
 
+def check_socket_directory(path: str) -> None:
+    """Refuse an agent socket whose directory someone other than root could have put there."""
+    directory = os.path.dirname(path) or "."
+    try:
+        st = os.stat(directory)
+    except OSError as e:
+        raise AgentUnavailableError(f"agent socket directory {directory}: {e.strerror}") from None
+    if st.st_uid != 0 or st.st_mode & 0o022:
+        raise AgentUnavailableError(
+            f"agent socket directory {directory} is not root's alone (owner uid {st.st_uid},"
+            f" mode {st.st_mode & 0o7777:o}); refusing to talk to an agent there"
+        )
+
+
+def peer_uid(sock: _socket.socket) -> int:
+    """The uid of the process at the other end of a unix socket (SO_PEERCRED: pid, uid, gid)."""
+    raw = sock.getsockopt(_socket.SOL_SOCKET, _socket.SO_PEERCRED, 12)
+    return int.from_bytes(raw[4:8], sys.byteorder)
+
+
 def exchange(
     path: str, request: bytes, *, timeout: float, max_answer: int = MAX_MESSAGE_BYTES
 ) -> bytes:
-    """Send ``request`` to the agent at ``path``; return the result bytes after ``ok\\n``."""
+    """Send ``request`` to the agent at ``path``; return the result bytes after ``ok\\n``.
+    Only an agent running as root, on a socket in a directory only root can write, is asked."""
+    check_socket_directory(path)
     sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
     try:
         sock.settimeout(timeout)
         _connect(sock, path, time.monotonic() + timeout)
+        uid = peer_uid(sock)
+        if uid != 0:
+            raise AgentRefusedError(
+                f"the process listening on agent socket {path} runs as uid {uid}, not root;"
+                " refusing to talk to it"
+            )
         sock.sendall(request)
         sock.shutdown(_socket.SHUT_WR)
         answer = read_to_eof(sock, max_answer)

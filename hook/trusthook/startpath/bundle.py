@@ -38,14 +38,12 @@ FORWARDED_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUI
 HOOK_STAGE = "createRuntime"
 
 
-def container_arg(sub_args: list[str]) -> str:
-    """The container id: the last argument of ``create``/``run``/``delete``."""
-    if not sub_args or sub_args[-1].startswith("-"):
-        raise RuntimeShimError("no container id after the subcommand")
-    value = check_container_id(sub_args[-1])
-    if value in (".", ".."):
-        raise RuntimeShimError(f"container id {value!r} is not a valid name")
-    return value
+def check_container_name(value: str) -> str:
+    """The container id, refused if it could not name a directory under the roots."""
+    checked = check_container_id(value)
+    if checked in (".", ".."):
+        raise RuntimeShimError(f"container id {checked!r} is not a valid name")
+    return checked
 
 
 def _libc() -> ctypes.CDLL:
@@ -141,17 +139,29 @@ def hook_entry(config: Config, hook_path: Path) -> dict[str, Any]:
 
 
 def add_hook(spec: dict[str, Any], entry: dict[str, Any], config_path: Path) -> bool:
-    """Add ``entry`` to the createRuntime hooks of ``spec`` unless a hook with the same path is
-    there; True if it did."""
+    """Make ``entry`` the one hook of ``spec`` at its path: any other entry for the same
+    program, in any stage and with any arguments (an ``--audit`` or a ``--socket`` to another
+    agent), is removed, and ``entry`` goes last in createRuntime. True if ``spec`` changed."""
     hooks = spec.setdefault("hooks", {})
     if not isinstance(hooks, dict):
         raise RuntimeShimError(f"{config_path}: 'hooks' must be an object")
-    stage = hooks.setdefault(HOOK_STAGE, [])
-    if not isinstance(stage, list):
-        raise RuntimeShimError(f"{config_path}: 'hooks.{HOOK_STAGE}' must be an array")
-    if any(isinstance(h, dict) and h.get("path") == entry["path"] for h in stage):
+    for stage, entries in hooks.items():
+        if not isinstance(entries, list):
+            raise RuntimeShimError(f"{config_path}: 'hooks.{stage}' must be an array")
+    ours = [
+        (stage, h)
+        for stage, entries in hooks.items()
+        for h in entries
+        if isinstance(h, dict) and h.get("path") == entry["path"]
+    ]
+    stage_entries = hooks.setdefault(HOOK_STAGE, [])
+    if ours == [(HOOK_STAGE, entry)] and stage_entries[-1] == entry:
         return False
-    stage.append(entry)
+    for stage, entries in hooks.items():
+        hooks[stage] = [
+            h for h in entries if not (isinstance(h, dict) and h.get("path") == entry["path"])
+        ]
+    hooks[HOOK_STAGE].append(entry)
     return True
 
 
