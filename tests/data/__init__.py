@@ -1,0 +1,1 @@
+"""Recorded test data: evidence from a real swtpm (``evidence/``, made by ``record_evidence``)."""
