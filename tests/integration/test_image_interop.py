@@ -316,7 +316,7 @@ def test_a_tampered_diff_id_is_refused_and_a_pin_refuses_the_rewritten_manifest(
         encrypted,
         tmp_path,
         keys["rsa"].private,
-        f"the policy pins {pinned}",
+        f"expected {pinned} (--pin)",
         capsys,
         "--pin",
         pinned,

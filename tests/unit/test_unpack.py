@@ -13,6 +13,7 @@ import os
 import stat
 import tarfile
 import tempfile
+import tracemalloc
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +24,7 @@ from hypothesis import strategies as st
 
 from trusthook.errors import ImageError, UnsafeLayerError
 from trusthook.image.choices import Devices, Setuid
+from trusthook.image.rootfs import empty_directory
 from trusthook.image.unpack import ExtractPolicy, apply_layer
 
 MTIME = 1_600_000_000
@@ -534,3 +536,111 @@ def test_arbitrary_layers_stay_inside(entries: list[tuple[str, str, str]]) -> No
             apply(root, *(made[kind](name, other) for kind, name, other in entries))
         assert snapshot(outside) == before
         assert sorted(p.name for p in base.iterdir()) == ["outside", "root"]
+
+
+# --- deep trees: no recursion anywhere ------------------------------------------------------
+
+DEPTH = 1500
+
+
+@pytest.fixture
+def deep_root(root: Path) -> Iterator[Path]:
+    """``root``, emptied after the test: pytest's own clean-up of old temporary directories
+    uses shutil.rmtree, which recursion stops about 1,000 levels down."""
+    yield root
+    empty_directory(root)
+
+
+def chain(depth: int = DEPTH) -> list[str]:
+    """``d``, ``d/d``, ... ``depth`` directories deep."""
+    return ["/".join(["d"] * k) for k in range(1, depth + 1)]
+
+
+def walk(top: Path) -> list[str]:
+    """Every path under ``top`` (relative), iteratively: pathlib's rglob recurses."""
+    found, stack = [], [""]
+    while stack:
+        rel = stack.pop()
+        with os.scandir(top / rel if rel else top) as entries:
+            for entry in entries:
+                path = f"{rel}/{entry.name}" if rel else entry.name
+                found.append(path)
+                if entry.is_dir(follow_symlinks=False):
+                    stack.append(path)
+    return sorted(found)
+
+
+def test_a_refusal_after_a_deep_tree_is_the_refusal(deep_root: Path, untouched: object) -> None:
+    paths = chain()
+    with pytest.raises(
+        UnsafeLayerError, match=r"^layer entry '\.\./escape': path escapes the root$"
+    ):
+        apply(deep_root, *(dir_(p) for p in paths), reg(f"{paths[-1]}/f"), reg("../escape"))
+
+
+def test_whiteout_over_a_deep_tree(deep_root: Path, outside: Path, untouched: object) -> None:
+    paths = chain()
+    apply(
+        deep_root,
+        *(dir_(p) for p in paths),
+        reg(f"{paths[-1]}/f"),
+        sym(f"{paths[-1]}/out", str(outside)),
+        reg("keep"),
+    )
+    apply(deep_root, reg(".wh.d"))
+    assert walk(deep_root) == ["keep"]
+
+
+def test_opaque_whiteout_over_a_deep_tree_keeps_this_layers_entries(deep_root: Path) -> None:
+    paths = chain()
+    apply(deep_root, *(dir_(p, mode=0o750) for p in paths), *(reg(f"{p}/old") for p in paths))
+    apply(deep_root, reg(f"{paths[-1]}/new"), reg("d/.wh..wh..opq"), reg("d/d/also"))
+    assert walk(deep_root) == sorted([*paths, f"{paths[-1]}/new", "d/d/also"])
+    assert stat.S_IMODE((deep_root / paths[-1]).stat().st_mode) == 0o750  # a lower directory, kept
+
+
+def test_directories_of_a_deep_tree_are_finished(deep_root: Path) -> None:
+    paths = chain()
+    apply(deep_root, *(dir_(p, mode=0o701) for p in paths), reg(f"{paths[-1]}/f"))
+    for p in (paths[0], paths[700], paths[-1]):
+        st_ = (deep_root / p).stat()
+        assert (stat.S_IMODE(st_.st_mode), st_.st_mtime) == (0o701, MTIME)
+
+
+# --- what a layer remembers -----------------------------------------------------------------
+
+
+def test_a_directory_replaced_in_its_layer_takes_its_metadata_along(root: Path) -> None:
+    apply(
+        root,
+        dir_("a", mode=0o700),
+        dir_("a/b", mode=0o700, uid=5),
+        reg("a"),  # replaces a with its tree
+        dir_("a", mode=0o750),
+        reg("a/b/f"),  # a/b: a missing parent again
+    )
+    b = (root / "a" / "b").stat()
+    assert (stat.S_IMODE(b.st_mode), b.st_uid) == (0o755, 0)
+    assert stat.S_IMODE((root / "a").stat().st_mode) == 0o750
+
+
+def test_hardlink_into_the_entry_it_replaces_refused(root: Path) -> None:
+    with pytest.raises(ImageError, match="hardlink to itself or to an entry below it"):
+        apply(root, dir_("a"), reg("a/f"), hard("a", "a/f"))
+    with pytest.raises(ImageError, match="hardlink to itself"):
+        apply(root, reg("g"), hard("g", "g"))
+
+
+def test_memory_does_not_grow_with_entries(root: Path) -> None:
+    """30,000 entries: the old extractor kept ~0.85 KB each (25 MB); now the path set (12 to
+    24 bytes each) and the reader's buffer remain."""
+    data = layer(*(reg(f"d{i // 1000}/f{i}") for i in range(30_000)))
+    source = Pipe(data)
+    tracemalloc.start()
+    try:
+        apply_layer(root, source, ExtractPolicy())
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert len(list((root / "d29").iterdir())) == 1000
+    assert peak < 4 << 20, f"peak {peak} bytes"

@@ -173,25 +173,39 @@ def decrypt_image(
     dest_ref: str | None,
     keys: Sequence[jwk.JWK],
 ) -> Descriptor:
-    """Decrypt every encrypted layer of an image into ``dest``; the new manifest."""
+    """Decrypt every encrypted layer of an image into ``dest``; the new manifest.
+
+    Every layer's key is unwrapped and its ciphertext authenticated before any plaintext is
+    written; if anything fails after that, the blobs this call added to ``dest`` are removed
+    again (``dest``'s index.json is only written at the end)."""
     _, manifest = source.manifest(source_ref)
-    dest.copy_blob(source, manifest.config)
-    layers = [
-        _decrypt_layer(source, dest, desc, keys, layer_name(i, desc))
-        for i, desc in enumerate(manifest.layers)
-    ]
-    return dest.add_manifest(manifest.with_layers(tuple(layers)), dest_ref)
-
-
-def _decrypt_layer(
-    source: Layout, dest: Layout, desc: Descriptor, keys: Sequence[jwk.JWK], what: str
-) -> Descriptor:
-    if not LayerType.parse(desc.media_type).encrypted:
-        dest.copy_blob(source, desc)
-        return desc
-    key = unwrap_layer_key(desc, keys, what)
-    authenticate_layer(source, desc, key, what)
-    with dest.blob_writer() as out:
-        for chunk in decrypted_chunks(source, desc, key, what):
-            out.write(chunk)
-    return plain_descriptor(desc, out.digest, out.size)
+    keyed = []
+    for i, desc in enumerate(manifest.layers):
+        what = layer_name(i, desc)
+        key = None
+        if LayerType.parse(desc.media_type).encrypted:
+            key = unwrap_layer_key(desc, keys, what)
+            authenticate_layer(source, desc, key, what)
+        keyed.append((desc, key, what))
+    added: list[str] = []
+    try:
+        if dest.copy_blob(source, manifest.config):
+            added.append(manifest.config.digest)
+        layers = []
+        for desc, key, what in keyed:
+            if key is None:
+                if dest.copy_blob(source, desc):
+                    added.append(desc.digest)
+                layers.append(desc)
+                continue
+            with dest.blob_writer() as out:
+                for chunk in decrypted_chunks(source, desc, key, what):
+                    out.write(chunk)
+            if out.created:
+                added.append(out.digest)
+            layers.append(plain_descriptor(desc, out.digest, out.size))
+        return dest.add_manifest(manifest.with_layers(tuple(layers)), dest_ref)
+    except BaseException:
+        for digest in added:
+            dest.blob_path(digest).unlink(missing_ok=True)
+        raise

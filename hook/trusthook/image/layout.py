@@ -156,15 +156,17 @@ class Layout:
         """A writer that stores a blob under its digest when closed without an error."""
         return BlobWriter(self.path / "blobs" / "sha256")
 
-    def copy_blob(self, source: Layout, desc: Descriptor) -> None:
-        """Copy one blob from ``source`` into this layout, verifying it on the way."""
+    def copy_blob(self, source: Layout, desc: Descriptor) -> bool:
+        """Copy one blob from ``source`` into this layout, verifying it on the way; whether
+        it was new here."""
         if self.blob_path(desc.digest).exists():
-            return
+            return False
         with source.open_blob(desc) as f, self.blob_writer() as w:
             while chunk := f.read(CHUNK):
                 w.write(chunk)
             # The writer's rename happens on exit; check before it.
             check_blob(desc, w.size, w.current_digest())
+        return w.created
 
     def add_manifest(self, manifest: dict[str, Any], ref: str | None) -> Descriptor:
         """Store ``manifest`` and name it ``ref`` in index.json (replacing that name)."""
@@ -177,6 +179,28 @@ class Layout:
         index = {"schemaVersion": 2, "manifests": [*kept, entry]}
         write_atomic(self.path / "index.json", json.dumps(index, separators=(",", ":")).encode())
         return Descriptor.parse(entry, "new manifest")
+
+
+@contextlib.contextmanager
+def output_layout(path: Path) -> Iterator[Layout]:
+    """``Layout.open_or_create(path)`` for a command writing an image into it. If the body
+    fails and the layout was new, the files that made it a layout are removed again, and the
+    directory too unless it existed (empty) before; the body removes the blobs it added."""
+    existed = path.exists()
+    new = not existed or not any(path.iterdir())
+    layout = Layout.open_or_create(path)
+    try:
+        yield layout
+    except BaseException:
+        if new:
+            with contextlib.suppress(OSError):  # not empty after all: leave what is there
+                (path / "oci-layout").unlink()
+                (path / "index.json").unlink()
+                (path / "blobs" / "sha256").rmdir()
+                (path / "blobs").rmdir()
+                if not existed:
+                    path.rmdir()
+        raise
 
 
 def check_blob(desc: Descriptor, size: int, digest: str) -> None:
@@ -199,6 +223,7 @@ class BlobWriter:
         self._hasher = hashlib.sha256()
         self.size = 0
         self.digest = ""
+        self.created = False  # the blob was not there before
 
     def write(self, data: bytes) -> None:
         """Append ``data`` to the blob."""
@@ -223,7 +248,9 @@ class BlobWriter:
             self._discard()
             return
         self.digest = self.current_digest()
-        commit(self._fd, self._tmp, self._dir / self.digest.removeprefix("sha256:"))
+        final = self._dir / self.digest.removeprefix("sha256:")
+        self.created = not final.exists()
+        commit(self._fd, self._tmp, final)
 
     def _discard(self) -> None:
         os.close(self._fd)

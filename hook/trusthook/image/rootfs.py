@@ -13,8 +13,8 @@ Any failure empties the root (the root directory itself stays, it may be a mount
 
 from __future__ import annotations
 
+import logging
 import os
-import shutil
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,7 +33,10 @@ from trusthook.image.crypt import (
 from trusthook.image.layout import Layout
 from trusthook.image.model import Descriptor, ImageConfig, LayerType
 from trusthook.image.stream import DecryptingReader, LayerStream, decompressing
+from trusthook.image.tree import listing, prune
 from trusthook.image.unpack import ExtractPolicy, apply_layer
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -85,20 +88,26 @@ def unpack_image(
     keys: KeySource,
     policy: ExtractPolicy,
     pinned_manifest: str | None = None,
+    pinned_by: str = "the policy",
     runtime_entries: bool = False,
 ) -> Unpacked:
     """Unpack ``layout:ref`` into ``root``; empty it again on any failure.
 
-    ``root`` must be empty, unless ``runtime_entries``: then what is in it already are mount
-    points the runtime made (``/proc``, ``/etc/hosts``...) and layer entries for those paths
-    are skipped (the mounts cover them in the container anyway)."""
+    ``pinned_manifest``: the only manifest digest accepted (``pinned_by`` says whose pin it is
+    in the refusal). ``root`` must be empty, unless ``runtime_entries``: then what is in it
+    already are mount points the runtime made (``/proc``, ``/etc/hosts``...) and layer entries
+    for those paths are skipped (the mounts cover them in the container anyway). A failure is
+    raised as it was, after the root is emptied (a failure to empty it is logged)."""
     keep = _existing_files(root) if runtime_entries else frozenset()
     if not runtime_entries and any(root.iterdir()):
         raise ImageError(f"unpack target {root} is not empty")
     try:
-        return _unpack(layout, ref, root, keys, policy, pinned_manifest, keep)
+        return _unpack(layout, ref, root, keys, policy, pinned_manifest, pinned_by, keep)
     except BaseException:
-        empty_directory(root)
+        try:
+            empty_directory(root)
+        except ImageError as e:
+            log.error("%s", e)
         raise
 
 
@@ -109,12 +118,13 @@ def _unpack(  # noqa: PLR0917 - the private body of unpack_image, same arguments
     keys: KeySource,
     policy: ExtractPolicy,
     pinned_manifest: str | None,
+    pinned_by: str,
     keep: frozenset[str],
 ) -> Unpacked:
     desc, manifest = layout.manifest(ref)
     if pinned_manifest is not None and desc.digest != pinned_manifest:
         raise ImageError(
-            f"image manifest digest is {desc.digest}, the policy pins {pinned_manifest}"
+            f"image manifest digest is {desc.digest}, expected {pinned_manifest} ({pinned_by})"
         )
     config = ImageConfig.parse(layout.read_blob(manifest.config))
     if len(config.diff_ids) != len(manifest.layers):
@@ -182,10 +192,13 @@ def _existing_files(root: Path) -> frozenset[str]:
 
 
 def empty_directory(root: Path) -> None:
-    """Remove everything inside ``root`` without following symlinks; keep ``root`` itself."""
-    with os.scandir(root) as entries:
-        for entry in entries:
-            if entry.is_dir(follow_symlinks=False):
-                shutil.rmtree(entry.path)
-            else:
-                os.unlink(entry.path)
+    """Remove everything inside ``root``, at any depth, without following symlinks; keep
+    ``root`` itself (it may be a mount point). An ImageError if that fails."""
+    try:
+        fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            prune(fd, listing(fd), "", None)
+        finally:
+            os.close(fd)
+    except OSError as e:
+        raise ImageError(f"cannot empty {root}: {e.strerror or e}") from e

@@ -21,7 +21,7 @@ import zstandard
 from trusthook.errors import ImageError
 from trusthook.image.cipher import LayerCipher
 from trusthook.image.layout import CHUNK
-from trusthook.image.unpack import TarSource
+from trusthook.image.tarreader import TarSource
 
 QUEUE_DEPTH = 8
 
