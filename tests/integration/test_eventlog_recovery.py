@@ -78,9 +78,11 @@ def test_torn_last_line_is_removed_and_reported(host: Host, bundle_factory: Any)
     assert len(host.snapshot()[0]) == 1
 
 
-def test_pcr_extended_outside_the_log_stops_the_agent_and_fails_verify(
+def test_pcr_extended_outside_the_log_refuses_launches_and_fails_verify(
     host: Host, bundle_factory: Any
 ) -> None:
+    """The agent starts on a diverged log (so that attestation reports it) but records no
+    launch onto it (docs/eventlog.md §4)."""
     _launch(host, bundle_factory, 1)
     host.agent.stop()
     with Tpm(host.tpm.tcti) as tpm:
@@ -88,9 +90,16 @@ def test_pcr_extended_outside_the_log_stops_the_agent_and_fails_verify(
     verify = host.cli("log", "verify")
     assert verify.returncode == 1
     assert "record 0: log diverges from PCR 23" in verify.stderr
-    with pytest.raises(Exception, match="trusthook agent exited with 1"):
-        host.agent.start()
-    assert "log diverges from PCR 23" in host.agent.output()
+    host.agent.start()
+    assert "event log diverges from PCR 23" in host.agent.output()
+    bundle = bundle_factory(hooks={"createRuntime": [host.hook_entry()]})
+    refused = runc("run", "--bundle", str(bundle), f"diverged-{id(host)}")
+    assert refused.returncode != 0
+    assert "log diverges from PCR 23" in refused.stderr
+    assert len(host.snapshot()[0]) == 1
+    verify = host.cli("log", "verify")
+    assert verify.returncode == 1
+    assert "record 0: log diverges from PCR 23" in verify.stderr
 
 
 def test_pcr_reset_is_detected(host: Host, bundle_factory: Any) -> None:

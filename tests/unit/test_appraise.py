@@ -1,6 +1,10 @@
 """appraise() on evidence recorded from a real swtpm (tests/data/evidence): the honest host is
 trusted quote after quote and across reboots, and each check refuses its attack with its own
-reason, fatal ones leaving the verified state where it was. No TPM needed."""
+reason, fatal ones leaving the verified state where it was. No TPM needed.
+
+The recorded epochs each come with their own boot id (the recorder's reboots). A TPM reset or
+restart under a running host is the same evidence appraised against a verified state that holds
+the new epoch's boot id: the host kept its boot id while the TPM counts moved."""
 
 from __future__ import annotations
 
@@ -92,6 +96,10 @@ def counts(q: RecordedQuote) -> tuple[int, int]:
     return info.reset_count, info.restart_count
 
 
+def clock(q: RecordedQuote) -> int:
+    return parse_quote_info(q.attest).clock
+
+
 def digests(records: Sequence[Record]) -> list[bytes]:
     return [r.digest for r in records]
 
@@ -116,6 +124,7 @@ def test_honest_boot_is_trusted_quote_after_quote() -> None:
         assert state.verified_pcr == pcr_after(digests(sent)) == q.pcr_values[CONTAINER_PCR]
         assert (state.reset_count, state.restart_count) == counts(q)
         assert state.boot_id == BOOT.boot_id
+        assert state.clock == clock(q)
     assert [r.recnum for r in sent] == [0, 1, 2, 3, 4]
 
 
@@ -137,6 +146,7 @@ def test_each_new_epoch_starts_again_from_record_0_and_an_empty_pcr(epoch: Epoch
         reset_count=counts(q)[0],
         restart_count=counts(q)[1],
         boot_id=epoch.boot_id,
+        clock=clock(q),
         verified_recnum=len(q.events) - 1,
         verified_pcr=pcr_after(digests(q.events)),
     )
@@ -396,9 +406,13 @@ def test_new_epoch_continuing_the_old_numbering_is_refused() -> None:
 def test_old_epoch_log_presented_in_a_new_epoch_is_refused() -> None:
     (q,) = REBOOT.quotes
     old = [*THREE.events, *FIVE.events]
-    check, message = reason(run(q, attested(HONEST_BOOT), boot_id=BOOT.boot_id, events=old))
+    check, message = reason(run(q, attested(HONEST_BOOT), boot_id=REBOOT.boot_id, events=old))
     assert check == "event_log"
-    assert "replayed from an empty PCR does not reach the quoted PCR 23" in message
+    assert "record 0 belongs to another boot" in message
+    # claimed as the old boot's, continued: the epoch moved without a reboot
+    check, message = reason(run(q, attested(HONEST_BOOT), boot_id=BOOT.boot_id, events=old))
+    assert check == "clock"
+    assert "under a running host" in message
 
 
 def test_new_epoch_with_its_records_withheld_is_refused() -> None:
@@ -406,3 +420,103 @@ def test_new_epoch_with_its_records_withheld_is_refused() -> None:
     check, message = reason(run(q, attested(HONEST_BOOT), events=[]))
     assert check == "event_log"
     assert "replayed from an empty PCR" in message
+
+
+# epochs: a new one only with a reboot (tests for the confirmed attack: a TPM reset or restart
+# under a running host looked like a reboot)
+
+
+def _as_if_not_rebooted(state: HostState, epoch: Epoch) -> HostState:
+    """``state`` as if the host had already had ``epoch``'s boot id when it was verified."""
+    return replace(state, boot_id=epoch.boot_id)
+
+
+@pytest.mark.parametrize(
+    ("before", "epoch", "what", "moved"),
+    [
+        (HONEST_BOOT, REBOOT, "reset", "resetCount 2 -> 3, restartCount 0 -> 0"),
+        ((REBOOT.quotes[0],), RESTART, "restarted", "resetCount 3 -> 3, restartCount 0 -> 1"),
+    ],
+    ids=["reset", "restart"],
+)
+def test_new_epoch_with_the_same_boot_id_is_refused(
+    before: Sequence[RecordedQuote], epoch: Epoch, what: str, moved: str
+) -> None:
+    """The same evidence, with the boot id the verifier saw before, is a TPM reset or restart
+    under a running host: refused, and the verified state (the old epoch) kept."""
+    (q,) = epoch.quotes
+    verified = attested(before)
+    assert run(q, verified).trusted  # with the boot id changed it was a reboot
+    state = _as_if_not_rebooted(verified, epoch)
+    result = run(q, state)
+    check, message = reason(result)
+    assert check == "clock"
+    assert f"the TPM was {what} under a running host: a new TPM epoch ({moved})" in message
+    assert "the host stays untrusted until it reboots" in message
+    assert result.reasons[0].expected == "a new boot id with a new TPM epoch (a reboot)"
+    assert result.reasons[0].got == f"boot id {epoch.boot_id}, the one verified in the epoch before"
+
+
+def test_host_reset_under_it_stays_untrusted_until_it_reboots() -> None:
+    """The verified state stays in the old epoch, so every quote of the new one is refused
+    again; a reboot (new boot id, new epoch, log from record 0) is trusted."""
+    (q,) = REBOOT.quotes
+    state = _as_if_not_rebooted(attested(HONEST_BOOT), REBOOT)
+    for _ in range(2):
+        assert reason(run(q, state))[0] == "clock"
+    (rebooted,) = CRASH.quotes
+    result = run(rebooted, state)
+    assert [r.check for r in result.reasons] == ["clock"]  # only safe=0: it lost power
+    assert result.reasons[0].got == "safe=0"
+    assert result.state is not None
+    assert result.state.boot_id == CRASH.boot_id
+    assert (result.state.reset_count, result.state.restart_count) == counts(rebooted)
+    assert [r.recnum for r in rebooted.events] == [0]
+    assert result.state.verified_recnum == 0
+
+
+def test_honest_reboot_is_trusted_from_record_0_of_the_new_boot() -> None:
+    state = attested(HONEST_BOOT)
+    (q,) = REBOOT.quotes
+    assert q.after == -1 and [r.recnum for r in q.events] == [0, 1]
+    assert all(r.event.boot_id == REBOOT.boot_id for r in q.events)
+    assert counts(q)[0] > counts(FIVE)[0]
+    result = run(q, state)
+    assert result.trusted
+    assert result.state is not None
+    assert (result.state.boot_id, result.state.verified_recnum) == (REBOOT.boot_id, 1)
+
+
+# the clock within one epoch
+
+
+def test_clock_going_backwards_within_an_epoch_is_refused() -> None:
+    """A quote from before one already verified in this epoch (evidence held back, or a TPM
+    state rolled back within the epoch): THREE's clock is below FIVE's."""
+    assert clock(THREE) < clock(FIVE)
+    state = attested([EMPTY])
+    assert run(THREE, state).trusted
+    result = run(THREE, replace(state, clock=clock(FIVE)))
+    check, message = reason(result)
+    assert check == "clock"
+    assert "the TPM clock went backwards within one epoch" in message
+    assert (result.reasons[0].expected, result.reasons[0].got) == (
+        f">= {clock(FIVE)} ms",
+        f"{clock(THREE)} ms",
+    )
+
+
+def test_clock_standing_still_within_an_epoch_is_accepted() -> None:
+    """The clock counts milliseconds: two quotes can fall in the same one."""
+    assert run(THREE, replace(attested([EMPTY]), clock=clock(THREE))).trusted
+
+
+def test_clock_is_compared_only_within_an_epoch() -> None:
+    """Across a TPM reset the clock may go back (after a power loss it restarts from its last
+    save, with safe=0), so a new epoch is not held to the old epoch's clock."""
+    (q,) = CRASH.quotes
+    state = replace(attested([RESTART.quotes[0]]), clock=clock(q) + 10**6)
+    result = run(q, state)
+    assert [(r.check, r.got) for r in result.reasons] == [("clock", "safe=0")]
+    assert result.state is not None
+    assert result.state.clock == clock(q)

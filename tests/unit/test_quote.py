@@ -88,6 +88,20 @@ def test_clock_info_follows_the_epochs_the_tpm_went_through() -> None:
     assert (boot.safe, reboot.safe, restart.safe, crash.safe) == (True, True, True, False)
 
 
+def test_clock_is_the_tpms_clock_and_only_grows_within_an_epoch() -> None:
+    """appraise() refuses a clock that goes backwards within one epoch: the recorded TPM's
+    clock (milliseconds, as tpm2-pytss reads it from the attest) grows quote after quote, and
+    also across the orderly power cycles (TPM2_Shutdown saved it)."""
+    last = -1
+    for epoch in RECORDING.epochs[:3]:  # boot, reboot, restart; the crash may lose some
+        for q in epoch.quotes:
+            clock = verify(q, pcrs=q.pcrs).clock.clock
+            parsed, _ = TPMS_ATTEST.unmarshal(q.attest)
+            assert clock == int(parsed.clockInfo.clock)
+            assert clock > last
+            last = clock
+
+
 # signature
 
 

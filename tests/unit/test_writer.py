@@ -1,7 +1,8 @@
 """MeasuredLog (agent/writer.py) on a real LogStore file and a software TPM: append extends and
 records; recover repairs exactly the two states a crash can leave (a torn last line, a last
 record appended but never extended) and names them; a log that does not replay to the PCR is
-refused and nothing more is written or extended; evidence and snapshot are consistent."""
+refused and nothing more is written or extended, while evidence and snapshot still serve it as
+it is; evidence and snapshot are consistent, also after a failed extend or a TPM restart."""
 
 from __future__ import annotations
 
@@ -36,7 +37,7 @@ from trusthook.attest.appraise import Evidence, Expectations, HostState, apprais
 from trusthook.attest.identity import AttestationKey
 from trusthook.attest.tpmwire import TPM_ALG_RSASSA, TPM_ALG_SHA256
 from trusthook.common.eventlog import LaunchEvent, Record
-from trusthook.errors import EventLogError, TPMError
+from trusthook.errors import EventLogError, LogDivergedError, TPMError
 
 PCR = 23
 BOOT_ID = "0b7d6a52-2d0c-4a8e-8f0e-5f6c1d2e3a4b"
@@ -55,6 +56,13 @@ class SoftTpm(Tpm):
         self.quotes = 0
         self.extend_fault: Literal["refused", "answer_lost"] | None = None
         self.failing_reads = 0
+        self.restarts_seen = 0
+
+    def restart(self) -> None:
+        """A TPM restart, as the adapter sees it at its next use of a key: PCRs reset, and its
+        recovery counted."""
+        self.values = [bytes(32)] * 24
+        self.restarts_seen += 1
 
     def close(self) -> None:
         pass
@@ -373,6 +381,7 @@ def test_evidence_is_a_quote_and_the_records_that_replay_to_it(
         reset_count=1,
         restart_count=0,
         boot_id=BOOT_ID,
+        clock=0,
         verified_recnum=2,
         verified_pcr=pcr_after(records[:3]),
     )
@@ -390,7 +399,9 @@ def test_evidence_is_a_quote_and_the_records_that_replay_to_it(
         state=verified,
     )
     assert result.reasons == ()
-    assert result.state == replace(verified, verified_recnum=4, verified_pcr=pcr_after(records))
+    assert result.state == replace(
+        verified, clock=tpm.clock, verified_recnum=4, verified_pcr=pcr_after(records)
+    )
     assert log.evidence([0, PCR], nonce, after=-1)[1] == records
 
 
@@ -402,10 +413,12 @@ def test_snapshot_is_the_log_and_its_pcr(store: LogStore, tpm: SoftTpm) -> None:
 
 
 def test_evidence_and_snapshot_refuse_a_torn_log(store: LogStore, tpm: SoftTpm) -> None:
-    launched(store, tpm, 1)
+    """A torn line that appears under a running writer (it never leaves one: a failed append
+    is cut back) was written by someone else; a writer still unsure would repair it first."""
+    log = writer(store, tpm)
+    log.append(event("c0"))
     with open(store.path, "ab") as f:
         f.write(b'{"recnum":1,')
-    log = MeasuredLog(store=store, tpm=tpm, pcr=PCR)
     with pytest.raises(EventLogError, match="ends in a torn record"):
         log.snapshot()
     with pytest.raises(EventLogError, match="ends in a torn record"):
@@ -413,21 +426,109 @@ def test_evidence_and_snapshot_refuse_a_torn_log(store: LogStore, tpm: SoftTpm) 
     assert tpm.quotes == 0
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="defect: evidence() does not recover a writer left unsure by a failed extend",
-)
+@pytest.mark.parametrize("fault", ["refused", "answer_lost"])
 def test_evidence_after_an_unsettled_failed_extend_replays_to_the_quote(
-    store: LogStore, tpm: SoftTpm
+    store: LogStore, tpm: SoftTpm, fault: Literal["refused", "answer_lost"]
 ) -> None:
-    """writer.py promises that evidence's records replay to the quoted PCR. After an extend the
-    TPM refused and a PCR read-back that failed, the file still holds the never-extended record
-    (append would settle it first; evidence does not) and sends it."""
+    """writer.py promises that evidence's records replay to the quoted PCR. After a failed
+    extend whose PCR read-back failed too, the file may hold a never-extended record: evidence
+    settles it first, as append does (removed if the TPM refused, kept if it extended)."""
     log = writer(store, tpm)
-    log.append(event("c0"))
+    first = log.append(event("c0"))
+    tpm.extend_fault, tpm.failing_reads = fault, 1
+    with pytest.raises(TPMError):
+        log.append(event("unsure"))
+    quote, records = log.evidence([PCR], b"n" * 32, after=-1)
+    assert pcr_after(records) == quote.pcr_values[PCR]
+    assert [r.event.container_id for r in records] == (
+        ["c0"] if fault == "refused" else ["c0", "unsure"]
+    )
+    assert_consistent(store, tpm, records)
+    assert log.append(event("next")).recnum == len(records)
+    assert first == records[0]
+
+
+def test_snapshot_after_an_unsettled_failed_extend_replays(store: LogStore, tpm: SoftTpm) -> None:
+    log = writer(store, tpm)
+    records = [log.append(event("c0"))]
     tpm.extend_fault, tpm.failing_reads = "refused", 1
     with pytest.raises(TPMError):
         log.append(event("never-extended"))
+    snap = log.snapshot()
+    assert (snap.records, snap.pcr_value) == (records, pcr_after(records))
+
+
+# a diverged log: launches refused, the log still served as it is
+
+
+def test_divergence_names_the_record_and_the_remedy(store: LogStore, tpm: SoftTpm) -> None:
+    launched(store, tpm, 2)
+    tpm.pcr_reset(PCR)
+    with pytest.raises(LogDivergedError) as refused:
+        MeasuredLog(store=store, tpm=tpm, pcr=PCR).recover()
+    assert str(refused.value) == (
+        "record 0: log diverges from PCR 23; the PCR is all zeros but the log holds 2 records:"
+        " the PCR was reset or the TPM restarted since; no launch is recorded onto a log that"
+        " does not replay to the PCR; reboot the host (a new boot starts a new log from a zero"
+        " PCR)"
+    )
+
+
+@pytest.mark.parametrize("diverge", [_pcr_reset, _extended_outside_the_log, _record_rewritten])
+def test_diverged_log_is_served_as_it_is_so_a_verifier_sees_it(
+    store: LogStore, tpm: SoftTpm, diverge: Callable[[LogStore, SoftTpm], str]
+) -> None:
+    """What the agent does when it starts on a diverged log: it serves evidence and snapshots
+    of the log and PCR as they are (the verifier's replay fails), and refuses every launch."""
+    launched(store, tpm, 2)
+    needle = diverge(store, tpm)
+    on_disk = store.read().records
+    log = MeasuredLog(store=store, tpm=tpm, pcr=PCR)
+    with pytest.raises(LogDivergedError, match=needle):
+        log.recover()
     quote, records = log.evidence([PCR], b"n" * 32, after=-1)
-    assert pcr_after(records) == quote.pcr_values[PCR]
+    assert records == on_disk
+    assert quote.pcr_values[PCR] == tpm.values[PCR] != pcr_after(records)
+    snap = log.snapshot()
+    assert (snap.records, snap.pcr_value) == (on_disk, tpm.values[PCR])
+    for _ in range(2):
+        with pytest.raises(LogDivergedError, match=needle):
+            log.append(event("refused"))
+    assert store.read().records == on_disk
+
+
+# a TPM restart under the running writer
+
+
+def test_launch_after_a_tpm_restart_is_refused_even_with_one_record(
+    store: LogStore, tpm: SoftTpm
+) -> None:
+    """Once the adapter has seen the TPM restart (it recreated its keys), a zero PCR is known
+    to be a reset: the one-record case is not taken for a crash (its record is not removed)."""
+    log = writer(store, tpm)
+    record = log.append(event("c0"))
+    tpm.restart()
+    with pytest.raises(LogDivergedError, match="the PCR is all zeros but the log holds 1 records"):
+        log.append(event("after-restart"))
+    assert store.read().records == [record]
+    quote, records = log.evidence([PCR], b"n" * 32, after=-1)
+    assert (records, quote.pcr_values[PCR]) == ([record], bytes(32))
+
+
+def test_tpm_restart_with_an_empty_log_is_no_divergence(store: LogStore, tpm: SoftTpm) -> None:
+    log = writer(store, tpm)
+    tpm.restart()
+    assert log.append(event("c0")).recnum == 0
+    assert_consistent(store, tpm, store.read().records)
+
+
+def test_tpm_restart_seen_without_a_pcr_reset_is_rechecked_and_goes_on(
+    store: LogStore, tpm: SoftTpm
+) -> None:
+    """The adapter recreates its keys whenever the TPM lost them; a PCR that still replays is
+    fine, and the writer is sure again."""
+    log = writer(store, tpm)
+    records = [log.append(event("c0"))]
+    tpm.restarts_seen += 1
+    records.append(log.append(event("c1")))
+    assert_consistent(store, tpm, records)

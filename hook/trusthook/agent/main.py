@@ -4,20 +4,25 @@ from __future__ import annotations
 
 import logging
 import os
+import secrets
 import signal
 import socket
+import stat
 import threading
+from pathlib import Path
 from types import FrameType
 
 from trusthook.agent.attester import Attester
 from trusthook.agent.imagepolicy import load_policy
-from trusthook.agent.launch import EncryptedLaunch
+from trusthook.agent.launch import EncryptedLaunch, own_hook_entry
 from trusthook.agent.listener import AgentServer
 from trusthook.agent.logstore import LogStore, read_boot_id
 from trusthook.agent.service import AgentService
-from trusthook.agent.tpm import Tpm
+from trusthook.agent.tpm import RELEASE_SECRET_SIZE, Tpm
 from trusthook.agent.writer import MeasuredLog
-from trusthook.common.config import Config
+from trusthook.common.config import Config, Mode
+from trusthook.common.files import write_atomic
+from trusthook.errors import LogDivergedError, StateError
 from trusthook.measure.backend import select_hasher
 
 log = logging.getLogger(__name__)
@@ -34,6 +39,31 @@ def _notify_systemd(state: str) -> None:
         sock.sendto(state.encode(), address)
 
 
+def release_secret(path: Path) -> bytes:
+    """The agent's release-key secret (docs/attestation.md, "The release key"): random bytes
+    made on first start, readable by the agent's user only."""
+    try:
+        secret = path.read_bytes()
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        secret = secrets.token_bytes(RELEASE_SECRET_SIZE)
+        write_atomic(path, secret, 0o600)
+        return secret
+    except OSError as e:
+        raise StateError(f"cannot read the release-key secret {path}: {e.strerror}") from e
+    if stat.S_IMODE(mode) & 0o077:
+        raise StateError(
+            f"{path} has mode {stat.S_IMODE(mode):04o}, expected 0600: others may have read the"
+            " release-key secret; remove it (a new one makes a new release key)"
+        )
+    if len(secret) != RELEASE_SECRET_SIZE:
+        raise StateError(
+            f"{path} holds {len(secret)} bytes, expected {RELEASE_SECRET_SIZE}; remove it"
+            " (a new one makes a new release key)"
+        )
+    return secret
+
+
 def run_agent(config: Config) -> None:
     """Serve until SIGTERM or SIGINT."""
     hasher = select_hasher(config.hasher, threads=config.hash_threads or None)
@@ -42,10 +72,14 @@ def run_agent(config: Config) -> None:
     store = LogStore(config.state_dir / "eventlog", boot_id)
     lock_fd = store.lock()
     try:
-        with Tpm(config.tcti) as tpm:
+        secret = release_secret(config.state_dir / "release-key.secret")
+        with Tpm(config.tcti, release_secret=secret) as tpm:
             measured = MeasuredLog(store=store, tpm=tpm, pcr=config.pcr)
-            for note in measured.recover():
-                log.warning("event log repaired: %s", note)
+            try:
+                for note in measured.recover():
+                    log.warning("event log repaired: %s", note)
+            except LogDivergedError as e:  # serve on: attestation shows the break, launches fail
+                log.error("event log diverges from PCR %d: %s", config.pcr, e)
             attester = Attester(
                 log=measured,
                 state_dir=config.state_dir,
@@ -59,6 +93,7 @@ def run_agent(config: Config) -> None:
                 policy=lambda: load_policy(config.image_policy),
                 roots_dir=config.image_roots,
                 measure_rootfs=hasher.measure_rootfs,
+                own_hook=own_hook_entry(config),
             )
             service = AgentService(
                 log=measured,
@@ -66,6 +101,7 @@ def run_agent(config: Config) -> None:
                 launch=launch,
                 boot_id=boot_id,
                 measure_rootfs=hasher.measure_rootfs,
+                audit=config.mode is Mode.AUDIT,
             )
             server = AgentServer(config.socket, service, io_timeout=config.hook_timeout)
             stop = threading.Event()

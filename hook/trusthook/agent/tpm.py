@@ -1,24 +1,34 @@
 """The TPM adapter: the only module that talks to tpm2-pytss.
 
 One SHA-256 PCR is extended per container launch; for remote attestation the TPM also gives its
-EK certificate, the EK and AK public areas, quotes, and activates credentials. ``Tpm`` is a
-context manager that holds one ESAPI context; it is not thread-safe, so callers serialize access
-(the agent's writer lock).
+EK certificate, the EK and AK public areas, quotes, and activates credentials; for encrypted
+images it certifies and uses the release key. ``Tpm`` is a context manager that holds one ESAPI
+context; it is not thread-safe, so callers serialize access (the agent's writer lock).
+
+Transient objects: the AK and the release key are created once and kept (a hardware TPM can take
+seconds to create an RSA primary); the EK and every session are flushed in ``finally`` after
+their one use (without a resource manager swtpm has 3 transient object slots). A TPM restarted
+under a running agent has lost them: an operation the TPM answers that way (a handle that refers
+to nothing loaded, ``TPM_RC_HANDLE``, ``TPM_RC_INITIALIZE``) forgets them, recreates them (they
+are primaries: the same keys again) and runs once more; ``restarts_seen`` counts these.
 """
 
 from __future__ import annotations
 
 import contextlib
 import hashlib
-from collections.abc import Sequence
+import logging
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Any
+from typing import Any, TypeVar
 
 from tpm2_pytss import (
     ESAPI,
     ESYS_TR,
     TPM2_ALG,
+    TPM2_CC,
+    TPM2_RC,
     TPM2_SE,
     TPM2B_ENCRYPTED_SECRET,
     TPM2B_ID_OBJECT,
@@ -28,6 +38,7 @@ from tpm2_pytss import (
     TPML_DIGEST_VALUES,
     TPML_PCR_SELECTION,
     TPMS_ATTEST,
+    TPMS_SENSITIVE_CREATE,
     TPMT_HA,
     TPMT_RSA_DECRYPT,
     TPMT_SIG_SCHEME,
@@ -36,14 +47,27 @@ from tpm2_pytss import (
 )
 from tpm2_pytss.utils import NoSuchIndex, NVReadEK, create_ek_template
 
+from trusthook.attest.bindkey import RELEASE_KEY_POLICY
 from trusthook.errors import TPMError
 
+log = logging.getLogger(__name__)
+_T = TypeVar("_T")
 SHA256_SIZE = 32
 PCR_COUNT = 24
 EK_CERT_NV_INDEX = 0x01C00002  # TCG EK Credential Profile: the RSA-2048 EK certificate
 MAX_NONCE = 64
 _PCRS_PER_READ = 8  # a TPML_DIGEST holds at most 8 digests, so TPM2_PCR_Read answers 8 at most
 _QUOTE_ATTEMPTS = 3
+RELEASE_SECRET_SIZE = 32
+# The TPM's answers when it no longer has what a command refers to: it was restarted (or not
+# started) since the handle was made. TPM_RC_HANDLE (a format-1 code) is checked apart.
+_LOST_STATE = frozenset(
+    {
+        TPM2_RC.INITIALIZE,
+        *(TPM2_RC.REFERENCE_H0 + i for i in range(7)),
+        *(TPM2_RC.REFERENCE_S0 + i for i in range(7)),
+    }
+)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -72,19 +96,52 @@ def ak_template() -> TPM2B_PUBLIC:
     )
 
 
-def bind_key_template() -> TPM2B_PUBLIC:
-    """The release key: an unrestricted RSA-2048 decryption key, RSA-OAEP with SHA-256 only.
+def bind_key_template(unique: bytes) -> TPM2B_PUBLIC:
+    """The release key: an unrestricted RSA-2048 decryption key, RSA-OAEP with SHA-256 only,
+    usable only through its policy (``RELEASE_KEY_POLICY``: its auth value, for RSA_Decrypt).
 
     Image-key releases are encrypted to it; the server accepts it only with a TPM2_Certify by
-    the host's AK that shows these attributes (fixedTPM: it cannot leave this TPM)."""
+    the host's AK that shows these attributes (fixedTPM: it cannot leave this TPM) and that
+    policy. ``unique`` (derived from the agent's secret) is part of the template a primary is
+    derived from, so only the secret's holder can create this key. noDA: a dictionary-attack
+    lockout that other TPM users cause does not stop releases (the auth value is 32 random
+    bytes, not a password to guess)."""
     attrs = (
         TPMA_OBJECT.DECRYPT
         | TPMA_OBJECT.FIXEDTPM
         | TPMA_OBJECT.FIXEDPARENT
         | TPMA_OBJECT.SENSITIVEDATAORIGIN
-        | TPMA_OBJECT.USERWITHAUTH
+        | TPMA_OBJECT.NODA
     )
-    return TPM2B_PUBLIC.parse("rsa2048:oaep-sha256:null", nameAlg="sha256", objectAttributes=attrs)
+    template = TPM2B_PUBLIC.parse(
+        "rsa2048:oaep-sha256:null",
+        nameAlg="sha256",
+        objectAttributes=attrs,
+        authPolicy=RELEASE_KEY_POLICY,
+    )
+    template.publicArea.unique.rsa = unique
+    return template
+
+
+def release_key_inputs(secret: bytes) -> tuple[bytes, bytes]:
+    """The release key's template ``unique`` and auth value, derived from the agent's secret
+    (``RELEASE_SECRET_SIZE`` random bytes, kept root-only in its state directory)."""
+    if len(secret) != RELEASE_SECRET_SIZE:
+        raise TPMError(
+            f"the release-key secret must be {RELEASE_SECRET_SIZE} bytes, got {len(secret)}"
+        )
+    unique = hashlib.sha256(b"trusthook release key unique\0" + secret).digest()
+    auth = hashlib.sha256(b"trusthook release key auth\0" + secret).digest()
+    return unique, auth
+
+
+def _lost_state(error: BaseException | None) -> bool:
+    """Whether the TPM answered that it no longer has the objects or sessions a command named."""
+    if not isinstance(error, TSS2_Exception) or error.rc >> 16:  # not the TPM's own answer
+        return False
+    if error.fmt1:
+        return bool(error.error == TPM2_RC.HANDLE and error.handle)
+    return error.error in _LOST_STATE
 
 
 def _check_pcr(index: int) -> None:
@@ -128,21 +185,24 @@ def _quoted_digest(attest: bytes) -> bytes:
 
 class Tpm:
     """A TPM reached through a TCTI string such as ``device:/dev/tpmrm0`` or
-    ``swtpm:host=127.0.0.1,port=2321``. The EK and AK are primaries in the endorsement
-    hierarchy, created on first use (the same keys every time: no persistent handles) and
-    flushed on close."""
+    ``swtpm:host=127.0.0.1,port=2321``. The EK, AK and release key are primaries in the
+    endorsement hierarchy, created on first use (the same keys every time: no persistent
+    handles). The release key needs ``release_secret`` (the agent's); without one, only it is
+    unavailable."""
 
-    def __init__(self, tcti: str) -> None:
+    def __init__(self, tcti: str, *, release_secret: bytes | None = None) -> None:
+        if release_secret is not None:
+            release_key_inputs(release_secret)  # its size, checked now
         try:
             self._ectx = ESAPI(tcti)
         except TSS2_Exception as e:
             raise TPMError(f"cannot open TPM via TCTI {tcti!r}: {e}") from e
-        self._ek: ESYS_TR | None = None
+        self._release_secret = release_secret
         self._ak: ESYS_TR | None = None
         self._bind: ESYS_TR | None = None
-        self._ek_public = b""
         self._ak_public = b""
         self._bind_public = b""
+        self.restarts_seen = 0  # times the TPM had lost the AK and release key (restarted)
 
     def __enter__(self) -> Tpm:
         return self
@@ -156,12 +216,29 @@ class Tpm:
         self.close()
 
     def close(self) -> None:
-        for handle in (self._ek, self._ak, self._bind):
+        for handle in (self._ak, self._bind):
             if handle is not None:
                 with contextlib.suppress(TSS2_Exception):
                     self._ectx.flush_context(handle)
-        self._ek = self._ak = self._bind = None
+        self._ak = self._bind = None
         self._ectx.close()
+
+    def _recovering(self, op: Callable[[], _T]) -> _T:
+        """``op()``; if the TPM answers that it lost its transient objects (it was restarted
+        since they were made), forget them and run ``op`` once more, which recreates them."""
+        try:
+            return op()
+        except TPMError as e:
+            if not _lost_state(e.__cause__):
+                raise
+            log.warning("%s; the TPM was restarted: recreating its keys and trying again", e)
+        for handle in (self._ak, self._bind):
+            if handle is not None:  # gone from the TPM: only ESAPI's record of it is left
+                with contextlib.suppress(TSS2_Exception):
+                    self._ectx.tr_close(handle)
+        self._ak = self._bind = None
+        self.restarts_seen += 1
+        return op()
 
     def pcr_read(self, index: int) -> bytes:
         """The current SHA-256 value of PCR ``index``."""
@@ -213,22 +290,27 @@ class Tpm:
     def ek_public(self) -> bytes:
         """Marshaled TPM2B_PUBLIC of the RSA-2048 EK (TCG default template, or the one the TPM
         vendor left in NV)."""
-        self._load_ek()
-        return self._ek_public
+        with self._ek() as (_, public):
+            return public
 
     def ak_public(self) -> bytes:
         """Marshaled TPM2B_PUBLIC of the attestation key (``ak_template``)."""
         self._load_ak()
         return self._ak_public
 
-    def _load_ek(self) -> ESYS_TR:
-        if self._ek is None:
-            try:
-                _, template = create_ek_template("EK-RSA2048", NVReadEK(self._ectx))
-                self._ek, self._ek_public = self._create_primary(template)
-            except TSS2_Exception as e:
-                raise TPMError(f"TPM refused to create the endorsement key: {e}") from e
-        return self._ek
+    @contextlib.contextmanager
+    def _ek(self) -> Iterator[tuple[ESYS_TR, bytes]]:
+        """The EK (handle, marshaled public), flushed after its one use (enrollment only)."""
+        try:
+            _, template = create_ek_template("EK-RSA2048", NVReadEK(self._ectx))
+            handle, public = self._create_primary(template)
+        except TSS2_Exception as e:
+            raise TPMError(f"TPM refused to create the endorsement key: {e}") from e
+        try:
+            yield handle, public
+        finally:
+            with contextlib.suppress(TSS2_Exception):
+                self._ectx.flush_context(handle)
 
     def _load_ak(self) -> ESYS_TR:
         if self._ak is None:
@@ -240,8 +322,16 @@ class Tpm:
 
     def _load_bind(self) -> ESYS_TR:
         if self._bind is None:
+            if self._release_secret is None:
+                raise TPMError(
+                    "the release key needs the agent's release-key secret; only the agent"
+                    " (which keeps it in its state directory) can certify or use it"
+                )
+            unique, auth = release_key_inputs(self._release_secret)
             try:
-                self._bind, self._bind_public = self._create_primary(bind_key_template())
+                self._bind, self._bind_public = self._create_primary(
+                    bind_key_template(unique), auth
+                )
             except TSS2_Exception as e:
                 raise TPMError(f"TPM refused to create the release key: {e}") from e
         return self._bind
@@ -251,8 +341,11 @@ class Tpm:
         ``nonce`` as qualifying data: the signed TPMS_ATTEST and the marshaled signature."""
         if not 0 < len(nonce) <= MAX_NONCE:
             raise TPMError(f"a certify nonce must be 1 to {MAX_NONCE} bytes, got {len(nonce)}")
+        return self._recovering(lambda: self._certify_bind_key(nonce))
+
+    def _certify_bind_key(self, nonce: bytes) -> tuple[bytes, bytes, bytes]:
         bind, ak = self._load_bind(), self._load_ak()
-        try:
+        try:  # the release key's admin role: its auth value, which ESAPI holds since creation
             attested, signature = self._ectx.certify(
                 bind, ak, nonce, TPMT_SIG_SCHEME(scheme=TPM2_ALG.NULL)
             )
@@ -261,24 +354,54 @@ class Tpm:
         return self._bind_public, bytes(attested), signature.marshal()
 
     def unseal_release(self, encrypted_seed: bytes) -> bytes:
-        """Decrypt an RSA-OAEP-SHA256 ciphertext made for the release key (TPM2_RSA_Decrypt)."""
+        """Decrypt an RSA-OAEP-SHA256 ciphertext made for the release key (TPM2_RSA_Decrypt),
+        in a policy session that satisfies its policy."""
+        return self._recovering(lambda: self._unseal_release(encrypted_seed))
+
+    def _unseal_release(self, encrypted_seed: bytes) -> bytes:
         bind = self._load_bind()
+        session = self._policy_session("decrypt the released key")
         try:
+            self._ectx.policy_auth_value(session)
+            self._ectx.policy_command_code(session, TPM2_CC.RSA_Decrypt)
             return bytes(
                 self._ectx.rsa_decrypt(
-                    bind, encrypted_seed, TPMT_RSA_DECRYPT(scheme=TPM2_ALG.NULL), b""
+                    bind,
+                    encrypted_seed,
+                    TPMT_RSA_DECRYPT(scheme=TPM2_ALG.NULL),
+                    b"",
+                    session1=session,
                 )
             )
         except TSS2_Exception as e:
             raise TPMError(
                 f"TPM refused to decrypt the released key: {e}; it was not made for this TPM"
             ) from e
+        finally:
+            with contextlib.suppress(TSS2_Exception):
+                self._ectx.flush_context(session)
 
-    def _create_primary(self, template: TPM2B_PUBLIC) -> tuple[ESYS_TR, bytes]:
+    def _create_primary(self, template: TPM2B_PUBLIC, auth: bytes = b"") -> tuple[ESYS_TR, bytes]:
+        """A primary in the endorsement hierarchy; ESAPI keeps ``auth`` for its handle."""
         handle, public, _, _, _ = self._ectx.create_primary(
-            TPM2B_SENSITIVE_CREATE(), template, ESYS_TR.ENDORSEMENT
+            TPM2B_SENSITIVE_CREATE(TPMS_SENSITIVE_CREATE(userAuth=auth)),
+            template,
+            ESYS_TR.ENDORSEMENT,
         )
         return handle, public.marshal()
+
+    def _policy_session(self, what: str) -> ESYS_TR:
+        """A SHA-256 policy session, to be flushed by the caller."""
+        try:
+            return self._ectx.start_auth_session(
+                ESYS_TR.NONE,
+                ESYS_TR.NONE,
+                TPM2_SE.POLICY,
+                TPMT_SYM_DEF(algorithm=TPM2_ALG.NULL),
+                TPM2_ALG.SHA256,
+            )
+        except TSS2_Exception as e:
+            raise TPMError(f"TPM refused a policy session to {what}: {e}") from e
 
     def quote(self, pcrs: Sequence[int], nonce: bytes) -> Quote:
         """Quote SHA-256 PCRs ``pcrs`` with the AK and ``nonce`` as qualifying data.
@@ -286,6 +409,9 @@ class Tpm:
         The PCR values are read right after the quote and must hash to the quoted digest; if a
         PCR changed in between (another TPM user extended it), the quote is taken again."""
         wanted = _check_quote_args(pcrs, nonce)
+        return self._recovering(lambda: self._quote(wanted, nonce))
+
+    def _quote(self, wanted: list[int], nonce: bytes) -> Quote:
         ak = self._load_ak()
         for _ in range(_QUOTE_ATTEMPTS):
             try:
@@ -308,32 +434,27 @@ class Tpm:
         TPM2B_ENCRYPTED_SECRET."""
         blob = _unmarshal_exact(TPM2B_ID_OBJECT, credential_blob, "credential blob")
         secret = _unmarshal_exact(TPM2B_ENCRYPTED_SECRET, encrypted_secret, "encrypted secret")
-        ak, ek = self._load_ak(), self._load_ek()
-        try:
-            session = self._ectx.start_auth_session(
-                ESYS_TR.NONE,
-                ESYS_TR.NONE,
-                TPM2_SE.POLICY,
-                TPMT_SYM_DEF(algorithm=TPM2_ALG.NULL),
-                TPM2_ALG.SHA256,
-            )
-        except TSS2_Exception as e:
-            raise TPMError(f"TPM refused a policy session for credential activation: {e}") from e
-        try:
-            self._ectx.policy_secret(ESYS_TR.ENDORSEMENT, session, b"", b"", b"", 0)
-            return bytes(
-                self._ectx.activate_credential(
-                    ak, ek, blob, secret, session1=ESYS_TR.PASSWORD, session2=session
+        return self._recovering(lambda: self._activate_credential(blob, secret))
+
+    def _activate_credential(self, blob: Any, secret: Any) -> bytes:
+        ak = self._load_ak()
+        with self._ek() as (ek, _):
+            session = self._policy_session("activate the credential")
+            try:
+                self._ectx.policy_secret(ESYS_TR.ENDORSEMENT, session, b"", b"", b"", 0)
+                return bytes(
+                    self._ectx.activate_credential(
+                        ak, ek, blob, secret, session1=ESYS_TR.PASSWORD, session2=session
+                    )
                 )
-            )
-        except TSS2_Exception as e:
-            raise TPMError(
-                f"TPM refused to activate the credential: {e}; the credential was not made for"
-                " this TPM's EK and AK"
-            ) from e
-        finally:
-            with contextlib.suppress(TSS2_Exception):
-                self._ectx.flush_context(session)
+            except TSS2_Exception as e:
+                raise TPMError(
+                    f"TPM refused to activate the credential: {e}; the credential was not made"
+                    " for this TPM's EK and AK"
+                ) from e
+            finally:
+                with contextlib.suppress(TSS2_Exception):
+                    self._ectx.flush_context(session)
 
 
 def _unmarshal_exact(kind: Any, data: bytes, what: str) -> Any:

@@ -2,8 +2,10 @@
 
 Order per launch: append the record and fsync, then extend. A crash in between leaves a last
 record the PCR does not contain; ``recover`` finds it by comparing the PCR with the replay, cuts
-it off and reports it. A PCR that matches neither is a divergence and the writer refuses to go
-on: extending onto a log that does not replay would only hide the break.
+it off and reports it. A PCR that matches neither is a divergence (``LogDivergedError``), and no
+launch is recorded onto it: extending onto a log that does not replay would only hide the break.
+The log and the PCR are still served as they are (``evidence``, ``snapshot``), so a verifier
+sees the break at once; the host gets a consistent log again only by rebooting.
 """
 
 from __future__ import annotations
@@ -17,9 +19,13 @@ from dataclasses import dataclass
 from trusthook.agent.logstore import LogStore
 from trusthook.agent.tpm import Quote, Tpm
 from trusthook.common.eventlog import LaunchEvent, Record, extend, replay, verify_against_pcr
-from trusthook.errors import EventLogError, TPMError
+from trusthook.errors import EventLogError, LogDivergedError, TPMError
 
 log = logging.getLogger(__name__)
+REFUSED = (
+    "no launch is recorded onto a log that does not replay to the PCR; reboot the host (a new"
+    " boot starts a new log from a zero PCR)"
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,24 +47,35 @@ class MeasuredLog:
         self._count = 0
         self._tip = b""
         self._consistent = False
+        self._restarts = tpm.restarts_seen  # the TPM restarts recovery has taken into account
 
     @property
     def pcr(self) -> int:
         return self._pcr
 
     def recover(self) -> list[str]:
-        """Bring log and PCR into agreement after a crash, or raise if they cannot be.
+        """Bring log and PCR into agreement after a crash, or raise if they cannot be:
+        LogDivergedError if they disagree in a way no crash explains, EventLogError if the log
+        cannot be read.
 
         Returns notes on what was repaired (for the agent to report).
         """
         with self._lock:
             return self._recover()
 
+    def _unsure(self) -> bool:
+        """Whether the file must be rechecked against the PCR before it is extended or served:
+        a failed append or extend, or a TPM restart (which reset the PCR) since the last check."""
+        return not self._consistent or self._tpm.restarts_seen != self._restarts
+
     def _recover(self) -> list[str]:
         notes = []
         contents = self._store.read()
         records = contents.records
         pcr_value = self._tpm.pcr_read(self._pcr)
+        # After a TPM restart seen since the last check, a PCR that lacks the last record was
+        # reset, not left behind by a crash: only the second is repaired below.
+        restarted = self._tpm.restarts_seen != self._restarts
         if contents.torn_tail:
             # Only the record being appended when the agent stopped can be partial, and it is
             # extended only after its append completed: it was never in the PCR.
@@ -66,7 +83,12 @@ class MeasuredLog:
             notes.append(
                 f"record {len(records)} was cut off mid-write and never extended; removed it"
             )
-        if records and replay(records) != pcr_value and replay(records[:-1]) == pcr_value:
+        if (
+            not restarted
+            and records
+            and replay(records) != pcr_value
+            and replay(records[:-1]) == pcr_value
+        ):
             last = records.pop()
             self._store.truncate(contents.starts[-1])
             notes.append(
@@ -74,16 +96,35 @@ class MeasuredLog:
                 f" never extended into PCR {self._pcr} (the agent stopped in between);"
                 " removed it, that container did not start"
             )
-        verify_against_pcr(records, self._pcr, pcr_value)
+        try:
+            verify_against_pcr(records, self._pcr, pcr_value)
+        except EventLogError as e:
+            self._consistent = False
+            raise LogDivergedError(f"{e}; {REFUSED}") from None
         self._count = len(records)
         self._tip = pcr_value
         self._consistent = True
+        self._restarts = self._tpm.restarts_seen
         return notes
+
+    def _settle(self) -> None:
+        """Before the log is served to a verifier: recheck it first if it is unsure (and repair
+        what a crash explains), so that what is served replays. A divergence is logged, not
+        raised: the log and the PCR as they are are what a verifier must see."""
+        if not self._unsure():
+            return
+        try:
+            notes = self._recover()
+        except LogDivergedError as e:
+            log.error("event log diverges from PCR %d: %s", self._pcr, e)
+            return
+        for note in notes:
+            log.warning("event log repaired: %s", note)
 
     def append(self, event: LaunchEvent) -> Record:
         """Append ``event`` as the next record and extend it into the PCR; returns the record."""
         with self._lock:
-            if not self._consistent:
+            if self._unsure():
                 for note in self._recover():
                     log.warning("event log repaired: %s", note)
             record = Record.for_event(recnum=self._count, pcr=self._pcr, event=event)
@@ -122,6 +163,7 @@ class MeasuredLog:
     def snapshot(self) -> Snapshot:
         """The log and the PCR read together, so concurrent launches cannot skew them."""
         with self._lock:
+            self._settle()
             contents = self._store.read()
             if contents.torn_tail:
                 raise EventLogError(f"event log {self._store.path} ends in a torn record")
@@ -135,8 +177,10 @@ class MeasuredLog:
 
     def evidence(self, pcrs: Sequence[int], nonce: bytes, after: int) -> tuple[Quote, list[Record]]:
         """A quote over ``pcrs`` with ``nonce`` and the records after record ``after``, taken
-        together under the writer lock, so the records replay to the quoted PCR value."""
+        together under the writer lock, so the records replay to the quoted PCR value (unless
+        the log diverged: then they show the divergence)."""
         with self._lock:
+            self._settle()
             contents = self._store.read()
             if contents.torn_tail:
                 raise EventLogError(f"event log {self._store.path} ends in a torn record")

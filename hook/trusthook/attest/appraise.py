@@ -4,10 +4,15 @@ Pure: the host's verified state, the evidence and the group's golden values in; 
 reasons and the host's next verified state out. The quote must verify before anything else is
 believed; after that, every failed check is reported, not only the first.
 
-Continuity: within one TPM epoch (reset and restart counts unchanged) the container PCR only
-moves forward, so the records since the last verified one must extend the last verified PCR
-value to the quoted one. A PCR reset, or a log rewritten and re-extended, cannot do that. A new
-epoch (the TPM was reset or restarted: a reboot) starts from record 0 and a zero PCR.
+Epochs (docs/attestation.md §5.1): a TPM epoch is one (resetCount, restartCount). It only moves
+forward, and only with a reboot: a new epoch under the same boot id is a TPM reset or restart
+under a running host, which cleared the container PCR without a new boot, and is refused. Within
+one epoch the TPM clock only moves forward.
+
+Continuity: within one epoch the container PCR only moves forward, so the records since the last
+verified one must extend the last verified PCR value to the quoted one. A PCR reset, or a log
+rewritten and re-extended, cannot do that. A new epoch with a new boot id (a reboot) starts from
+record 0 and a zero PCR.
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ class HostState:
     reset_count: int | None = None
     restart_count: int | None = None
     boot_id: str | None = None
+    clock: int | None = None  # clockInfo.clock (ms) of the last verified quote in this epoch
     verified_recnum: int = -1  # the last record verified in this epoch; -1: none yet
     verified_pcr: bytes = bytes(PCR_SIZE)  # the container PCR's value after that record
 
@@ -93,7 +99,7 @@ def appraise(
     except AttestationError as e:
         return Appraisal(reasons=(Reason.of(e),), state=None)
     reasons: list[Reason] = []
-    clock_reason = _check_clock(quote.clock, state)
+    clock_reason = _check_epoch(quote.clock, state, evidence.boot_id)
     if clock_reason is not None:
         return Appraisal(reasons=(clock_reason,), state=None)
     if not quote.clock.safe:
@@ -128,28 +134,62 @@ def appraise(
         base,
         verified_recnum=base.verified_recnum + len(evidence.events),
         verified_pcr=tip,
+        clock=quote.clock.clock,
     )
     return Appraisal(reasons=tuple(reasons), state=next_state)
 
 
-def _check_clock(clock: ClockInfo, state: HostState) -> Reason | None:
+def _check_epoch(clock: ClockInfo, state: HostState, boot_id: str) -> Reason | None:
+    """The fatal clock checks: the epoch does not go backwards, does not change without a
+    reboot (a new boot id), and within one epoch the clock does not go backwards."""
     if state.reset_count is None or state.restart_count is None:
-        return None
-    if clock.reset_count < state.reset_count:
+        return None  # nothing verified yet: any epoch is the first
+    verified = (state.reset_count, state.restart_count)
+    if (clock.reset_count, clock.restart_count) != verified:
+        return _check_new_epoch(clock, verified, boot_id, state.boot_id)
+    if state.clock is not None and clock.clock < state.clock:
+        return Reason(
+            check="clock",
+            message="the TPM clock went backwards within one epoch: the quote is older than one"
+            " already verified (held back and replayed) or the TPM state was rolled back",
+            expected=f">= {state.clock} ms",
+            got=f"{clock.clock} ms",
+        )
+    return None
+
+
+def _check_new_epoch(
+    clock: ClockInfo, verified: tuple[int, int], boot_id: str, verified_boot_id: str | None
+) -> Reason | None:
+    """A new epoch must be later than the ``verified`` (resetCount, restartCount) and come with
+    a boot id other than the verified one."""
+    reset, restart = verified
+    if clock.reset_count < reset:
         return Reason(
             check="clock",
             message="the TPM reset count went backwards (a TPM state rolled back or replaced)",
-            expected=f">= {state.reset_count}",
+            expected=f">= {reset}",
             got=str(clock.reset_count),
         )
-    if clock.reset_count == state.reset_count and clock.restart_count < state.restart_count:
+    if clock.reset_count == reset and clock.restart_count < restart:
         return Reason(
             check="clock",
             message="the TPM restart count went backwards within one reset",
-            expected=f">= {state.restart_count}",
+            expected=f">= {restart}",
             got=str(clock.restart_count),
         )
-    return None
+    if boot_id != verified_boot_id:
+        return None  # a reboot: a new epoch and a new boot
+    return Reason(
+        check="clock",
+        message=f"the TPM was {'reset' if clock.reset_count != reset else 'restarted'} under a"
+        f" running host: a new TPM epoch (resetCount {reset} -> {clock.reset_count},"
+        f" restartCount {restart} -> {clock.restart_count}) with the same boot id is no reboot,"
+        " and it cleared the container PCR without one; the host stays untrusted until it"
+        " reboots",
+        expected="a new boot id with a new TPM epoch (a reboot)",
+        got=f"boot id {boot_id}, the one verified in the epoch before",
+    )
 
 
 def _check_golden(
