@@ -139,7 +139,7 @@ def _encrypted_image(
         state_dir=config.state_dir,
         port=config.port,
         ek_ca_bundle=config.ek_ca_bundle,
-        releases=[(image, ["lab"], [])],
+        releases=[(image, ["lab"], ["any"])],
     )
     server.start()
     host = load_config(config_path)

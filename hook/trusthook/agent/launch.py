@@ -2,6 +2,9 @@
 
 The runtime shim has mounted a tmpfs as the container's root and named the encrypted image in
 config.json's annotations. At the hook, the agent:
+0. refuses the launch if config.json runs a hook other than trusthook's own (and Docker's
+   network hook) or joins another namespace than a named network namespace
+   (``check_launch_config``);
 1. checks the local image policy (no network before it says yes);
 2. records a ``release`` launch event (manifest digest, config and launch-profile digests);
 3. attests with that record and gets the layer keys, sealed to this TPM (``Attester.release``);
@@ -12,27 +15,37 @@ Any failure empties the tmpfs; the hook then fails and the container does not st
 
 from __future__ import annotations
 
+import fcntl
 import logging
 import os
-from collections.abc import Callable
-from dataclasses import replace
+import sys
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from trusthook.agent.attester import Attester
 from trusthook.agent.imagepolicy import ImagePolicy
 from trusthook.agent.writer import MeasuredLog
+from trusthook.common.config import Config
 from trusthook.common.digest import digest_string
 from trusthook.common.eventlog import LaunchEvent, Record
+from trusthook.common.jcs import canonicalize
 from trusthook.common.oci import IMAGE_LAYOUT_ANNOTATION, IMAGE_REF_ANNOTATION
-from trusthook.errors import BundleError
+from trusthook.errors import BundleError, PolicyRefusedError
 from trusthook.image.layout import Layout
 from trusthook.image.rootfs import empty_directory, released_keys, unpack_image
 from trusthook.image.unpack import ExtractPolicy
+from trusthook.measure.profile import docker_setkey_pid, is_named_netns
 from trusthook.measure.walk import RootfsMeasurement
+from trusthook.startpath.bundle import HOOK_STAGE, hook_entry
+from trusthook.startpath.runtime import resolve
 
 log = logging.getLogger(__name__)
 RELEASE_STAGE = "release"
+REFUSED = "refusing to decrypt"
+NS_GET_NSTYPE = 0xB703  # linux/nsfs.h: _IO(0xb7, 0x3), the type of a namespace file
+CLONE_NEWNET = 0x40000000
 
 
 def mount_at(path: Path, mountinfo: str) -> tuple[str, bool] | None:
@@ -72,8 +85,148 @@ def check_root(root: Path, roots_dir: Path) -> None:
         )
 
 
+def own_hook_entry(config: Config) -> dict[str, Any]:
+    """The hook entry trusthook-runtime writes into every config.json on this host, from the
+    same configuration (``startpath.runtime``: the configured hook, else the one installed
+    beside the Python running trusthook)."""
+    program = config.hook_path or Path(sys.executable).parent / "trusthook-hook"
+    path = program if program.is_absolute() else Path(resolve(str(program), "trusthook hook"))
+    return hook_entry(config, path)
+
+
+def _describe(hook: Any) -> str:
+    if not isinstance(hook, Mapping):
+        return repr(hook)
+    args = repr(hook.get("args"))
+    return f"{hook.get('path')!r} (args {args if len(args) <= 120 else args[:117] + '...'})"
+
+
+@dataclass(frozen=True, slots=True)
+class LiveChecks:
+    """What ``check_launch_config`` leaves to check on the running host: the pids of the dockerd
+    that Docker's network hooks name, the named network namespaces the container joins."""
+
+    dockerd: tuple[int, ...]
+    netns: tuple[str, ...]
+
+
+def _check_hooks(hooks: Any, own_hook: Mapping[str, Any], container_id: str) -> tuple[int, ...]:
+    hooks = {} if hooks is None else hooks
+    if not isinstance(hooks, dict):
+        raise BundleError("config.json 'hooks' must be an object")
+    own, found = canonicalize(own_hook), 0
+    dockerd: list[int] = []
+    for stage, entries in hooks.items():
+        if not isinstance(entries, list):
+            raise BundleError(f"config.json 'hooks.{stage}' must be an array")
+        for hook in entries:
+            if stage == HOOK_STAGE and canonicalize(hook) == own:
+                found += 1
+                continue
+            pid = docker_setkey_pid(stage, hook)
+            if pid is not None and hook["args"][2] == container_id and not dockerd:
+                dockerd.append(pid)
+                continue
+            raise PolicyRefusedError(
+                f"{REFUSED}: config.json has a {stage} hook {_describe(hook)}, expected no hook"
+                f" but trusthook's own {HOOK_STAGE} entry ({own_hook['path']}) and Docker's"
+                " libnetwork-setkey: another hook runs beside the decrypted root and could copy it"
+            )
+    if found != 1:
+        raise PolicyRefusedError(
+            f"{REFUSED}: config.json has trusthook's hook {found} times, expected once in"
+            f" {HOOK_STAGE}; run the container with trusthook-runtime"
+        )
+    return tuple(dockerd)
+
+
+def _joined_network_namespaces(linux: Any) -> tuple[str, ...]:
+    linux = {} if linux is None else linux
+    namespaces = linux.get("namespaces", []) if isinstance(linux, dict) else None
+    if not isinstance(namespaces, list) or not all(isinstance(n, dict) for n in namespaces):
+        raise BundleError("config.json 'linux.namespaces' must be an array of objects")
+    named: list[str] = []
+    for ns in namespaces:
+        ns_type, path = ns.get("type"), ns.get("path")
+        if not path:
+            continue
+        if not is_named_netns(ns_type, path):
+            raise PolicyRefusedError(
+                f"{REFUSED}: config.json joins the {ns_type} namespace at {path!r}, expected a"
+                f" new {ns_type} namespace: a joined namespace shares the container's processes,"
+                " memory or files with whoever made it (only a named network namespace in"
+                " /run/netns may be joined)"
+            )
+        named.append(path)
+    return tuple(named)
+
+
+def check_launch_config(
+    config: Mapping[str, Any], own_hook: Mapping[str, Any], container_id: str
+) -> LiveChecks:
+    """Refuse an encrypted image's container ``container_id``, before any key is released, if
+    its config.json runs any hook but ``own_hook`` (once, in createRuntime) and Docker's
+    network hook for this container (at most once), or joins any namespace but a named network
+    namespace (docs/images.md §7). What is left to check on the running host."""
+    return LiveChecks(
+        dockerd=_check_hooks(config.get("hooks"), own_hook, container_id),
+        netns=_joined_network_namespaces(config.get("linux")),
+    )
+
+
+def check_dockerd(pid: int, host: str = "/proc/self/ns/mnt") -> None:
+    """Refuse unless process ``pid``, whose executable Docker's network hook runs, is a
+    ``dockerd`` in ``host``'s mount namespace (the agent's, the host's), not, say, a program
+    in a container."""
+    try:
+        exe = os.readlink(f"/proc/{pid}/exe")
+        mounts = os.stat(f"/proc/{pid}/ns/mnt")
+    except OSError as e:
+        raise PolicyRefusedError(
+            f"{REFUSED}: the prestart hook /proc/{pid}/exe names a process that cannot be"
+            f" inspected ({e.strerror}), expected the host's dockerd"
+        ) from e
+    own = os.stat(host)
+    if os.path.basename(exe) != "dockerd" or (mounts.st_dev, mounts.st_ino) != (
+        own.st_dev,
+        own.st_ino,
+    ):
+        raise PolicyRefusedError(
+            f"{REFUSED}: the prestart hook /proc/{pid}/exe runs {exe!r}, expected the host's"
+            " dockerd (Docker's libnetwork-setkey hook)"
+        )
+
+
+def check_network_namespace(path: str, host: str = "/proc/self/ns/net") -> None:
+    """Refuse unless ``path`` is a network namespace file other than ``host``'s (the agent's
+    namespace, the host's): the launch profile records a named one by its directory alone,
+    so the host's, given a name, would pass for a pod's."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError as e:
+        raise PolicyRefusedError(
+            f"{REFUSED}: cannot open the network namespace {path}: {e.strerror}"
+        ) from e
+    try:
+        kind = fcntl.ioctl(fd, NS_GET_NSTYPE)
+        joined = os.fstat(fd)
+    except OSError as e:
+        raise PolicyRefusedError(f"{REFUSED}: {path} is not a namespace ({e.strerror})") from e
+    finally:
+        os.close(fd)
+    if kind != CLONE_NEWNET:
+        raise PolicyRefusedError(
+            f"{REFUSED}: {path} is a namespace of type {kind:#x}, expected a network namespace"
+        )
+    own = os.stat(host)
+    if (joined.st_dev, joined.st_ino) == (own.st_dev, own.st_ino):
+        raise PolicyRefusedError(
+            f"{REFUSED}: the network namespace {path} is the host's, expected a pod's own"
+        )
+
+
 class EncryptedLaunch:
-    """Runs steps 1 to 5 for one container."""
+    """Runs steps 0 to 5 for one container."""
 
     def __init__(
         self,
@@ -83,20 +236,35 @@ class EncryptedLaunch:
         policy: Callable[[], ImagePolicy],
         roots_dir: Path,
         measure_rootfs: Callable[[str | os.PathLike[str]], RootfsMeasurement],
+        own_hook: Mapping[str, Any],
     ) -> None:
         self._log = log
         self._attester = attester
         self._policy = policy
         self._roots_dir = roots_dir
         self._measure_rootfs = measure_rootfs
+        self.own_hook = own_hook  # the entry left out of launch profiles, too
 
     def check_plain(self) -> None:
         """The local policy's word on a container from an ordinary (unencrypted) image."""
         self._policy().check(encrypted=False, manifest=None)
 
-    def run(self, *, annotations: dict[str, str], root: Path, event: LaunchEvent) -> Record:
-        """Decrypt into ``root``; ``event`` is the launch event with the empty root's digest."""
+    def run(
+        self,
+        *,
+        config: Mapping[str, Any],
+        annotations: dict[str, str],
+        root: Path,
+        event: LaunchEvent,
+    ) -> Record:
+        """Decrypt into ``root`` for the container ``config`` (config.json) describes; ``event``
+        is the launch event with the empty root's digest."""
         check_root(root, self._roots_dir)
+        live = check_launch_config(config, self.own_hook, event.container_id)
+        for pid in live.dockerd:
+            check_dockerd(pid)
+        for path in live.netns:
+            check_network_namespace(path)
         layout_dir = Path(annotations[IMAGE_LAYOUT_ANNOTATION])
         ref = annotations.get(IMAGE_REF_ANNOTATION) or None
         layout = Layout.open(layout_dir)

@@ -1,7 +1,8 @@
 """The server's key-release decisions, without I/O: the launch record, the policy, the unwrap.
 
 Each refusal is an ``AttestationError`` whose check names the rule: ``launch_event``,
-``policy``, ``manifest`` or ``unwrap``.
+``policy``, ``manifest`` or ``unwrap``. Its message goes to the host; what the host must not
+learn (the launch profiles a rule allows) goes only in ``expected``/``got``, for operators.
 """
 
 from __future__ import annotations
@@ -37,25 +38,54 @@ def find_launch(events: Sequence[Record], recnum: int, image: str) -> LaunchEven
     return found
 
 
-def check_policy(rules: Sequence[ReleaseRule], image: str, group: str, launch: LaunchEvent) -> None:
-    """Refuse unless a ``[[release]]`` rule lets ``group`` run ``image`` with this profile."""
-    for rule in rules:
-        if rule.image != image or group not in rule.groups:
-            continue
-        if rule.launch_profiles and launch.launch_profile_digest not in rule.launch_profiles:
-            raise AttestationError(
-                "policy",
-                "the release policy does not allow this launch profile for the image",
-                expected=", ".join(sorted(rule.launch_profiles)),
-                got=launch.launch_profile_digest,
-            )
-        return
+def check_policy(
+    rules: Sequence[ReleaseRule], image: str, group: str, launch: LaunchEvent
+) -> ReleaseRule:
+    """The first ``[[release]]`` rule that lets ``group`` run ``image`` with this launch's
+    profile: it lists the profile's digest, or allows any (``["any"]``); refused if none does.
+    A refusal's message names the rules; only ``expected``/``got`` carry digests."""
+    matching = [r for r in rules if r.image == image and group in r.groups]
+    if not matching:
+        raise AttestationError(
+            "policy",
+            f"no release rule lets host group {group!r} receive the keys of this image",
+            expected="a [[release]] rule for the image and group",
+            got=image,
+        )
+    profile = launch.launch_profile_digest
+    for rule in matching:
+        if rule.any_profile or profile in rule.launch_profiles:
+            return rule
+    names = ", ".join(r.name for r in matching)
+    allowed = sorted({p for r in matching for p in r.launch_profiles})
+    if not allowed:
+        message = (
+            f"release rule {names} lists no launch profile, so it allows no launch; list the"
+            ' allowed launch profile digests, or ["any"]'
+        )
+    else:
+        message = f"release rule {names} does not allow this launch profile for the image"
     raise AttestationError(
-        "policy",
-        f"no release rule lets host group {group!r} receive the keys of this image",
-        expected="a [[release]] rule for the image and group",
-        got=image,
+        "policy", message, expected=", ".join(allowed) or "no launch profile", got=profile
     )
+
+
+def rule_warnings(rules: Sequence[ReleaseRule]) -> list[str]:
+    """What an operator should hear at start-up about the ``[[release]]`` rules: a rule that
+    allows any launch profile, and a rule that, listing none, releases nothing."""
+    warnings = []
+    for rule in rules:
+        if rule.any_profile:
+            warnings.append(
+                f'{rule.name} (image {rule.image}) allows any launch profile (["any"]): its'
+                " keys also go to a launch that adds a hook, a mount, a capability or a joined"
+                " namespace; pin the launch profile digests"
+            )
+        elif not rule.launch_profiles:
+            warnings.append(
+                f"{rule.name} (image {rule.image}) lists no launch profile: it releases nothing"
+            )
+    return warnings
 
 
 def unwrap_layers(manifest_bytes: bytes, keys: Sequence[jwk.JWK]) -> dict[str, bytes]:
