@@ -24,7 +24,7 @@ from hypothesis import strategies as st
 
 from trusthook.errors import ImageError, UnsafeLayerError
 from trusthook.image.choices import Devices, Setuid
-from trusthook.image.rootfs import empty_directory
+from trusthook.image.rootfs import empty_directory, existing_entries
 from trusthook.image.unpack import ExtractPolicy, apply_layer
 
 MTIME = 1_600_000_000
@@ -504,6 +504,25 @@ def test_runtime_entries_are_never_touched(root: Path) -> None:
     apply_layer(root, Pipe(data), ExtractPolicy(), keep=keep)
     apply_layer(root, Pipe(layer(reg("etc", b"file"), reg(".wh.etc"))), ExtractPolicy(), keep=keep)
     assert (root / "etc" / "hosts").read_bytes() == b"runtime"
+
+
+def test_a_runtime_mount_point_directory_survives_a_whiteout_and_replacement(root: Path) -> None:
+    """The review's bypass: runc made /data for a read-only bind mount; `.wh.data` plus
+    `data/token` removed that mount point and the container saw the image's file instead."""
+    (root / "data").mkdir()
+    inode = (root / "data").stat().st_ino
+    keep = existing_entries(root)
+    assert keep == frozenset({"data"})
+    attacks = [
+        layer(reg(".wh.data"), dir_("data"), reg("data/token", b"image")),
+        layer(reg(".wh..wh..opq")),
+        layer(reg("data", b"a file instead")),
+        layer(sym("data", "elsewhere")),
+    ]
+    for data in attacks:
+        apply_layer(root, Pipe(data), ExtractPolicy(), keep=keep)
+        st_ = (root / "data").lstat()
+        assert stat.S_ISDIR(st_.st_mode) and st_.st_ino == inode
 
 
 # --- property: arbitrary names never escape -------------------------------------------------

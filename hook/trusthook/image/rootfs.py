@@ -95,10 +95,12 @@ def unpack_image(
 
     ``pinned_manifest``: the only manifest digest accepted (``pinned_by`` says whose pin it is
     in the refusal). ``root`` must be empty, unless ``runtime_entries``: then what is in it
-    already are mount points the runtime made (``/proc``, ``/etc/hosts``...) and layer entries
-    for those paths are skipped (the mounts cover them in the container anyway). A failure is
+    already are mount points the runtime made (``/proc``, ``/data``, ``/etc/hosts``...): they
+    are protected, so layer entries for those paths are skipped (the mounts cover them in the
+    container anyway) and no whiteout removes them or what holds them; a layer could otherwise
+    remove a mount point and show the container its own file instead of the mount. A failure is
     raised as it was, after the root is emptied (a failure to empty it is logged)."""
-    keep = _existing_files(root) if runtime_entries else frozenset()
+    keep = existing_entries(root) if runtime_entries else frozenset()
     if not runtime_entries and any(root.iterdir()):
         raise ImageError(f"unpack target {root} is not empty")
     try:
@@ -177,17 +179,13 @@ def _extract(
         )
 
 
-def _existing_files(root: Path) -> frozenset[str]:
-    """Paths (relative to ``root``) of everything but directories already in ``root``."""
+def existing_entries(root: Path) -> frozenset[str]:
+    """Paths (relative to ``root``) of everything already in ``root``, directories included
+    (symlinks are not followed)."""
     found: set[str] = set()
     for dirpath, dirnames, filenames in os.walk(root):
         rel = Path(dirpath).relative_to(root)
-        found.update(str(rel / name) if str(rel) != "." else name for name in filenames)
-        found.update(
-            str(rel / d) if str(rel) != "." else d
-            for d in dirnames
-            if os.path.islink(os.path.join(dirpath, d))
-        )
+        found.update(str(rel / name) if str(rel) != "." else name for name in filenames + dirnames)
     return frozenset(found)
 
 

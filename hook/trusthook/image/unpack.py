@@ -62,10 +62,11 @@ def apply_layer(
     """Apply one uncompressed layer tar stream onto the directory ``root`` (OCI layer rules).
 
     ``tar`` (an ``IO[bytes]`` or any reader, seekable or not) is read sequentially, once, up
-    to the end of the archive. ``keep`` names (relative to ``root``) non-directory entries
-    already in ``root`` that the runtime owns (mount points): entries for them are skipped,
-    whiteouts never remove them. Raises ``UnsafeLayerError`` for an entry that would escape
-    the root or that ``policy`` forbids, ``ImageError`` for a malformed layer or a failed write.
+    to the end of the archive. ``keep`` names (relative to ``root``) entries already in
+    ``root`` that the runtime owns (mount points, directories or not): entries for them are
+    skipped, and whiteouts never remove them or the directories that hold them. Raises
+    ``UnsafeLayerError`` for an entry that would escape the root or that ``policy`` forbids,
+    ``ImageError`` for a malformed layer or a failed write.
     """
     try:
         root_fd = os.open(root, DIR_FLAGS & ~os.O_NOFOLLOW)
