@@ -10,8 +10,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from trusthook.common.jcs import canonicalize
 from trusthook.errors import CanonicalizationError
-from trusthook.measure.jcs import canonicalize
 
 
 @pytest.mark.parametrize(

@@ -12,8 +12,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from trusthook.common.jcs import canonicalize
 from trusthook.errors import EventLogError
-from trusthook.measure.jcs import canonicalize
 
 CONTENT_TYPE = "trusthook_launch"
 CONTENT_VERSION = 1

@@ -4,9 +4,9 @@ Public API (what a second implementation or an embedding tool calls): the names 
 Everything else in trusthook is internal and may change.
 """
 
+from trusthook.common.jcs import canonicalize
 from trusthook.measure.backend import Hasher, PythonHasher, select_hasher
 from trusthook.measure.encoding import Entry, Kind, encode_entry, rootfs_digest
-from trusthook.measure.jcs import canonicalize
 from trusthook.measure.native import NativeHasher
 from trusthook.measure.profile import config_digest, launch_profile, launch_profile_digest
 from trusthook.measure.walk import RootfsMeasurement, measure_rootfs
