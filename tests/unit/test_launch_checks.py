@@ -16,11 +16,10 @@ from trusthook.agent.launch import (
     check_dockerd,
     check_launch_config,
     check_network_namespace,
-    own_hook_entry,
 )
 from trusthook.common.config import Config, Mode
-from trusthook.errors import BundleError, PolicyRefusedError
-from trusthook.startpath.bundle import hook_entry
+from trusthook.errors import BundleError, PolicyRefusedError, RuntimeShimError
+from trusthook.startpath.bundle import hook_entry, own_hook_entry
 
 OWN = hook_entry(Config(), Path("/opt/trusthook/bin/trusthook-hook"))
 COPY = {"path": "/bin/sh", "args": ["sh", "-c", "cp -a /run/trusthook/roots /var/tmp/loot"]}
@@ -173,8 +172,13 @@ def test_a_file_that_is_not_a_namespace_is_refused(tmp_path: Path) -> None:
         check_network_namespace(str(tmp_path / "missing"))
 
 
-def test_the_agent_knows_the_entry_the_shim_writes() -> None:
-    config = Config(hook_path=Path("/opt/trusthook/bin/trusthook-hook"), mode=Mode.AUDIT)
+def test_the_agent_knows_the_entry_the_shim_writes(tmp_path: Path) -> None:
+    program = tmp_path / "trusthook-hook"
+    program.write_text("#!/bin/sh\n")
+    program.chmod(0o755)
+    config = Config(hook_path=program, mode=Mode.AUDIT)
     entry = own_hook_entry(config)
-    assert entry == hook_entry(config, Path("/opt/trusthook/bin/trusthook-hook"))
+    assert entry == hook_entry(config, program)
     assert entry["args"][-3:] == ["--audit", "--stage", "createRuntime"]
+    with pytest.raises(RuntimeShimError, match="not found or not executable"):
+        own_hook_entry(Config(hook_path=tmp_path / "absent"))

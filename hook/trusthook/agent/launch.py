@@ -18,7 +18,6 @@ from __future__ import annotations
 import fcntl
 import logging
 import os
-import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -27,7 +26,6 @@ from typing import Any
 from trusthook.agent.attester import Attester
 from trusthook.agent.imagepolicy import ImagePolicy
 from trusthook.agent.writer import MeasuredLog
-from trusthook.common.config import Config
 from trusthook.common.digest import digest_string
 from trusthook.common.eventlog import LaunchEvent, Record
 from trusthook.common.jcs import canonicalize
@@ -38,8 +36,7 @@ from trusthook.image.rootfs import empty_directory, released_keys, unpack_image
 from trusthook.image.unpack import ExtractPolicy
 from trusthook.measure.profile import docker_setkey_pid, is_named_netns
 from trusthook.measure.walk import RootfsMeasurement
-from trusthook.startpath.bundle import HOOK_STAGE, hook_entry
-from trusthook.startpath.runtime import resolve
+from trusthook.startpath.bundle import HOOK_STAGE
 
 log = logging.getLogger(__name__)
 RELEASE_STAGE = "release"
@@ -83,15 +80,6 @@ def check_root(root: Path, roots_dir: Path) -> None:
             f"{root} is a shared mount: mounts made in the container could appear in it and be"
             " written or removed; trusthook-runtime mounts it private"
         )
-
-
-def own_hook_entry(config: Config) -> dict[str, Any]:
-    """The hook entry trusthook-runtime writes into every config.json on this host, from the
-    same configuration (``startpath.runtime``: the configured hook, else the one installed
-    beside the Python running trusthook)."""
-    program = config.hook_path or Path(sys.executable).parent / "trusthook-hook"
-    path = program if program.is_absolute() else Path(resolve(str(program), "trusthook hook"))
-    return hook_entry(config, path)
 
 
 def _describe(hook: Any) -> str:

@@ -21,6 +21,7 @@ import math
 import os
 import signal
 import subprocess
+import sys
 from pathlib import Path
 from types import FrameType
 from typing import Any
@@ -128,6 +129,16 @@ def write_spec(config_path: Path, spec: dict[str, Any], mode: int) -> None:
         write_atomic(config_path, json.dumps(spec).encode(), mode)
     except OSError as e:
         raise RuntimeShimError(f"cannot write {config_path}: {e.strerror}") from e
+
+
+def own_hook_entry(config: Config) -> dict[str, Any]:
+    """The hook entry trusthook-runtime writes into every config.json on this host (and the
+    agent expects): the configured hook, else the one installed beside the Python running
+    trusthook, resolved to an executable file."""
+    from trusthook.startpath.runtime import resolve  # noqa: PLC0415 - runtime imports us lazily
+
+    program = config.hook_path or Path(sys.executable).parent / "trusthook-hook"
+    return hook_entry(config, Path(resolve(str(program), "trusthook hook")))
 
 
 def hook_entry(config: Config, hook_path: Path) -> dict[str, Any]:

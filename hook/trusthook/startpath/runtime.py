@@ -115,8 +115,7 @@ def _prepare(config: Config, command: str, sub: Subcommand) -> Path | None:
     if command == "delete":
         root = config.image_roots / container
         return root if os.path.lexists(root) else None
-    hook = config.hook_path or Path(sys.executable).parent / "trusthook-hook"
-    entry = bundle.hook_entry(config, Path(resolve(str(hook), "trusthook hook")))
+    entry = bundle.own_hook_entry(config)
     directory = sub.bundle(os.getcwd())
     return bundle.prepare_bundle(
         Path(directory, "config.json"), directory, container, config, entry
