@@ -38,10 +38,16 @@ def test_bad_hook_args(argv: list[str], message: str) -> None:
 
 
 def test_request_header_is_json_and_body_is_verbatim() -> None:
-    raw = request("createRuntime", b'{"id":"x"}')
-    header, _, body = raw.partition(b"\n")
-    assert json.loads(header) == {"op": "hook", "stage": "createRuntime", "version": 1}
-    assert body == b'{"id":"x"}'
+    for audit in (False, True):
+        raw = request("createRuntime", b'{"id":"x"}', audit=audit)
+        header, _, body = raw.partition(b"\n")
+        assert json.loads(header) == {
+            "audit": audit,
+            "op": "hook",
+            "stage": "createRuntime",
+            "version": 1,
+        }
+        assert body == b'{"id":"x"}'
 
 
 def test_crun_state_with_root_and_created_status() -> None:

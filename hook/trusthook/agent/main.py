@@ -14,7 +14,7 @@ from types import FrameType
 
 from trusthook.agent.attester import Attester
 from trusthook.agent.imagepolicy import load_policy
-from trusthook.agent.launch import EncryptedLaunch, own_hook_entry
+from trusthook.agent.launch import EncryptedLaunch
 from trusthook.agent.listener import AgentServer
 from trusthook.agent.logstore import LogStore, read_boot_id
 from trusthook.agent.service import AgentService
@@ -24,6 +24,7 @@ from trusthook.common.config import Config, Mode
 from trusthook.common.files import write_atomic
 from trusthook.errors import LogDivergedError, StateError
 from trusthook.measure.backend import select_hasher
+from trusthook.startpath.bundle import own_hook_entry
 
 log = logging.getLogger(__name__)
 

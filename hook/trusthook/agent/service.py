@@ -6,7 +6,6 @@ import logging
 import os
 from collections.abc import Callable
 from datetime import datetime
-from pathlib import Path
 from typing import Any
 
 from trusthook.agent.attester import Attester
@@ -15,6 +14,7 @@ from trusthook.agent.writer import MeasuredLog
 from trusthook.common.clock import iso, utc_now
 from trusthook.common.digest import digest_string
 from trusthook.common.eventlog import LaunchEvent
+from trusthook.common.messages import EnrollParams, SnapshotResult
 from trusthook.common.oci import ContainerState, image_of, parse_state, read_config, rootfs_path
 from trusthook.common.protocol import (
     OP_ATTEST,
@@ -25,7 +25,7 @@ from trusthook.common.protocol import (
     PROTOCOL_VERSION,
 )
 from trusthook.common.wire import STAGES
-from trusthook.errors import RequestError
+from trusthook.errors import RequestError, TrusthookError
 from trusthook.measure.profile import config_digest, launch_profile_digest
 from trusthook.measure.walk import RootfsMeasurement
 
@@ -43,6 +43,7 @@ class AgentService:
         launch: EncryptedLaunch,
         boot_id: str,
         measure_rootfs: Callable[[str | os.PathLike[str]], RootfsMeasurement],
+        audit: bool = False,
         clock: Callable[[], datetime] = utc_now,
     ) -> None:
         self._log = log
@@ -50,6 +51,7 @@ class AgentService:
         self._launch = launch
         self._boot_id = boot_id
         self._measure_rootfs = measure_rootfs
+        self._audit = audit
         self._clock = clock
 
     def handle(self, request: dict[str, Any], body: bytes) -> dict[str, Any]:
@@ -63,22 +65,53 @@ class AgentService:
             stage = request.get("stage")
             if stage not in STAGES:
                 raise RequestError(f"'stage' must be one of {STAGES}, got {stage!r}")
-            return self.measure(parse_state(body), stage)
+            self._check_mode(request.get("audit"))
+            return self._hook(parse_state(body), stage)
         if op == OP_SNAPSHOT:
             snap = self._log.snapshot()
-            return {
-                "pcr": self._log.pcr,
-                "pcr_value": snap.pcr_value.hex(),
-                "records": [r.to_json() for r in snap.records],
-            }
+            return SnapshotResult(
+                pcr=self._log.pcr, pcr_value=snap.pcr_value, records=tuple(snap.records)
+            ).to_json()
         if op == OP_ENROLL:
-            return self._attester.enroll(**parse_enroll_params(request.get("params")))
+            return self._attester.enroll(EnrollParams.from_json(request.get("params"))).to_json()
         if op == OP_ATTEST:
-            return self._attester.attest()
+            return self._attester.attest().to_json()
         if op == OP_STATUS:
-            return self._attester.status()
+            return self._attester.status().to_json()
         ops = (OP_HOOK, OP_SNAPSHOT, OP_ENROLL, OP_ATTEST, OP_STATUS)
         raise RequestError(f"unknown op {op!r}; expected one of {', '.join(ops)}")
+
+    def _check_mode(self, audit: object) -> None:
+        """The hook's mode must be the host's: a bundle cannot choose audit mode for itself."""
+        if type(audit) is not bool:
+            raise RequestError(f"'audit' must be true or false, got {audit!r}")
+        if audit != self._audit:
+            mine, theirs = ("audit", "enforce") if self._audit else ("enforce", "audit")
+            raise RequestError(
+                f"the hook runs in {theirs} mode, this host in {mine} mode (hook.mode): its"
+                " entry was not written by trusthook-runtime from this host's configuration;"
+                " refusing the container"
+            )
+
+    def _hook(self, state: ContainerState, stage: str) -> dict[str, Any]:
+        """``measure``; in audit mode a plain container whose measurement fails is answered
+        as unmeasured (it starts), never an encrypted one (it has no plaintext root)."""
+        if not self._audit:
+            return self.measure(state, stage)
+        try:
+            return self.measure(state, stage)
+        except TrusthookError as e:
+            if self._encrypted(state):
+                raise
+            log.warning("audit mode: container %s starts unmeasured: %s", state.id, e)
+            return {"unmeasured": str(e)}
+
+    @staticmethod
+    def _encrypted(state: ContainerState) -> bool:
+        try:
+            return image_annotations(read_config(state.bundle)) is not None
+        except TrusthookError:
+            return False
 
     def measure(self, state: ContainerState, stage: str) -> dict[str, Any]:
         """Measure the container ``state`` names and record it; for an encrypted image,
@@ -99,31 +132,16 @@ class AgentService:
             rootfs_digest=digest_string(rootfs.digest),
             rootfs_entries=rootfs.entries,
             config_digest=config_digest(config),
-            launch_profile_digest=launch_profile_digest(config, container_id),
+            launch_profile_digest=launch_profile_digest(
+                config, container_id, own_hook=self._launch.own_hook
+            ),
             stage=stage,
             time=iso(self._clock()),
             boot_id=self._boot_id,
         )
         if encrypted is not None:
-            record = self._launch.run(annotations=encrypted, root=root, event=event)
+            record = self._launch.run(config=config, annotations=encrypted, root=root, event=event)
         else:
             record = self._log.append(event)
         log.info("measured container %s (%s) as record %d", container_id, stage, record.recnum)
         return {"recnum": record.recnum, "record": record.to_json()}
-
-
-def parse_enroll_params(params: Any) -> dict[str, Any]:
-    """The enroll request's parameters, checked: server URL, server CA file, names, flag."""
-    if not isinstance(params, dict) or set(params) != _ENROLL_PARAMS:
-        raise RequestError(f"enroll needs exactly the params {sorted(_ENROLL_PARAMS)}")
-    for key in ("server", "server_ca", "hostname", "group"):
-        if not isinstance(params[key], str) or not params[key]:
-            raise RequestError(f"enroll param {key!r} must be a non-empty string")
-    if not isinstance(params["reenroll"], bool):
-        raise RequestError("enroll param 'reenroll' must be true or false")
-    if not os.path.isabs(params["server_ca"]):
-        raise RequestError("enroll param 'server_ca' must be an absolute path")
-    return {**params, "server_ca": Path(params["server_ca"])}
-
-
-_ENROLL_PARAMS = {"server", "server_ca", "hostname", "group", "reenroll"}

@@ -9,27 +9,22 @@ import os
 
 from trusthook.agent.logstore import LogStore, read_boot_id
 from trusthook.common.config import Config
-from trusthook.common.eventlog import Record, parse_record, verify_against_pcr
+from trusthook.common.eventlog import verify_against_pcr
+from trusthook.common.messages import SnapshotResult
 from trusthook.common.protocol import OP_SNAPSHOT, call
 from trusthook.errors import AgentUnavailableError, EventLogError
 
 
-def _snapshot(config: Config, direct: bool) -> tuple[list[Record], int, bytes, str]:
-    """Records and PCR value: from the running agent (consistent under its lock) or, if it is
-    not running or ``direct`` is set, from the log file and the TPM."""
+def _snapshot(config: Config, direct: bool) -> tuple[SnapshotResult, str]:
+    """Records and PCR value, and where they came from: the running agent (consistent under
+    its lock) or, if it is not running or ``direct`` is set, the log file and the TPM."""
     if not direct:
         try:
-            result = call(str(config.socket), OP_SNAPSHOT, timeout=config.hook_timeout)
+            raw = call(str(config.socket), OP_SNAPSHOT, timeout=config.hook_timeout)
         except AgentUnavailableError:
             pass
         else:
-            try:
-                records = [
-                    parse_record(r, f"agent record {i}") for i, r in enumerate(result["records"])
-                ]
-                return records, int(result["pcr"]), bytes.fromhex(result["pcr_value"]), "agent"
-            except (KeyError, TypeError, ValueError) as e:
-                raise EventLogError(f"the agent's snapshot is malformed ({e!r})") from None
+            return SnapshotResult.from_json(raw), "agent"
     from trusthook.agent.tpm import Tpm  # noqa: PLC0415 - tpm2-pytss is slow to import; only here
 
     store = LogStore(config.state_dir / "eventlog", read_boot_id())
@@ -42,23 +37,31 @@ def _snapshot(config: Config, direct: bool) -> tuple[list[Record], int, bytes, s
                 " start the agent to repair it"
             )
         with Tpm(config.tcti) as tpm:
-            return contents.records, config.pcr, tpm.pcr_read(config.pcr), "tpm"
+            pcr_value = tpm.pcr_read(config.pcr)
+        records = tuple(contents.records)
+        return SnapshotResult(pcr=config.pcr, pcr_value=pcr_value, records=records), "tpm"
     finally:
         os.close(lock_fd)
 
 
 def verify(args: argparse.Namespace, config: Config) -> int:
-    records, pcr, pcr_value, source = _snapshot(config, args.direct)
-    verify_against_pcr(records, pcr, pcr_value)
-    print(f"OK: {len(records)} records replay to PCR {pcr} = {pcr_value.hex()} ({source})")
+    snap, source = _snapshot(config, args.direct)
+    verify_against_pcr(snap.records, snap.pcr, snap.pcr_value)
+    print(
+        f"OK: {len(snap.records)} records replay to PCR {snap.pcr} = {snap.pcr_value.hex()}"
+        f" ({source})"
+    )
     return 0
 
 
 def show(args: argparse.Namespace, config: Config) -> int:
-    records, _, _, _ = _snapshot(config, args.direct)
+    records = _snapshot(config, args.direct)[0].records
     if args.json:
         for r in records:
             print(json.dumps(r.to_json(), indent=2))
+        return 0
+    if not records:
+        print("no records in this boot's event log")
         return 0
     for r in records:
         e = r.event

@@ -1,6 +1,7 @@
 """Requests to the agent from trusthook's own commands (docs/api.md).
 
-The hook builds its one request by hand (see ``hook``); everything else goes through ``call``.
+The hook builds its one request by hand (see ``hook``); everything else goes through ``call``,
+whose result the caller reads into its message (``trusthook.common.messages``).
 """
 
 from __future__ import annotations
@@ -21,17 +22,17 @@ OP_ATTEST = "attest"
 OP_STATUS = "status"
 
 
-def header(op: str, params: dict[str, Any] | None = None) -> bytes:
+def header(op: str, params: dict[str, object] | None = None) -> bytes:
     """The header line of a body-less request."""
-    message: dict[str, Any] = {"version": PROTOCOL_VERSION, "op": op}
+    message: dict[str, object] = {"version": PROTOCOL_VERSION, "op": op}
     if params is not None:
         message["params"] = params
     return json.dumps(message, separators=(",", ":"), sort_keys=True).encode() + b"\n"
 
 
 def call(
-    path: str, op: str, *, timeout: float, params: dict[str, Any] | None = None
+    path: str, op: str, *, timeout: float, params: dict[str, object] | None = None
 ) -> dict[str, Any]:
-    """Send a body-less request and return its decoded result."""
+    """Send a body-less request and return its result, a JSON object."""
     raw = exchange(path, header(op, params), timeout=timeout, max_answer=MAX_RESULT_BYTES)
     return parse_object(raw, "agent result", AgentRefusedError)

@@ -4,7 +4,11 @@ It passes the OCI state from stdin to the node agent, which parses it, measures 
 and records it. Everything the hook does is set by its arguments, which the runtime config
 records (and so measures): ``--socket PATH``, ``--timeout SECONDS``, ``--stage STAGE``,
 ``--audit``. Fails closed: any failure is one line on stderr and exit status 1, and the runtime
-does not start the container; with ``--audit`` the failure is logged and the container starts.
+does not start the container. The hook's request carries its mode, which the agent refuses
+unless it is the host's own (``hook.mode``): audit mode is the host's setting, never the
+bundle's. With ``--audit``, a failure to reach the agent is logged and the container starts;
+whatever the agent answers is final (in audit mode it answers that the container starts
+unmeasured when measuring fails).
 
 Imports only ``sys`` and trusthook's ``_socket``-only wire module: this runs on every start.
 """
@@ -14,10 +18,11 @@ from __future__ import annotations
 import sys
 
 from trusthook.common.wire import MAX_MESSAGE_BYTES, STAGES, exchange
-from trusthook.errors import TrusthookError, UsageError
+from trusthook.errors import AgentRefusedError, TrusthookError, UsageError
 
 DEFAULT_SOCKET = "/run/trusthook/agent.sock"
 DEFAULT_TIMEOUT = 30.0
+UNMEASURED = b'{"unmeasured":"'  # the agent's answer in audit mode when measuring failed
 USAGE = "usage: trusthook-hook [--socket PATH] [--timeout SECONDS] [--stage STAGE] [--audit]"
 
 
@@ -59,32 +64,46 @@ def _positive(value: str) -> float:
     return seconds
 
 
-def request(stage: str, state: bytes) -> bytes:
+def request(stage: str, state: bytes, *, audit: bool) -> bytes:
     """The hook's request: a header naming the stage (from a fixed list, so no escaping is
-    needed), then the OCI state exactly as the runtime wrote it."""
-    return b'{"op":"hook","stage":"%s","version":1}\n' % stage.encode() + state
+    needed) and the hook's mode, then the OCI state exactly as the runtime wrote it."""
+    mode = b"true" if audit else b"false"
+    return b'{"audit":%s,"op":"hook","stage":"%s","version":1}\n' % (mode, stage.encode()) + state
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    audit = "--audit" in argv  # audit mode covers every failure, bad arguments included
+    audit = "--audit" in argv  # bad arguments in audit mode are forgiven too
     try:
         args = HookArgs(argv)
         state = sys.stdin.buffer.read(MAX_MESSAGE_BYTES + 1)
         if len(state) > MAX_MESSAGE_BYTES:
             raise UsageError(f"state JSON on stdin is larger than {MAX_MESSAGE_BYTES} bytes")
-        exchange(args.socket, request(args.stage, state), timeout=args.timeout)
-    except TrusthookError as e:
+        result = exchange(
+            args.socket, request(args.stage, state, audit=audit), timeout=args.timeout
+        )
+    except AgentRefusedError as e:  # the agent decided: whatever the hook's own mode says
+        print(f"trusthook-hook: {e}", file=sys.stderr)
+        return 1
+    except TrusthookError as e:  # no agent to ask: the hook's mode decides
         if audit:
-            import syslog  # noqa: PLC0415 - only on the audit path
-
-            message = f"trusthook-hook: audit mode, container starts unmeasured: {e}"
-            syslog.syslog(syslog.LOG_WARNING, message)
-            print(message, file=sys.stderr)
+            _unmeasured(str(e))
             return 0
         print(f"trusthook-hook: {e}", file=sys.stderr)
         return 1
+    if result.startswith(UNMEASURED):  # the host is in audit mode and measuring failed
+        import json  # noqa: PLC0415 - only on the audit path
+
+        _unmeasured(str(json.loads(result).get("unmeasured")))
     return 0
+
+
+def _unmeasured(reason: str) -> None:
+    import syslog  # noqa: PLC0415 - only on the audit path
+
+    message = f"trusthook-hook: audit mode, container starts unmeasured: {reason}"
+    syslog.syslog(syslog.LOG_WARNING, message)
+    print(message, file=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,706 @@
+"""The messages that cross a process boundary on the agent's side (docs/api.md,
+docs/api-server.md): the CLI's requests to the agent and the agent's results, the attestation
+server's answers as the agent reads them and the agent's requests to it, and the agent's state
+files. The server's own models are ``trusthook.server.api``; these mirror its fields.
+
+Each message the agent or the CLI reads has ``from_json``, which refuses anything but its shape
+with one line naming the member ("… got X, expected Y"), and ``to_json``. Who sent it (a
+``Source``) decides the error class: the attestation server ``ServerRefusedError``, the agent
+``AgentRefusedError``, a client of the agent ``RequestError``, a state file ``StateError``.
+What trusthook writes and reads itself is strict about unknown members; the server's answers
+are not, so that a newer server may add members. The requests to the server have ``to_json``
+only: the agent never reads them, the server parses them with its own models.
+
+Pure, and standard library only: the CLI's cheap commands import this module.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar, Self, TypeVar
+
+from trusthook.common import b64
+from trusthook.errors import (
+    AgentRefusedError,
+    EventLogError,
+    RequestError,
+    ServerRefusedError,
+    TrusthookError,
+)
+
+if TYPE_CHECKING:
+    from trusthook.common.eventlog import Record
+
+T = TypeVar("T")
+M = TypeVar("M", bound="Message")
+_HEX_DIGITS = frozenset("0123456789abcdef")
+_PCR_SIZE = 32  # eventlog.PCR_SIZE: the event log model is imported only when needed
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Source:
+    """Who sent a message, as its refusals name it ("{owner} {noun}{where} is malformed: …"),
+    and the error they raise; ``hint`` ends them."""
+
+    owner: str
+    error: type[TrusthookError]
+    where: str = ""
+    hint: str = ""
+
+    def refuse(self, noun: str, text: str) -> TrusthookError:
+        hint = f"; {self.hint}" if self.hint else ""
+        return self.error(f"{self.owner} {noun}{self.where} is malformed: {text}{hint}")
+
+
+FROM_SERVER = Source(owner="the attestation server's", error=ServerRefusedError)
+FROM_AGENT = Source(owner="the agent's", error=AgentRefusedError)
+TO_AGENT = Source(owner="the", error=RequestError)
+
+
+def _show(value: object) -> str:
+    """A JSON value as a refusal names it: short scalars in full, anything else by kind."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        text = repr(value)
+        return text if len(text) <= 32 else "a long number"
+    if isinstance(value, str):
+        return repr(value) if len(value) <= 32 else f"a string of {len(value)} characters"
+    if isinstance(value, list):
+        return "an array"
+    return "an object" if isinstance(value, dict) else type(value).__name__
+
+
+class _Fields:
+    """The members of one JSON object being read into a message; every read checks its type
+    and refuses naming the member's path (``last_verdict.reasons[0].check``)."""
+
+    def __init__(self, data: object, noun: str, source: Source, at: str = "") -> None:
+        self.noun, self.source, self._at = noun, source, at
+        if not isinstance(data, dict):
+            raise self.refuse("", _show(data), "an object")
+        self._data: dict[str, object] = data
+        self._known: set[str] = set()
+
+    def _name(self, key: str) -> str:
+        return f"{self._at}.{key}" if self._at and key else self._at or key
+
+    def refuse(self, key: str, got: str, expected: str) -> TrusthookError:
+        """The error for member ``key`` (this object itself if empty)."""
+        return self.refuse_at(self._name(key), got, expected)
+
+    def refuse_at(self, name: str, got: str, expected: str) -> TrusthookError:
+        """The error for the value at path ``name``."""
+        text = f"got {got}, expected {expected}"
+        return self.source.refuse(self.noun, f"{name} {text}" if name else text)
+
+    def has(self, key: str) -> bool:
+        self._known.add(key)
+        return key in self._data
+
+    def _get(self, key: str, expected: str) -> object:
+        if not self.has(key):
+            raise self.refuse(key, "nothing", expected)
+        return self._data[key]
+
+    def text(self, key: str, *, empty: bool = True, expected: str = "a string") -> str:
+        expected = expected if empty else f"a non-empty {expected.removeprefix('a ')}"
+        value = self._get(key, expected)
+        if not isinstance(value, str) or not (empty or value):
+            raise self.refuse(key, _show(value), expected)
+        return value
+
+    def optional_text(self, key: str) -> str | None:
+        value = self._get(key, "a string or null")
+        if value is not None and not isinstance(value, str):
+            raise self.refuse(key, _show(value), "a string or null")
+        return value
+
+    def integer(self, key: str, within: range | None = None) -> int:
+        expected = "an integer"
+        if within is not None:
+            expected += f" {within.start}..{within.stop - 1}"
+        value = self._get(key, expected)
+        if (
+            not isinstance(value, int)
+            or isinstance(value, bool)
+            or (within is not None and value not in within)
+        ):
+            raise self.refuse(key, _show(value), expected)
+        return value
+
+    def flag(self, key: str) -> bool:
+        value = self._get(key, "true or false")
+        if not isinstance(value, bool):
+            raise self.refuse(key, _show(value), "true or false")
+        return value
+
+    def base64(self, key: str) -> bytes:
+        text = self.text(key, expected="a base64 string")
+        try:
+            return b64.decode(text, key, ValueError)
+        except ValueError:
+            raise self.refuse(key, "a string that is not base64", "a base64 string") from None
+
+    def hex(self, key: str, size: int) -> bytes:
+        expected = f"{2 * size} lowercase hex digits"
+        text = self.text(key, expected=expected)
+        if len(text) != 2 * size or not _HEX_DIGITS.issuperset(text):
+            raise self.refuse(key, _show(text), expected)
+        return bytes.fromhex(text)
+
+    def text_map(self, key: str) -> dict[str, str]:
+        value = self._get(key, "an object of strings")
+        if not isinstance(value, dict) or not all(isinstance(v, str) for v in value.values()):
+            raise self.refuse(key, _show(value), "an object of strings")
+        return dict(value)
+
+    def nested(self, key: str, kind: type[M]) -> M:
+        return _parse(kind, self._get(key, "an object"), self.noun, self.source, self._name(key))
+
+    def optional_nested(self, key: str, kind: type[M]) -> M | None:
+        value = self._get(key, "an object or null")
+        return None if value is None else self.nested(key, kind)
+
+    def array(self, key: str, read: Callable[[object, str], T], expected: str) -> tuple[T, ...]:
+        value = self._get(key, expected)
+        if not isinstance(value, list):
+            raise self.refuse(key, _show(value), expected)
+        return tuple(read(item, f"{self._name(key)}[{i}]") for i, item in enumerate(value))
+
+    def refuse_unknown(self) -> None:
+        unknown = sorted(set(self._data) - self._known)
+        if unknown:
+            known = ", ".join(sorted(self._known))
+            raise self.refuse("", f"member {unknown[0]!r}", f"only {known}")
+
+
+def _parse(kind: type[M], data: object, noun: str, source: Source, at: str) -> M:
+    fields = _Fields(data, noun, source, at)
+    message = kind._read(fields)
+    if kind.STRICT:
+        fields.refuse_unknown()
+    return message
+
+
+class Message(ABC):
+    """A message trusthook reads: ``from_json`` refuses anything but its shape."""
+
+    __slots__ = ()
+    NOUN: ClassVar[str]  # what refusals call it
+    SOURCE: ClassVar[Source]  # who sends it, unless ``from_json`` is told otherwise
+    STRICT: ClassVar[bool] = True  # unknown members are refused
+
+    @classmethod
+    def from_json(cls, data: object, *, source: Source | None = None) -> Self:
+        return _parse(cls, data, cls.NOUN, source or cls.SOURCE, "")
+
+    @classmethod
+    @abstractmethod
+    def _read(cls, fields: _Fields) -> Self:
+        """The message in ``fields``; the members left over are checked after."""
+
+    @abstractmethod
+    def to_json(self) -> dict[str, Any]: ...
+
+
+# the attestation server's answers (trusthook.server.api)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class EnrollmentChallenge(Message):
+    """POST /v1/enrollments: the credential the TPM must activate."""
+
+    NOUN = "enrollment challenge"
+    SOURCE = FROM_SERVER
+    STRICT = False
+
+    enrollment_id: str  # goes into the activation's URL path: letters and digits only
+    host_id: str
+    credential_blob: bytes
+    encrypted_secret: bytes
+    expires_at: str
+
+    @classmethod
+    def _read(cls, fields: _Fields) -> Self:
+        enrollment_id = fields.text("enrollment_id")
+        if not (enrollment_id.isascii() and enrollment_id.isalnum()):
+            raise fields.refuse("enrollment_id", _show(enrollment_id), "letters and digits")
+        return cls(
+            enrollment_id=enrollment_id,
+            host_id=fields.text("host_id"),
+            credential_blob=fields.base64("credential_blob"),
+            encrypted_secret=fields.base64("encrypted_secret"),
+            expires_at=fields.text("expires_at"),
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "enrollment_id": self.enrollment_id,
+            "host_id": self.host_id,
+            "credential_blob": b64.encode(self.credential_blob),
+            "encrypted_secret": b64.encode(self.encrypted_secret),
+            "expires_at": self.expires_at,
+        }
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class EnrollmentResult(Message):
+    """POST /v1/enrollments/{id}/activation: the host's client certificate."""
+
+    NOUN = "enrollment result"
+    SOURCE = FROM_SERVER
+    STRICT = False
+
+    host_id: str
+    group: str  # the operator's admission record assigns it
+    certificate: str  # PEM
+    ca_certificate: str  # PEM
+
+    @classmethod
+    def _read(cls, fields: _Fields) -> Self:
+        return cls(
+            host_id=fields.text("host_id"),
+            group=fields.text("group"),
+            certificate=fields.text("certificate"),
+            ca_certificate=fields.text("ca_certificate"),
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "host_id": self.host_id,
+            "group": self.group,
+            "certificate": self.certificate,
+            "ca_certificate": self.ca_certificate,
+        }
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class NonceResponse(Message):
+    """POST /v1/nonces: the nonce, the PCRs to quote and the last record the server verified."""
+
+    NOUN = "nonce answer"
+    SOURCE = FROM_SERVER
+    STRICT = False
+
+    nonce: bytes
+    expires_at: str
+    pcrs: tuple[int, ...]
+    verified_boot_id: str | None
+    verified_recnum: int  # -1: none
+
+    @classmethod
+    def _read(cls, fields: _Fields) -> Self:
+        def pcr(item: object, at: str) -> int:
+            if not isinstance(item, int) or isinstance(item, bool) or not 0 <= item <= 23:
+                raise fields.refuse_at(at, _show(item), "a PCR index 0..23")
+            return item
+
+        return cls(
+            nonce=fields.base64("nonce"),
+            expires_at=fields.text("expires_at"),
+            pcrs=fields.array("pcrs", pcr, "an array of PCR indices 0..23"),
+            verified_boot_id=fields.optional_text("verified_boot_id"),
+            verified_recnum=fields.integer("verified_recnum"),
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "nonce": b64.encode(self.nonce),
+            "expires_at": self.expires_at,
+            "pcrs": list(self.pcrs),
+            "verified_boot_id": self.verified_boot_id,
+            "verified_recnum": self.verified_recnum,
+        }
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ReasonBody(Message):
+    """One failed check in a verdict; ``expected`` and ``got`` where they apply."""
+
+    NOUN = "verdict reason"
+    SOURCE = FROM_SERVER
+    STRICT = False
+
+    check: str
+    message: str
+    expected: str | None = None
+    got: str | None = None
+
+    @classmethod
+    def _read(cls, fields: _Fields) -> Self:
+        return cls(
+            check=fields.text("check"),
+            message=fields.text("message"),
+            expected=fields.optional_text("expected") if fields.has("expected") else None,
+            got=fields.optional_text("got") if fields.has("got") else None,
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "check": self.check,
+            "message": self.message,
+            "expected": self.expected,
+            "got": self.got,
+        }
+
+    def __str__(self) -> str:
+        text = f"{self.check}: {self.message}"
+        if self.expected is not None or self.got is not None:
+            text += f" (expected {self.expected}, got {self.got})"
+        return text
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class HostStatus(Message):
+    """The server's verdict on a host: POST /v1/attestations, GET /v1/hosts/{id}; also the
+    agent's attest result, and the last verdict in its status."""
+
+    NOUN = "host status"
+    SOURCE = FROM_SERVER
+    STRICT = False
+
+    host_id: str
+    hostname: str
+    group: str
+    trusted: bool
+    reasons: tuple[ReasonBody, ...]
+    since: str
+    valid_until: str | None
+    last_attestation: str | None
+    enrolled_at: str
+    verified_recnum: int
+
+    @classmethod
+    def _read(cls, fields: _Fields) -> Self:
+        def reason(item: object, at: str) -> ReasonBody:
+            return _parse(ReasonBody, item, fields.noun, fields.source, at)
+
+        return cls(
+            host_id=fields.text("host_id"),
+            hostname=fields.text("hostname"),
+            group=fields.text("group"),
+            trusted=fields.flag("trusted"),
+            reasons=fields.array("reasons", reason, "an array of reasons"),
+            since=fields.text("since"),
+            valid_until=fields.optional_text("valid_until"),
+            last_attestation=fields.optional_text("last_attestation"),
+            enrolled_at=fields.text("enrolled_at"),
+            verified_recnum=fields.integer("verified_recnum"),
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "host_id": self.host_id,
+            "hostname": self.hostname,
+            "group": self.group,
+            "trusted": self.trusted,
+            "reasons": [r.to_json() for r in self.reasons],
+            "since": self.since,
+            "valid_until": self.valid_until,
+            "last_attestation": self.last_attestation,
+            "enrolled_at": self.enrolled_at,
+            "verified_recnum": self.verified_recnum,
+        }
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ReleaseResponse(Message):
+    """POST /v1/releases: an image's layer keys, sealed to this host's TPM."""
+
+    NOUN = "release answer"
+    SOURCE = FROM_SERVER
+    STRICT = False
+
+    image: str
+    sealed_keys: dict[str, str]  # encrypted_seed, iv, ciphertext (docs/images.md)
+
+    @classmethod
+    def _read(cls, fields: _Fields) -> Self:
+        return cls(image=fields.text("image"), sealed_keys=fields.text_map("sealed_keys"))
+
+    def to_json(self) -> dict[str, Any]:
+        return {"image": self.image, "sealed_keys": dict(self.sealed_keys)}
+
+
+# the agent's requests to the server: written, never read, by the agent
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class EnrollmentRequest:
+    """POST /v1/enrollments. It names no group: the operator assigns it."""
+
+    hostname: str
+    note: str  # for the operator who approves the host; may be empty
+    ek_certificate: bytes  # DER
+    ek_public: bytes  # marshaled TPM2B_PUBLIC
+    ak_public: bytes  # marshaled TPM2B_PUBLIC
+    csr: str  # PEM
+    reenroll: bool
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "hostname": self.hostname,
+            "note": self.note,
+            "ek_certificate": b64.encode(self.ek_certificate),
+            "ek_public": b64.encode(self.ek_public),
+            "ak_public": b64.encode(self.ak_public),
+            "csr": self.csr,
+            "reenroll": self.reenroll,
+        }
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ActivationRequest:
+    """POST /v1/enrollments/{id}/activation."""
+
+    secret: bytes
+
+    def to_json(self) -> dict[str, Any]:
+        return {"secret": b64.encode(self.secret)}
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AttestationRequest:
+    """POST /v1/attestations: a quote answering the nonce and the records since the last
+    verified one."""
+
+    nonce: bytes
+    quote_attest: bytes  # TPMS_ATTEST as the TPM signed it
+    quote_signature: bytes  # marshaled TPMT_SIGNATURE
+    pcrs: dict[int, bytes]
+    boot_id: str
+    events: tuple[Record, ...]
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "nonce": b64.encode(self.nonce),
+            "quote": {
+                "attest": b64.encode(self.quote_attest),
+                "signature": b64.encode(self.quote_signature),
+            },
+            "pcrs": {str(i): v.hex() for i, v in self.pcrs.items()},
+            "boot_id": self.boot_id,
+            "events": [r.to_json() for r in self.events],
+        }
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ReleaseRequest:
+    """POST /v1/releases: fresh evidence including the launch record, and a release key the AK
+    certified."""
+
+    attestation: AttestationRequest
+    launch_recnum: int
+    manifest: bytes
+    key_public: bytes  # marshaled TPM2B_PUBLIC
+    key_attest: bytes  # TPMS_ATTEST of TPM2_Certify by the AK
+    key_signature: bytes  # marshaled TPMT_SIGNATURE
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "attestation": self.attestation.to_json(),
+            "launch_recnum": self.launch_recnum,
+            "manifest": b64.encode(self.manifest),
+            "release_key": {
+                "public": b64.encode(self.key_public),
+                "attest": b64.encode(self.key_attest),
+                "signature": b64.encode(self.key_signature),
+            },
+        }
+
+
+# the CLI's requests to the agent, the agent's results and state files (docs/api.md §3.3)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class EnrollParams(Message):
+    """The ``enroll`` request's params: checked before the TPM or the network is touched."""
+
+    NOUN = "enroll request"
+    SOURCE = TO_AGENT
+
+    server: str  # https:// URL, checked when the agent connects
+    server_ca: Path  # absolute
+    hostname: str
+    note: str  # for the operator (``--note``); may be empty
+    reenroll: bool
+
+    @classmethod
+    def _read(cls, fields: _Fields) -> Self:
+        params = cls(
+            server=fields.text("server", empty=False),
+            server_ca=Path(fields.text("server_ca", empty=False)),
+            hostname=fields.text("hostname", empty=False),
+            note=fields.text("note"),
+            reenroll=fields.flag("reenroll"),
+        )
+        if not params.server_ca.is_absolute():
+            raise fields.refuse("server_ca", _show(str(params.server_ca)), "an absolute path")
+        return params
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "server": self.server,
+            "server_ca": str(self.server_ca),
+            "hostname": self.hostname,
+            "note": self.note,
+            "reenroll": self.reenroll,
+        }
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class EnrollResult(Message):
+    """The ``enroll`` result."""
+
+    NOUN = "enroll result"
+    SOURCE = FROM_AGENT
+
+    host_id: str
+    server: str
+    reenrolled: bool
+
+    @classmethod
+    def _read(cls, fields: _Fields) -> Self:
+        return cls(
+            host_id=fields.text("host_id"),
+            server=fields.text("server"),
+            reenrolled=fields.flag("reenrolled"),
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        return {"host_id": self.host_id, "server": self.server, "reenrolled": self.reenrolled}
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Enrollment(Message):
+    """Whom this host is enrolled with, as whom: ``enrollment.json``, and in the status."""
+
+    NOUN = "enrollment"
+    SOURCE = FROM_AGENT
+
+    server: str
+    host_id: str
+    hostname: str
+    group: str
+
+    @classmethod
+    def _read(cls, fields: _Fields) -> Self:
+        return cls(
+            server=fields.text("server"),
+            host_id=fields.text("host_id"),
+            hostname=fields.text("hostname"),
+            group=fields.text("group"),
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "server": self.server,
+            "host_id": self.host_id,
+            "hostname": self.hostname,
+            "group": self.group,
+        }
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class LastAttempt(Message):
+    """When the agent last attested, its error if it failed, and the last verdict it got
+    (possibly from an earlier attempt): ``status.json``, and in the status."""
+
+    NOUN = "last attempt"
+    SOURCE = FROM_AGENT
+
+    last_attempt: str
+    error: str | None
+    last_verdict: HostStatus | None  # absent from the JSON until there is one
+
+    @classmethod
+    def _read(cls, fields: _Fields) -> Self:
+        last_attempt = fields.text("last_attempt")
+        has_verdict = fields.has("last_verdict")
+        return cls(
+            last_attempt=last_attempt,
+            last_verdict=fields.nested("last_verdict", HostStatus) if has_verdict else None,
+            error=fields.optional_text("error"),
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        verdict = {} if self.last_verdict is None else {"last_verdict": self.last_verdict.to_json()}
+        return {"last_attempt": self.last_attempt, **verdict, "error": self.error}
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class StatusResult(Message):
+    """The ``status`` result: the enrollment and, once the agent has attested, the last
+    attempt's members alongside."""
+
+    NOUN = "status"
+    SOURCE = FROM_AGENT
+
+    enrollment: Enrollment | None
+    attempt: LastAttempt | None
+
+    @property
+    def enrolled(self) -> bool:
+        return self.enrollment is not None
+
+    @classmethod
+    def _read(cls, fields: _Fields) -> Self:
+        enrolled = fields.flag("enrolled")
+        enrollment = fields.optional_nested("enrollment", Enrollment)
+        if enrolled != (enrollment is not None):
+            expected = (
+                "an object, as enrolled is true" if enrolled else "null, as enrolled is false"
+            )
+            got = "null" if enrollment is None else "an object"
+            raise fields.refuse("enrollment", got, expected)
+        attempt = LastAttempt._read(fields) if fields.has("last_attempt") else None
+        return cls(enrollment=enrollment, attempt=attempt)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "enrolled": self.enrolled,
+            "enrollment": None if self.enrollment is None else self.enrollment.to_json(),
+            **({} if self.attempt is None else self.attempt.to_json()),
+        }
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SnapshotResult(Message):
+    """The ``snapshot`` result: the log of this boot and the PCR, read together."""
+
+    NOUN = "snapshot"
+    SOURCE = FROM_AGENT
+
+    pcr: int
+    pcr_value: bytes
+    records: tuple[Record, ...]
+
+    @classmethod
+    def _read(cls, fields: _Fields) -> Self:
+        # the event log model imports the measurement package: only snapshots need it
+        from trusthook.common.eventlog import parse_record  # noqa: PLC0415
+
+        def record(item: object, at: str) -> Record:
+            try:
+                return parse_record(item, at)
+            except EventLogError as e:
+                raise fields.source.refuse(fields.noun, str(e)) from None
+
+        return cls(
+            pcr=fields.integer("pcr", range(24)),
+            pcr_value=fields.hex("pcr_value", _PCR_SIZE),
+            records=fields.array("records", record, "an array of records"),
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "pcr": self.pcr,
+            "pcr_value": self.pcr_value.hex(),
+            "records": [r.to_json() for r in self.records],
+        }
