@@ -71,6 +71,7 @@ def _bench(work: Path, runs: int) -> int:
             port=port,
             ek_ca_bundle=ek_ca,
             releases=releases,
+            auto_admit="lab",  # the benchmark's host is admitted as it enrolls
         )
 
     write_server([])
@@ -84,7 +85,7 @@ def _bench(work: Path, runs: int) -> int:
     _cli("image", "encrypt", f"{work / 'plain'}:busybox",
          f"{work / 'encrypted'}:busybox", "--recipient", f"jwe:{public}")  # fmt: skip
     image = Layout.open(work / "encrypted").resolve("busybox").digest
-    write_server([(image, ["lab"], [])])
+    write_server([(image, ["lab"], ["any"])])
     _cli("image", "seal", f"{work / 'encrypted'}:busybox",
          str(work / "sealed.tar"), "--tag", "busybox:sealed")  # fmt: skip
     (work / "busybox.tar").write_bytes(busybox)
@@ -95,8 +96,7 @@ def _bench(work: Path, runs: int) -> int:
         )
         with AgentProcess(config_path, config, work / "agent.log"):
             host = ("--trusthook-config", str(config_path))
-            _cli(*host, "enroll", "--server", server.url, "--server-ca", str(server.ca_cert),
-                 "--group", "lab")  # fmt: skip
+            _cli(*host, "enroll", "--server", server.url, "--server-ca", str(server.ca_cert))
             config.image_policy.write_text(f'[[image]]\nmanifest = "{image}"\n')
             with dockerd(config_path, work / "dockerd.log") as docker:
                 subprocess.run([*docker, "load", "-i", str(work / "sealed.tar")], check=True,

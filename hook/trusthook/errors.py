@@ -54,6 +54,10 @@ class EventLogError(InputError):
     """The event log is malformed, torn or does not replay to the PCR."""
 
 
+class LogDivergedError(EventLogError):
+    """The event log does not replay to the PCR, and no crash of the agent explains it."""
+
+
 class RequestError(InputError):
     """A request to the agent or the server is malformed (the server answers 400)."""
 
@@ -76,6 +80,10 @@ class ImageCryptError(ImageError):
 
 class UnsafeLayerError(ImageError):
     """A layer tar holds an entry that would escape the root or that the policy forbids."""
+
+
+class AuditLogError(InputError):
+    """An audit entry, signed note, verifier key, checkpoint or bundle is malformed."""
 
 
 # refused by a check
@@ -102,12 +110,27 @@ class AttestationError(RefusedError):
         self.got = got
 
 
+class AdmissionError(RefusedError):
+    """The host's EK is not admitted to a group (403): its enrollment awaits an operator's
+    approval, or an operator rejected or revoked it. ``check`` names the state."""
+
+    def __init__(self, check: str, message: str) -> None:
+        super().__init__(f"{check}: {message}")
+        self.check = check
+        self.message = message
+
+
 class PolicyRefusedError(RefusedError):
     """The host's image policy refuses this container."""
 
 
 class AuthError(RefusedError):
     """The client is not who may make this request (403)."""
+
+
+class AuditVerificationError(RefusedError):
+    """An audit bundle, proof or checkpoint failed a check; the message names the first bad
+    entry (its index) where one can be named."""
 
 
 # a service failed

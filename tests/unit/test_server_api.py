@@ -8,8 +8,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from pydantic import ValidationError
 
 from trusthook.errors import ConfigError
+from trusthook.server import api
 from trusthook.server.app import create_app, openapi_document
 from trusthook.server.ca import CertificateAuthority
 from trusthook.server.config import ServerConfig, parse_server_config
@@ -66,6 +68,37 @@ def test_server_config_parses() -> None:
         config.expectations("prod")
 
 
+def test_admission_and_anchor_settings_are_parsed() -> None:
+    anchor = "AB" * 32
+    config = parse_server_config(
+        {
+            **GOOD,
+            "server": {**GOOD["server"], "ek_ca_anchors": [anchor]},
+            "admission": {"auto_admit": "lab"},
+        }
+    )
+    assert config.auto_admit == "lab"
+    assert config.ek_ca_anchors == frozenset({anchor.lower()})
+    defaults = parse_server_config(GOOD)
+    assert defaults.auto_admit is None and defaults.ek_ca_anchors == frozenset()
+
+
+def test_an_enrollment_request_names_no_group_and_no_control_characters() -> None:
+    request = {
+        "hostname": "node-1",
+        "ek_certificate": "",
+        "ek_public": "",
+        "ak_public": "",
+        "csr": "",
+    }
+    assert api.EnrollmentRequest.model_validate(request).note == ""
+    with pytest.raises(ValidationError, match="got a 'group', expected none: the operator"):
+        api.EnrollmentRequest.model_validate({**request, "group": "payments"})
+    for field in ("hostname", "note"):
+        with pytest.raises(ValidationError, match=field):
+            api.EnrollmentRequest.model_validate({**request, field: "x\x1b[2Jy"})
+
+
 def test_release_rules_are_parsed() -> None:
     image, profile = "sha256:" + "a" * 64, "sha256:" + "b" * 64
     config = parse_server_config(
@@ -108,6 +141,11 @@ def test_release_rules_are_parsed() -> None:
             "launch_profiles",
         ),
         ({"release": [{"image": "sha256:" + "0" * 64, "groups": ["lab"], "x": 1}]}, "unknown key"),
+        ({"admission": {"auto_admit": "prod"}}, "got 'prod', expected a configured group"),
+        ({"admission": {"auto": "lab"}}, "unknown key admission.auto"),
+        ({"admission": {"auto_admit": True}}, "admission.auto_admit"),
+        ({"server": {"ek_ca_anchors": ["00"]}}, "expected SHA-256 fingerprints"),
+        ({"server": {"ek_ca_anchors": "00"}}, "server.ek_ca_anchors"),
     ],
 )
 def test_server_config_refuses(change: dict[str, Any], needle: str) -> None:

@@ -85,12 +85,26 @@ def _attest(workdir: Path, cli: list[str], config_path: Path) -> int:
     server.init()
     with server:
         print(f"    {server.url}, config {server_config}")
-        _step("trusthook enroll (EK certificate, AK, credential activation)")
-        subprocess.run(
-            [*cli, "enroll", "--server", server.url, "--server-ca", str(server.ca_cert),
-             "--group", "lab"],
+        enroll = [*cli, "enroll", "--server", server.url, "--server-ca", str(server.ca_cert)]
+        _step("trusthook enroll (EK certificate, AK, credential activation): an EK the")
+        print("    operator has not admitted waits for approval")
+        subprocess.run([*enroll, "--note", "the trusthook demo"], check=False)
+        _step("the operator: trusthook server hosts pending, then approve it into group lab")
+        hosts = [*cli, "server", "hosts"]
+        listed = subprocess.run(
+            [*hosts, "pending", "--json", "--config", str(server_config)],
             check=True,
-        )  # fmt: skip
+            capture_output=True,
+            text=True,
+        ).stdout
+        for pending in json.loads(listed):
+            host_id = pending["admission"]["ek_sha256"]
+            subprocess.run(
+                [*hosts, "approve", host_id, "--group", "lab", "--config", str(server_config)],
+                check=True,
+            )
+        _step("trusthook enroll again: admitted, the server assigns the group")
+        subprocess.run(enroll, check=True)
         _step("trusthook attest (quote over PCRs 0-7 and 23, with the event log)")
         code = subprocess.run([*cli, "attest"], check=False).returncode
         if code != 0:

@@ -38,8 +38,10 @@ def write_server_config(
     nonce_ttl: float = 60.0,
     max_body: int = 4 << 20,
     releases: Sequence[tuple[str, Sequence[str], Sequence[str]]] = (),
+    auto_admit: str | None = None,
 ) -> ServerConfig:
-    """A server config file; by default one group "lab" whose PCRs 0-7 are swtpm's zeros."""
+    """A server config file; by default one group "lab" whose PCRs 0-7 are swtpm's zeros.
+    ``auto_admit``: admit every unknown EK into that group (for benchmarks only)."""
     groups = groups if groups is not None else {"lab": {i: [ZERO_PCR] for i in range(8)}}
     lines = [
         "[server]",
@@ -69,6 +71,8 @@ def write_server_config(
             "groups = [" + ", ".join(f'"{g}"' for g in release_groups) + "]",
             "launch_profiles = [" + ", ".join(f'"{p}"' for p in profiles) + "]",
         ]
+    if auto_admit is not None:
+        lines += ["[admission]", f'auto_admit = "{auto_admit}"']
     path.write_text("\n".join(lines) + "\n")
     return load_server_config(path)
 

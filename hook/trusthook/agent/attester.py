@@ -3,7 +3,7 @@
 Files under ``<state_dir>/attest/`` (directory 0700):
 - ``client.key`` (0600) and ``client.crt``: the mTLS identity the server issued at enrollment;
 - ``server-ca.pem``: the CA the server's certificate must chain to;
-- ``enrollment.json``: server URL, host id, hostname, group;
+- ``enrollment.json``: server URL, host id, hostname, and the group the server assigned;
 - ``status.json``: the last attempt, its outcome, and the server's verdict with its reasons.
 Every file is written to a temporary name, fsync'd and renamed: a crash leaves the old one.
 """
@@ -15,10 +15,9 @@ import logging
 import random
 import threading
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import TypeVar
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -26,10 +25,27 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from trusthook.agent.serverclient import ServerClient, tls_context
 from trusthook.agent.writer import MeasuredLog
-from trusthook.common import b64
 from trusthook.common.clock import iso, utc_now
 from trusthook.common.eventlog import LaunchEvent
 from trusthook.common.files import write_atomic
+from trusthook.common.messages import (
+    ActivationRequest,
+    AttestationRequest,
+    Enrollment,
+    EnrollmentChallenge,
+    EnrollmentRequest,
+    EnrollmentResult,
+    EnrollParams,
+    EnrollResult,
+    HostStatus,
+    LastAttempt,
+    Message,
+    NonceResponse,
+    ReleaseRequest,
+    ReleaseResponse,
+    Source,
+    StatusResult,
+)
 from trusthook.errors import (
     ConfigError,
     ServerRefusedError,
@@ -41,18 +57,24 @@ from trusthook.image.envelope import associated_data, open_sealed
 
 log = logging.getLogger(__name__)
 RETRY_FIRST = 1.0  # seconds before the first retry of an unreachable server; doubles each time
+M = TypeVar("M", bound=Message)
 
 
-def _unb64(value: Any, what: str) -> bytes:
-    return b64.decode(value, f"attestation server's {what}", ServerRefusedError)
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Enrollment:
-    server: str
-    host_id: str
-    hostname: str
-    group: str
+def _read_state(path: Path, kind: type[M], hint: str) -> M | None:
+    """The message in state file ``path``, None if there is none; StateError ending in
+    ``hint`` if it cannot be read or is malformed."""
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        return None
+    except OSError as e:
+        raise StateError(f"cannot read {path}: {e.strerror}; {hint}") from e
+    try:
+        data = json.loads(raw)
+    except (ValueError, RecursionError) as e:
+        raise StateError(f"{path} is not valid JSON ({e}); {hint}") from None
+    source = Source(owner="the", where=f" in {path}", error=StateError, hint=hint)
+    return kind.from_json(data, source=source)
 
 
 class Attester:
@@ -82,19 +104,22 @@ class Attester:
     def _files(self) -> dict[str, Path]:
         return {
             name: self._dir / name
-            for name in ("client.key", "client.crt", "server-ca.pem", "enrollment.json")
+            for name in (
+                "client.key",
+                "client.crt",
+                "server-ca.pem",
+                "enrollment.json",
+                "status.json",
+            )
         }
 
     def enrollment(self) -> Enrollment | None:
-        path = self._files["enrollment.json"]
-        try:
-            data = json.loads(path.read_bytes())
-            fields = ("server", "host_id", "hostname", "group")
-            return Enrollment(**{k: str(data[k]) for k in fields})
-        except FileNotFoundError:
-            return None
-        except (OSError, ValueError, KeyError, TypeError) as e:
-            raise StateError(f"{path} is unreadable or malformed ({e}); enroll again") from e
+        return _read_state(self._files["enrollment.json"], Enrollment, "remove it and enroll again")
+
+    def _last_attempt(self) -> LastAttempt | None:
+        return _read_state(
+            self._files["status.json"], LastAttempt, "'trusthook attest' replaces it"
+        )
 
     def _client(self, enrollment: Enrollment) -> ServerClient:
         files = self._files
@@ -103,61 +128,66 @@ class Attester:
 
     # enrollment
 
-    def enroll(
-        self, *, server: str, server_ca: Path, hostname: str, group: str, reenroll: bool
-    ) -> dict[str, Any]:
-        """Enroll with ``server``: EK certificate and AK out, credential activated, client
-        certificate in. Files change only when the server has accepted the host."""
+    def enroll(self, params: EnrollParams) -> EnrollResult:
+        """Enroll with ``params.server``: EK certificate and AK out, credential activated,
+        client certificate in. Files change only when the server has accepted the host."""
         with self._lock:
             current = self.enrollment()
-            if current is not None and not reenroll:
+            if current is not None and not params.reenroll:
                 raise ConfigError(
                     f"this host is already enrolled with {current.server} as"
                     f" {current.host_id[:16]}…; enroll again explicitly (--reenroll)"
                 )
             try:
-                ca_pem = server_ca.read_bytes()
+                ca_pem = params.server_ca.read_bytes()
             except OSError as e:
-                raise ConfigError(f"cannot read server CA {server_ca}: {e.strerror}") from e
+                raise ConfigError(f"cannot read server CA {params.server_ca}: {e.strerror}") from e
             key = ec.generate_private_key(ec.SECP256R1())
+            name = x509.Name([x509.NameAttribute(x509.NameOID.COMMON_NAME, params.hostname)])
             csr = (
                 x509.CertificateSigningRequestBuilder()
-                .subject_name(x509.Name([x509.NameAttribute(x509.NameOID.COMMON_NAME, hostname)]))
+                .subject_name(name)
                 .sign(key, hashes.SHA256())
             )
             with self._log.exclusive_tpm() as tpm:
-                request = {
-                    "hostname": hostname,
-                    "group": group,
-                    "ek_certificate": b64.encode(tpm.ek_certificate()),
-                    "ek_public": b64.encode(tpm.ek_public()),
-                    "ak_public": b64.encode(tpm.ak_public()),
-                    "csr": csr.public_bytes(serialization.Encoding.PEM).decode("ascii"),
-                    "reenroll": reenroll,
-                }
-            with ServerClient(server, tls_context(server_ca), timeout=self._timeout) as client:
-                challenge = client.post("/v1/enrollments", request)
-                enrollment_id = challenge.get("enrollment_id")
-                if not isinstance(enrollment_id, str) or not enrollment_id.isalnum():
-                    raise ServerRefusedError("attestation server sent a malformed enrollment id")
+                request = EnrollmentRequest(
+                    hostname=params.hostname,
+                    note=params.note,
+                    ek_certificate=tpm.ek_certificate(),
+                    ek_public=tpm.ek_public(),
+                    ak_public=tpm.ak_public(),
+                    csr=csr.public_bytes(serialization.Encoding.PEM).decode("ascii"),
+                    reenroll=params.reenroll,
+                )
+            context = tls_context(params.server_ca)
+            with ServerClient(params.server, context, timeout=self._timeout) as client:
+                challenge = EnrollmentChallenge.from_json(
+                    client.post("/v1/enrollments", request.to_json())
+                )
                 with self._log.exclusive_tpm() as tpm:
                     secret = tpm.activate_credential(
-                        _unb64(challenge.get("credential_blob"), "credential"),
-                        _unb64(challenge.get("encrypted_secret"), "encrypted secret"),
+                        challenge.credential_blob, challenge.encrypted_secret
                     )
-                result = client.post(
-                    f"/v1/enrollments/{enrollment_id}/activation", {"secret": b64.encode(secret)}
+                result = EnrollmentResult.from_json(
+                    client.post(
+                        f"/v1/enrollments/{challenge.enrollment_id}/activation",
+                        ActivationRequest(secret=secret).to_json(),
+                    )
                 )
-            certificate, host_id = result.get("certificate"), result.get("host_id")
-            if not isinstance(certificate, str) or not isinstance(host_id, str):
-                raise ServerRefusedError("attestation server sent a malformed enrollment result")
-            self._save_identity(key, certificate.encode(), ca_pem)
-            enrollment = Enrollment(server=server, host_id=host_id, hostname=hostname, group=group)
-            write_atomic(
-                self._files["enrollment.json"], json.dumps(asdict(enrollment)).encode(), 0o644
+            self._save_identity(key, result.certificate.encode(), ca_pem)
+            enrollment = Enrollment(
+                server=params.server,
+                host_id=result.host_id,
+                hostname=params.hostname,
+                group=result.group,  # the server's: the operator assigns it
             )
-            log.info("enrolled with %s as host %s", server, host_id)
-            return {"host_id": host_id, "server": server, "reenrolled": current is not None}
+            write_atomic(
+                self._files["enrollment.json"], json.dumps(enrollment.to_json()).encode(), 0o644
+            )
+            log.info("enrolled with %s as host %s", params.server, result.host_id)
+            return EnrollResult(
+                host_id=result.host_id, server=params.server, reenrolled=current is not None
+            )
 
     def _save_identity(self, key: ec.EllipticCurvePrivateKey, cert: bytes, ca: bytes) -> None:
         self._dir.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -173,7 +203,7 @@ class Attester:
 
     # attestation
 
-    def attest(self) -> dict[str, Any]:
+    def attest(self) -> HostStatus:
         """Attest once now; returns the server's verdict on this host."""
         with self._lock:
             enrollment = self.enrollment()
@@ -183,9 +213,9 @@ class Attester:
             try:
                 verdict = self._exchange(enrollment)
             except TrusthookError as e:
-                self._save_status({"last_attempt": started, "error": str(e)})
+                self._save_attempt(started, None, str(e))
                 raise
-            self._save_status({"last_attempt": started, "last_verdict": verdict, "error": None})
+            self._save_attempt(started, verdict, None)
             return verdict
 
     def release(self, manifest: bytes, image: str, launch: LaunchEvent) -> dict[str, bytes]:
@@ -202,81 +232,64 @@ class Attester:
                 )
             record = self._log.append(launch)
             with self._client(enrollment) as client:
-                nonce, evidence = self._evidence(client)
+                evidence = self._evidence(client)
                 with self._log.exclusive_tpm() as tpm:
-                    public, attest, signature = tpm.certify_bind_key(nonce)
-                answer = client.post(
-                    "/v1/releases",
-                    {
-                        "attestation": evidence,
-                        "launch_recnum": record.recnum,
-                        "manifest": b64.encode(manifest),
-                        "release_key": {
-                            "public": b64.encode(public),
-                            "attest": b64.encode(attest),
-                            "signature": b64.encode(signature),
-                        },
-                    },
+                    public, attest, signature = tpm.certify_bind_key(evidence.nonce)
+                request = ReleaseRequest(
+                    attestation=evidence,
+                    launch_recnum=record.recnum,
+                    manifest=manifest,
+                    key_public=public,
+                    key_attest=attest,
+                    key_signature=signature,
                 )
-            sealed = answer.get("sealed_keys")
-            if answer.get("image") != image or not isinstance(sealed, dict):
-                raise ServerRefusedError("attestation server sent a malformed release answer")
-            aad = associated_data(host_id=enrollment.host_id, image=image, nonce=nonce)
+                answer = ReleaseResponse.from_json(client.post("/v1/releases", request.to_json()))
+            if answer.image != image:
+                raise ServerRefusedError(
+                    f"attestation server released the keys of image {answer.image},"
+                    f" expected {image}"
+                )
+            aad = associated_data(host_id=enrollment.host_id, image=image, nonce=evidence.nonce)
             with self._log.exclusive_tpm() as tpm:
-                return open_sealed(sealed, tpm.unseal_release, aad)
+                return open_sealed(answer.sealed_keys, tpm.unseal_release, aad)
 
-    def _exchange(self, enrollment: Enrollment) -> dict[str, Any]:
+    def _exchange(self, enrollment: Enrollment) -> HostStatus:
         with self._client(enrollment) as client:
-            _, evidence = self._evidence(client)
-            return client.post("/v1/attestations", evidence)
+            evidence = self._evidence(client).to_json()
+            return HostStatus.from_json(client.post("/v1/attestations", evidence))
 
-    def _evidence(self, client: ServerClient) -> tuple[bytes, dict[str, Any]]:
-        """A nonce from the server and the evidence answering it."""
-        challenge = client.post("/v1/nonces")
-        nonce = _unb64(challenge.get("nonce"), "nonce")
-        pcrs = challenge.get("pcrs")
-        after = challenge.get("verified_recnum")
-        if (
-            not isinstance(pcrs, list)
-            or not all(type(p) is int and 0 <= p <= 23 for p in pcrs)
-            or type(after) is not int
-        ):
-            raise ServerRefusedError("attestation server sent a malformed nonce answer")
-        if challenge.get("verified_boot_id") != self._boot_id:
+    def _evidence(self, client: ServerClient) -> AttestationRequest:
+        """The evidence answering a fresh nonce from the server."""
+        challenge = NonceResponse.from_json(client.post("/v1/nonces"))
+        after = challenge.verified_recnum
+        if challenge.verified_boot_id != self._boot_id:
             after = -1  # a new boot for the server: send the whole log of this one
-        quote, records = self._log.evidence(pcrs, nonce, after)
-        return nonce, {
-            "nonce": b64.encode(nonce),
-            "quote": {"attest": b64.encode(quote.attest), "signature": b64.encode(quote.signature)},
-            "pcrs": {str(i): v.hex() for i, v in quote.pcr_values.items()},
-            "boot_id": self._boot_id,
-            "events": [r.to_json() for r in records],
-        }
+        quote, records = self._log.evidence(challenge.pcrs, challenge.nonce, after)
+        return AttestationRequest(
+            nonce=challenge.nonce,
+            quote_attest=quote.attest,
+            quote_signature=quote.signature,
+            pcrs=quote.pcr_values,
+            boot_id=self._boot_id,
+            events=tuple(records),
+        )
 
-    def status(self) -> dict[str, Any]:
+    def status(self) -> StatusResult:
         """The enrollment and the outcome of the last attempt, from this host's point of view."""
-        enrollment = self.enrollment()
-        try:
-            last = json.loads((self._dir / "status.json").read_bytes())
-        except FileNotFoundError:
-            last = {}
-        except (OSError, ValueError) as e:
-            raise StateError(f"{self._dir / 'status.json'} is unreadable ({e})") from e
-        return {
-            "enrolled": enrollment is not None,
-            "enrollment": None if enrollment is None else asdict(enrollment),
-            **last,
-        }
+        return StatusResult(enrollment=self.enrollment(), attempt=self._last_attempt())
 
-    def _save_status(self, status: dict[str, Any]) -> None:
-        path = self._dir / "status.json"
-        try:
-            previous = json.loads(path.read_bytes())
-        except (OSError, ValueError):
-            previous = {}
-        if status.get("last_verdict") is None and "last_verdict" in previous:
-            status = {**status, "last_verdict": previous["last_verdict"]}
-        write_atomic(path, json.dumps(status, indent=2).encode(), 0o644)
+    def _save_attempt(self, started: str, verdict: HostStatus | None, error: str | None) -> None:
+        """Record an attempt; a failed one keeps the last verdict."""
+        if verdict is None:
+            try:
+                previous = self._last_attempt()
+            except StateError:
+                previous = None  # replaced below
+            verdict = None if previous is None else previous.last_verdict
+        attempt = LastAttempt(last_attempt=started, error=error, last_verdict=verdict)
+        write_atomic(
+            self._files["status.json"], json.dumps(attempt.to_json(), indent=2).encode(), 0o644
+        )
 
     # the loop
 
@@ -301,5 +314,6 @@ class Attester:
                 failures, delay = 0, self._interval
                 continue
             failures, delay = 0, self._interval
-            if verdict.get("trusted") is not True:
-                log.warning("server says this host is untrusted: %s", verdict.get("reasons"))
+            if not verdict.trusted:
+                reasons = "; ".join(str(r) for r in verdict.reasons)
+                log.warning("server says this host is untrusted: %s", reasons)

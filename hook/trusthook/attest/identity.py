@@ -2,22 +2,27 @@
 the credential that proves the AK lives in the same TPM as the EK.
 
 Pure: bytes in, typed objects out, or ``EnrollmentError`` naming what was refused. The EK CA
-bundle is the operator's trust configuration: every certificate in it is a trust anchor (a
-bundle may hold a vendor's intermediate without its root). The chain is built by issuer name
-and checked by signature, not by ``cryptography``'s verifier, which enforces a web-PKI profile
-that EK certificates (critical SAN of TPM attributes, empty or odd subjects) do not meet.
+bundle is the operator's trust configuration. Its trust anchors are its roots (self-signed:
+subject and issuer equal, and the certificate's own key verifies its signature) and the
+certificates the operator names explicitly by the SHA-256 of their DER form (a vendor that
+publishes an intermediate without its root: ``[server] ek_ca_anchors``). Every other bundle
+certificate is an intermediate, which is believed only as part of a chain that ends at an
+anchor. The chain is built by issuer name and checked by signature, not by ``cryptography``'s
+verifier, which enforces a web-PKI profile that EK certificates (critical SAN of TPM
+attributes, empty or odd subjects) do not meet.
 """
 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
+from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import rsa
 from tpm2_pytss import TSS2_Exception
 from tpm2_pytss.constants import TPM2_ALG, TPMA_OBJECT
@@ -70,11 +75,35 @@ def load_ca_bundle(pem: bytes, source: str) -> tuple[x509.Certificate, ...]:
     return tuple(certificates)
 
 
+def fingerprint(certificate: x509.Certificate) -> str:
+    """SHA-256 of the certificate's DER form, lowercase hex: how an anchor is named."""
+    return certificate.fingerprint(hashes.SHA256()).hex()
+
+
+def check_anchors(
+    bundle: Sequence[x509.Certificate], anchors: Collection[str], source: str
+) -> frozenset[str]:
+    """The named anchors, once each is the fingerprint of a certificate in ``bundle``;
+    ConfigError naming the first that is not (a typo would leave a chain without its anchor)."""
+    present = {fingerprint(c) for c in bundle}
+    for anchor in sorted(anchors):
+        if anchor not in present:
+            raise ConfigError(
+                f"EK CA anchor {anchor} is not the SHA-256 of any certificate in the EK CA bundle"
+                f" {source} ({len(bundle)} certificates); expected one of {sorted(present)}"
+            )
+    return frozenset(anchors)
+
+
 def verify_ek_certificate(
-    der: bytes, bundle: Sequence[x509.Certificate], now: datetime
+    der: bytes,
+    bundle: Sequence[x509.Certificate],
+    now: datetime,
+    anchors: Collection[str] = frozenset(),
 ) -> x509.Certificate:
-    """The EK certificate in ``der`` once it chains, valid at ``now`` (timezone-aware), to a
-    certificate in ``bundle``; EnrollmentError otherwise."""
+    """The EK certificate in ``der`` once it chains, valid at ``now`` (timezone-aware), through
+    ``bundle`` to a trust anchor: a self-signed bundle certificate, or one whose fingerprint is
+    in ``anchors``. EnrollmentError otherwise."""
     try:
         certificate = x509.load_der_x509_certificate(der)
     except ValueError as e:
@@ -89,15 +118,32 @@ def verify_ek_certificate(
                     f"EK certificate issuer {_name(subject.issuer)} is not in the EK CA bundle"
                     f" ({len(bundle)} certificates)"
                 )
-            return certificate  # a bundle certificate whose issuer is not in it: an anchor
+            raise EnrollmentError(
+                f"EK certificate chain ends at {_name(subject.subject)}, which is not a trust"
+                f" anchor: got no certificate for its issuer {_name(subject.issuer)} in the EK"
+                " CA bundle, expected a chain to a root; add that root to the bundle, or name"
+                f" the intermediate an anchor ([server] ek_ca_anchors = [{fingerprint(subject)!r}])"
+            )
         issuer = _signer(subject, candidates, what)
         _check_ca(issuer, depth, what, now)
-        if issuer.issuer == issuer.subject:
+        if fingerprint(issuer) in anchors or _self_signed(issuer):
             return certificate
         subject, what = issuer, f"CA certificate {_name(issuer.subject)}"
     raise EnrollmentError(
         f"EK certificate chain is longer than {MAX_CHAIN_DEPTH} CA certificates in the bundle"
     )
+
+
+def _self_signed(certificate: x509.Certificate) -> bool:
+    """A root: its own issuer, and its own key verifies its signature (a certificate that
+    merely repeats its subject as issuer, signed by another key, is not one)."""
+    if certificate.issuer != certificate.subject:
+        return False
+    try:
+        certificate.verify_directly_issued_by(certificate)
+    except (InvalidSignature, ValueError, TypeError):
+        return False
+    return True
 
 
 def check_ek_public(ek_public: bytes, certificate: x509.Certificate) -> TPM2B_PUBLIC:

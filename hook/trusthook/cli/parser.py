@@ -18,6 +18,16 @@ def _command(sub: Any, name: str, run: str, text: str) -> argparse.ArgumentParse
     return parser
 
 
+class _OperatorAssignsGroups(argparse.Action):
+    """``enroll --group``, which is gone: a host does not choose its group."""
+
+    def __call__(self, parser: argparse.ArgumentParser, *_: Any, **__: Any) -> None:
+        parser.error(
+            "--group: a host does not choose its group, the operator assigns it (trusthook"
+            " server hosts admit|approve --group); tell the operator with --note"
+        )
+
+
 def _add_host(sub: Any) -> None:
     m = _command(sub, "measure", "measure:measure", "print the digests of a rootfs and config.json")
     m.add_argument("rootfs")
@@ -36,7 +46,10 @@ def _add_host(sub: Any) -> None:
     e = _command(sub, "enroll", "host:enroll", "enroll this host with an attestation server")
     e.add_argument("--server", required=True, metavar="URL", help="https://host:port")
     e.add_argument("--server-ca", required=True, metavar="FILE", help="the server's CA (PEM)")
-    e.add_argument("--group", default="default", help="host group (golden values)")
+    e.add_argument(
+        "--note", default="", help="a note to the operator who admits this host (not its group)"
+    )
+    e.add_argument("--group", action=_OperatorAssignsGroups, help=argparse.SUPPRESS)
     e.add_argument("--hostname", help="name to enroll under (default: this host's name)")
     e.add_argument(
         "--reenroll", action="store_true", help="replace this host's enrollment and keys"
@@ -62,21 +75,14 @@ def _add_server(sub: Any) -> None:
     sv = sub.add_parser("server", help="the attestation server").add_subparsers(
         dest="server_command", required=True
     )
-    for name, run, text in (
-        ("init", "server:init", "create the CA, TLS certificate and database schema"),
-        ("run", "server:run", "serve over mutual TLS"),
-        (
-            "operator-cert",
-            "server:operator_cert",
-            "issue a client certificate that reads every host's status",
-        ),
+    for name, text in (
+        ("init", "create the CA, TLS certificate and database schema"),
+        ("run", "serve over mutual TLS"),
     ):
-        cmd = _command(sv, name, run, text)
-        cmd.add_argument("--config", required=True, metavar="FILE", help="server config (TOML)")
-        if name == "operator-cert":
-            cmd.add_argument("name")
-            cmd.add_argument("--out", required=True, metavar="DIR")
+        _with_config(_command(sv, name, f"server:{name}", text))
     _command(sv, "openapi", "server:openapi", "print the OpenAPI document of the server's API")
+    _add_hosts(sv)
+    _add_operator_cert(sv)
     keys = sv.add_parser("keys", help="the image key-encryption keys").add_subparsers(
         dest="keys_command", required=True
     )
@@ -85,12 +91,90 @@ def _add_server(sub: Any) -> None:
         ("public", "print a key's public half (PEM), to encrypt images to"),
         ("list", "list the keys"),
     ):
-        cmd = _command(keys, name, f"server:keys_{name}", text)
-        cmd.add_argument("--config", required=True, metavar="FILE", help="server config (TOML)")
+        cmd = _with_config(_command(keys, name, f"server:keys_{name}", text))
         if name != "list":
             cmd.add_argument("name")
         if name == "create":
             cmd.add_argument("--type", choices=("rsa", "ec"), default="ec")
+
+
+def _with_config(cmd: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    cmd.add_argument("--config", required=True, metavar="FILE", help="server config (TOML)")
+    return cmd
+
+
+HOST_HELP = "the host's EK hash (its host id), or its first 8 or more hex digits"
+
+
+def _add_hosts(sv: Any) -> None:
+    hosts = sv.add_parser(
+        "hosts", help="admission (which EK is in which host group) and host trust"
+    ).add_subparsers(dest="hosts_command", required=True)
+    admit = _with_config(
+        _command(hosts, "admit", "server:hosts_admit", "pre-register an EK into a host group")
+    )
+    ek = admit.add_mutually_exclusive_group(required=True)
+    ek.add_argument("--ek-cert", metavar="FILE", help="the host's EK certificate (PEM or DER)")
+    ek.add_argument("--ek-sha256", metavar="HEX", help="SHA-256 of the EK's public key (DER)")
+    approve = _with_config(
+        _command(hosts, "approve", "server:hosts_approve", "admit a pending host into a group")
+    )
+    approve.add_argument("host", help=HOST_HELP)
+    for cmd in (admit, approve):
+        cmd.add_argument("--group", required=True, help="the host group it belongs to")
+        cmd.add_argument(
+            "--attribute",
+            action="append",
+            default=[],
+            metavar="KEY=VALUE",
+            help="an attribute of the host, e.g. location=dc1 (repeat)",
+        )
+        cmd.add_argument("--reason", default="", help="why (recorded and audited)")
+    for name, text in (
+        ("reject", "refuse a pending host"),
+        ("revoke", "revoke a host: its certificate, trust and releases end now"),
+        ("clear", "clear what holds a host untrusted (event_log, clock) after checking it"),
+    ):
+        cmd = _with_config(_command(hosts, name, f"server:hosts_{name}", text))
+        cmd.add_argument("host", help=HOST_HELP)
+        cmd.add_argument("--reason", required=True, help="why (recorded and audited)")
+    show = _with_config(
+        _command(hosts, "show", "server:hosts_show", "one host's admission, trust and audit events")
+    )
+    show.add_argument("host", help=HOST_HELP)
+    show.add_argument("--json", action="store_true")
+    for name, text in (
+        ("pending", "the hosts waiting for an operator, with their requests' notes"),
+        ("list", "every admission record and its host's trust"),
+    ):
+        _with_config(_command(hosts, name, f"server:hosts_{name}", text)).add_argument(
+            "--json", action="store_true"
+        )
+
+
+def _add_operator_cert(sv: Any) -> None:
+    certs = sv.add_parser(
+        "operator-cert", help="client certificates that read every host's status"
+    ).add_subparsers(dest="operator_cert_command", required=True)
+    issue = _with_config(
+        _command(certs, "issue", "server:operator_cert_issue", "issue an operator certificate")
+    )
+    issue.add_argument("name", help="the operator or orchestrator, e.g. scheduler")
+    issue.add_argument("--out", required=True, metavar="DIR")
+    revoke = _with_config(
+        _command(
+            certs,
+            "revoke",
+            "server:operator_cert_revoke",
+            "revoke an operator certificate (by serial) or all of an operator's (by name)",
+        )
+    )
+    revoke.add_argument("name_or_serial", metavar="NAME|SERIAL")
+    revoke.add_argument("--reason", default="", help="why (recorded and audited)")
+    listed = _with_config(
+        _command(certs, "list", "server:operator_cert_list", "the issued operator certificates")
+    )
+    listed.add_argument("--json", action="store_true")
 
 
 def _add_image(sub: Any) -> None:
@@ -136,10 +220,41 @@ def _add_image(sub: Any) -> None:
     )
     unp.add_argument("source", help=REFERENCE_HELP)
     unp.add_argument("rootfs", help="an empty or new directory")
-    unp.add_argument("--key", action="append", default=[], metavar="PRIVKEY")
-    unp.add_argument("--pin", metavar="sha256:DIGEST", help="refuse any other manifest digest")
+    unp.add_argument(
+        "--key",
+        action="append",
+        default=[],
+        metavar="PRIVKEY",
+        help="a private key (PEM or JWK) that is a recipient of the encrypted layers; "
+        "repeat for several (tried in turn for each layer)",
+    )
+    unp.add_argument(
+        "--pin",
+        metavar="sha256:DIGEST",
+        help="the image's manifest digest (sha256: and 64 hex digits); any other is refused",
+    )
     unp.add_argument("--devices", choices=choice_values(Devices), default=Devices.REFUSE.value)
     unp.add_argument("--setuid", choices=choice_values(Setuid), default=Setuid.STRIP.value)
+
+
+def _add_audit(sub: Any) -> None:
+    audit = sub.add_parser("audit", help="the server's tamper-evident audit log").add_subparsers(
+        dest="audit_command", required=True
+    )
+    v = _command(audit, "verify", "audit:verify", "verify an exported audit bundle offline")
+    v.add_argument("bundle", metavar="BUNDLE", help="the bundle (JSON) the server exported")
+    trust = v.add_mutually_exclusive_group()
+    trust.add_argument(
+        "--trusted-checkpoint",
+        metavar="FILE",
+        help="a checkpoint (signed note) kept from before: the bundle's log must extend it",
+    )
+    trust.add_argument(
+        "--trusted-bundle",
+        metavar="FILE",
+        help="a bundle verified before: its log must extend it, the entries both hold agree",
+    )
+    v.add_argument("--key", metavar="VKEY", help="the log's verifier key (name+keyid+key)")
 
 
 def build_parser(description: str | None) -> argparse.ArgumentParser:
@@ -150,4 +265,5 @@ def build_parser(description: str | None) -> argparse.ArgumentParser:
     _add_host(sub)
     _add_server(sub)
     _add_image(sub)
+    _add_audit(sub)
     return p

@@ -7,11 +7,13 @@ import base64
 import binascii
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from trusthook.attest.verdict import Reason
+from trusthook.errors import RequestError
 
 MAX_EVENTS = 10_000
+_ONE_LINE = r"^[^\x00-\x1f\x7f-\x9f]*$"  # no control characters: operators' terminals show it
 
 
 class _Body(BaseModel):
@@ -19,13 +21,32 @@ class _Body(BaseModel):
 
 
 class EnrollmentRequest(_Body):
-    hostname: str = Field(min_length=1, max_length=255)
-    group: str = Field(min_length=1, max_length=64)
+    """A host asks to enroll. It names no group: the operator's admission record of its EK
+    assigns one (docs/attestation.md §3)."""
+
+    hostname: str = Field(min_length=1, max_length=255, pattern=_ONE_LINE)
+    note: str = Field(
+        default="",
+        max_length=500,
+        pattern=_ONE_LINE,
+        description="a note to the operator who approves the host (trusthook server hosts"
+        " pending shows it); it decides nothing",
+    )
     ek_certificate: str = Field(description="DER, base64", max_length=16384)
     ek_public: str = Field(description="marshaled TPM2B_PUBLIC of the EK, base64", max_length=4096)
     ak_public: str = Field(description="marshaled TPM2B_PUBLIC of the AK, base64", max_length=4096)
     csr: str = Field(description="PEM certificate signing request for mTLS", max_length=16384)
     reenroll: bool = False
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_group(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "group" in data:
+            raise ValueError(
+                "got a 'group', expected none: the operator assigns a host's group (trusthook"
+                " server hosts admit|approve --group); a wish for the operator goes in 'note'"
+            )
+        return data
 
 
 class EnrollmentChallenge(_Body):
@@ -42,6 +63,7 @@ class ActivationRequest(_Body):
 
 class EnrollmentResult(_Body):
     host_id: str
+    group: str = Field(description="the host group the operator's admission record assigns")
     certificate: str = Field(description="the host's client certificate, PEM")
     ca_certificate: str = Field(description="the server CA's certificate, PEM")
 
@@ -141,6 +163,14 @@ def b64decode(value: str, what: str) -> bytes:
         return base64.b64decode(value, validate=True)
     except (binascii.Error, ValueError):
         raise ValueError(f"{what} is not valid base64") from None
+
+
+def field_bytes(value: str, what: str) -> bytes:
+    """A base64 request member's bytes; RequestError (400) naming it otherwise."""
+    try:
+        return b64decode(value, what)
+    except ValueError as e:
+        raise RequestError(str(e)) from None
 
 
 def b64(data: bytes) -> str:

@@ -22,6 +22,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
 from trusthook.errors import (
+    AdmissionError,
     AttestationError,
     AuthError,
     ConflictError,
@@ -34,8 +35,9 @@ from trusthook.errors import (
 from trusthook.server import api
 from trusthook.server.ca import CertificateAuthority
 from trusthook.server.config import ServerConfig
+from trusthook.server.records import HostRecord
 from trusthook.server.service import ServerService
-from trusthook.server.store import HostRecord, Store
+from trusthook.server.store import Store
 from trusthook.server.tlsproto import peer_certificate
 
 log = logging.getLogger(__name__)
@@ -57,7 +59,7 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
     code: {"model": api.ErrorResponse, "description": text}
     for code, text in (
         (400, "malformed request"),
-        (403, "refused: no valid client certificate, or evidence refused"),
+        (403, "refused: no valid client certificate, not admitted, or evidence refused"),
         (404, "not found"),
         (409, "conflict with stored state"),
         (413, "request body too large"),
@@ -121,7 +123,7 @@ def create_app(service: ServerService, *, max_body: int) -> FastAPI:
 
     @app.exception_handler(TrusthookError)
     async def _trusthook_error(_request: Request, exc: TrusthookError) -> JSONResponse:
-        if isinstance(exc, AttestationError):  # a refused release names the rule it failed
+        if isinstance(exc, AttestationError | AdmissionError):  # named by the check it failed
             return _error(403, exc.check, exc.message)
         for kind, status, check in _STATUS:
             if isinstance(exc, kind):
@@ -158,14 +160,17 @@ def create_app(service: ServerService, *, max_body: int) -> FastAPI:
     @app.post("/v1/enrollments", status_code=201, tags=["enrollment"])
     async def begin_enrollment(body: api.EnrollmentRequest) -> api.EnrollmentChallenge:
         """Start enrollment: the EK certificate chain, EK and AK are checked, and a credential
-        only the host's TPM can activate is returned. No client certificate needed."""
+        only the host's TPM can activate is returned. No client certificate needed; the
+        request names no group (the operator's admission record of the EK does)."""
         return service.begin_enrollment(body)
 
     @app.post("/v1/enrollments/{enrollment_id}/activation", tags=["enrollment"])
     async def finish_enrollment(
         enrollment_id: str, body: api.ActivationRequest
     ) -> api.EnrollmentResult:
-        """Answer the credential; the right answer gets the host its client certificate."""
+        """Answer the credential. The right answer from an admitted host gets its client
+        certificate and group; an unknown EK is queued for an operator's approval (403
+        ``pending``), a rejected or revoked one refused (403 ``rejected``, ``revoked``)."""
         return service.finish_enrollment(enrollment_id, body)
 
     @app.post("/v1/nonces", status_code=201, tags=["attestation"])
@@ -192,7 +197,8 @@ def create_app(service: ServerService, *, max_body: int) -> FastAPI:
 
     @app.get("/v1/hosts/{host_id}", tags=["trust"])
     async def host(host_id: str, caller: Caller) -> api.HostStatus:
-        """One host's trust status: trusted or not, why, since when, valid until when."""
+        """One host's trust status: trusted or not, why, since when, valid until when. A host
+        reads only its own, without the golden values (operators see expected and got)."""
         return service.host_status(caller, host_id)
 
     app.add_middleware(BodyLimit, limit=max_body)

@@ -15,16 +15,20 @@ from trusthook.errors import ConfigError
 
 _HEX32 = re.compile(r"[0-9a-f]{64}")
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,62}")
+ANY_PROFILE = "any"  # launch_profiles = ["any"]: every launch profile, an explicit opt-in
 
 
 @dataclass(frozen=True, kw_only=True)
 class ReleaseRule:
-    """One ``[[release]]`` entry: this image's layer keys may go to these groups' hosts, for
-    these launch profiles (none listed: any)."""
+    """One ``[[release]]`` entry, ``name``d by its place (``release[0]``): this image's layer
+    keys may go to these groups' hosts, for launches with one of these launch profiles (none
+    listed: no launch), or with any profile if ``any_profile`` (``launch_profiles = ["any"]``)."""
 
+    name: str
     image: str
     groups: frozenset[str]
     launch_profiles: frozenset[str]
+    any_profile: bool = False
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -37,6 +41,8 @@ class ServerConfig:
     hostnames: tuple[str, ...] = ("localhost", "127.0.0.1")  # names in the server's certificate
     database: str = ""  # SQLAlchemy URL; empty: SQLite in state_dir
     ek_ca_bundle: Path = Path("/etc/trusthook/ek-ca.pem")
+    # SHA-256 (hex) of bundle certificates that are trust anchors although not self-signed
+    ek_ca_anchors: frozenset[str] = frozenset()
     container_pcr: int = 23
     nonce_ttl: float = 60.0
     enrollment_ttl: float = 300.0
@@ -44,6 +50,8 @@ class ServerConfig:
     max_body: int = 4 << 20
     groups: Mapping[str, Expectations] = field(default_factory=dict)
     releases: tuple[ReleaseRule, ...] = ()
+    # The group every unknown EK is admitted to without an operator (labs only); None: off
+    auto_admit: str | None = None
 
     @property
     def image_key_dir(self) -> Path:
@@ -68,6 +76,7 @@ _SERVER_KEYS: dict[str, type | tuple[type, ...]] = {
     "hostnames": list,
     "database": str,
     "ek_ca_bundle": str,
+    "ek_ca_anchors": list,
 }
 _ATTEST_KEYS: dict[str, type | tuple[type, ...]] = {
     "container_pcr": int,
@@ -115,16 +124,27 @@ def _parse_release(
             f"{name}.groups{where}: got {chosen!r}, expected configured groups {sorted(groups)}"
         )
     profiles = body.get("launch_profiles", [])
-    if not all(is_digest(p) for p in profiles):
-        raise ConfigError(f"{name}.launch_profiles{where}: expected sha256:<hex> digests")
-    return ReleaseRule(image=image, groups=frozenset(chosen), launch_profiles=frozenset(profiles))
+    any_profile = profiles == [ANY_PROFILE]
+    if not any_profile and not all(is_digest(p) for p in profiles):
+        raise ConfigError(
+            f"{name}.launch_profiles{where}: got {profiles!r}, expected sha256:<hex> launch"
+            f' profile digests, or ["{ANY_PROFILE}"] to allow every launch profile'
+        )
+    return ReleaseRule(
+        name=name,
+        image=image,
+        groups=frozenset(chosen),
+        launch_profiles=frozenset() if any_profile else frozenset(profiles),
+        any_profile=any_profile,
+    )
 
 
 def parse_server_config(data: Mapping[str, Any], *, source: Path | None = None) -> ServerConfig:
     """Build a ServerConfig from parsed TOML, refusing unknown keys and bad values."""
     where = f" in {source}" if source else ""
-    check_keys(data, None, ("server", "attestation", "groups", "release"), where)
+    check_keys(data, None, ("server", "attestation", "groups", "release", "admission"), where)
     server = check_table(data.get("server", {}), "server", _SERVER_KEYS, where)
+    admission = check_table(data.get("admission", {}), "admission", {"auto_admit": str}, where)
     attest = check_table(data.get("attestation", {}), "attestation", _ATTEST_KEYS, where)
     defaults = ServerConfig()
     pcr = attest.get("container_pcr", defaults.container_pcr)
@@ -147,6 +167,18 @@ def parse_server_config(data: Mapping[str, Any], *, source: Path | None = None) 
     if not isinstance(release_data, list):
         raise ConfigError(f"release{where} must be an array of tables: [[release]]")
     releases = tuple(_parse_release(i, b, groups, where) for i, b in enumerate(release_data))
+    auto_admit = admission.get("auto_admit")
+    if auto_admit is not None and auto_admit not in groups:
+        raise ConfigError(
+            f"admission.auto_admit{where}: got {auto_admit!r}, expected a configured group"
+            f" {sorted(groups)} (or no auto_admit: every host waits for an operator)"
+        )
+    anchors = server.get("ek_ca_anchors", [])
+    if not all(isinstance(a, str) and _HEX32.fullmatch(a.lower()) for a in anchors):
+        raise ConfigError(
+            f"server.ek_ca_anchors{where}: got {anchors!r}, expected SHA-256 fingerprints"
+            " (64 hex digits) of certificates in the EK CA bundle"
+        )
     return ServerConfig(
         state_dir=Path(server.get("state_dir", defaults.state_dir)),
         host=server.get("host", defaults.host),
@@ -154,6 +186,7 @@ def parse_server_config(data: Mapping[str, Any], *, source: Path | None = None) 
         hostnames=tuple(hostnames),
         database=server.get("database", ""),
         ek_ca_bundle=Path(server.get("ek_ca_bundle", defaults.ek_ca_bundle)),
+        ek_ca_anchors=frozenset(a.lower() for a in anchors),
         container_pcr=pcr,
         nonce_ttl=float(attest.get("nonce_ttl", defaults.nonce_ttl)),
         enrollment_ttl=float(attest.get("enrollment_ttl", defaults.enrollment_ttl)),
@@ -161,6 +194,7 @@ def parse_server_config(data: Mapping[str, Any], *, source: Path | None = None) 
         max_body=attest.get("max_body", defaults.max_body),
         groups=groups,
         releases=releases,
+        auto_admit=auto_admit,
     )
 
 

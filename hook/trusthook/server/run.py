@@ -1,5 +1,6 @@
-"""``trusthook server``: set up the state directory, serve over mutual TLS, issue operator
-certificates. Layout under ``state_dir`` (0700):
+"""``trusthook server``: set up the state directory, serve over mutual TLS, issue and revoke
+operator certificates (each recorded in the database: only recorded, unrevoked ones are
+accepted). Layout under ``state_dir`` (0700):
 ``ca/ca.key`` ``ca/ca.crt`` (the CA issuing client certificates), ``tls/server.key``
 ``tls/server.crt`` (the server's own certificate), ``trusthook.db`` (SQLite, by default).
 """
@@ -7,20 +8,25 @@ certificates. Layout under ``state_dir`` (0700):
 from __future__ import annotations
 
 import logging
+import re
 import ssl
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import uvicorn
+from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
-from trusthook.attest.identity import load_ca_bundle
+from trusthook.attest.identity import check_anchors, load_ca_bundle
 from trusthook.common.files import write_atomic
-from trusthook.errors import ConfigError
+from trusthook.errors import ConfigError, NotFoundError, UsageError
 from trusthook.server.app import create_app
 from trusthook.server.ca import CertificateAuthority, pem
 from trusthook.server.config import ServerConfig
+from trusthook.server.records import OperatorCert
 from trusthook.server.service import OPERATOR_PREFIX, ServerService
 from trusthook.server.store import Store
 from trusthook.server.tlsproto import PeerCertProtocol
@@ -28,6 +34,7 @@ from trusthook.server.tlsproto import PeerCertProtocol
 log = logging.getLogger(__name__)
 SERVER_CERT_LIFETIME = timedelta(days=825)
 OPERATOR_CERT_LIFETIME = timedelta(days=365)
+OPERATOR_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,54}")  # a file name, and CN fits 64
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,12 +102,19 @@ def init_server(config: ServerConfig, now: datetime | None = None) -> list[str]:
     return made
 
 
-def operator_certificate(config: ServerConfig, name: str, out: Path) -> tuple[Path, Path]:
-    """A client certificate for an operator or orchestrator (reads every host's status)."""
+def operator_certificate(
+    config: ServerConfig, name: str, out: Path, *, by: str = "trusthook"
+) -> tuple[Path, Path]:
+    """A client certificate for an operator or orchestrator (reads every host's status),
+    recorded in the database before its files are written; ``by``: who asked for it."""
     from cryptography import x509  # noqa: PLC0415
     from cryptography.hazmat.primitives import hashes  # noqa: PLC0415
     from cryptography.hazmat.primitives.asymmetric import ec  # noqa: PLC0415
 
+    if not OPERATOR_NAME.fullmatch(name):
+        raise UsageError(
+            f"operator name: got {name[:80]!r}, expected a name matching {OPERATOR_NAME.pattern}"
+        )
     now = datetime.now(UTC)
     key = ec.generate_private_key(ec.SECP256R1())
     csr = (
@@ -114,6 +128,15 @@ def operator_certificate(config: ServerConfig, name: str, out: Path) -> tuple[Pa
         now,
         OPERATOR_CERT_LIFETIME,
     )
+    record = OperatorCert(
+        serial=format(certificate.serial_number, "x"),
+        name=name,
+        issued_at=now.timestamp(),
+        expires_at=certificate.not_valid_after_utc.timestamp(),
+        issued_by=by,
+    )
+    with _store(config) as store:
+        store.add_operator_cert(record)
     key_path, cert_path = out / f"{name}.key", out / f"{name}.crt"
     _write_private(
         key_path,
@@ -128,11 +151,53 @@ def operator_certificate(config: ServerConfig, name: str, out: Path) -> tuple[Pa
     return key_path, cert_path
 
 
-def build_service(config: ServerConfig) -> tuple[ServerService, Store]:
+def revoke_operator_certificates(
+    config: ServerConfig, name_or_serial: str, *, by: str, reason: str
+) -> list[OperatorCert]:
+    """Revoke the operator certificate with this serial, or every one issued to this name;
+    NotFoundError if none is unrevoked."""
+    with _store(config) as store:
+        revoked = store.revoke_operator_certs(
+            name_or_serial,
+            by=by,
+            reason=reason,
+            now=datetime.now(UTC).timestamp(),
+        )
+    if not revoked:
+        raise NotFoundError(
+            f"no unrevoked operator certificate named or with serial {name_or_serial[:80]!r};"
+            " see 'trusthook server operator-cert list'"
+        )
+    return revoked
+
+
+def operator_certificates(config: ServerConfig) -> list[OperatorCert]:
+    with _store(config) as store:
+        return store.list_operator_certs()
+
+
+@contextmanager
+def _store(config: ServerConfig) -> Iterator[Store]:
+    store = Store(config.database_url)
     try:
-        bundle = load_ca_bundle(config.ek_ca_bundle.read_bytes(), str(config.ek_ca_bundle))
+        yield store
+    finally:
+        store.dispose()
+
+
+def load_ek_bundle(config: ServerConfig) -> tuple[x509.Certificate, ...]:
+    """The EK CA bundle, once every configured anchor is a certificate in it."""
+    source = str(config.ek_ca_bundle)
+    try:
+        bundle = load_ca_bundle(config.ek_ca_bundle.read_bytes(), source)
     except OSError as e:
-        raise ConfigError(f"cannot read EK CA bundle {config.ek_ca_bundle}: {e.strerror}") from e
+        raise ConfigError(f"cannot read EK CA bundle {source}: {e.strerror}") from e
+    check_anchors(bundle, config.ek_ca_anchors, source)
+    return bundle
+
+
+def build_service(config: ServerConfig) -> tuple[ServerService, Store]:
+    bundle = load_ek_bundle(config)
     store = Store(config.database_url)
     service = ServerService(config=config, store=store, ca=load_ca(config), ek_roots=bundle)
     return service, store
@@ -161,6 +226,12 @@ def run_server(config: ServerConfig) -> None:
             timeout_keep_alive=10,
         )
     )
+    if config.auto_admit is not None:
+        log.warning(
+            "[admission] auto_admit is ON: every host whose EK chains to the EK CA bundle is"
+            " admitted to group %r without an operator; for labs only",
+            config.auto_admit,
+        )
     log.info(
         "serving on https://%s:%d (database %s)",
         config.host,

@@ -1,9 +1,15 @@
 """The server's storage, through SQLAlchemy Core: SQLite by default, PostgreSQL at scale.
 
-Several server processes may share one PostgreSQL database, so every decision that must happen
-once is a conditional write checked by its row count: a nonce is spent by the one UPDATE that
-finds it unspent, a host's state moves on only from the version that was appraised, an
-enrollment is taken by the one DELETE that finds it.
+Several server processes (and the operator's ``trusthook server hosts`` commands) may share one
+database, so every decision that must happen once is a conditional write checked by its row
+count: a nonce is spent by the one UPDATE that finds it unspent, a host's state moves on only
+from the version that was appraised, an enrollment is taken by the one DELETE that finds it, an
+admission record changes only from the version the decision was made on (in the transaction
+that audits it), and a re-enrollment an operator granted is spent with the enrollment it lets
+through.
+
+The schema is made by ``create_schema`` (``trusthook server init`` and at start); there is no
+migration: a database made by an older server is refused, naming what it lacks.
 """
 
 from __future__ import annotations
@@ -13,159 +19,47 @@ import json
 import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from typing import Any
 
 from sqlalchemy import (
-    Boolean,
-    Column,
     Connection,
-    Float,
-    Integer,
-    LargeBinary,
-    MetaData,
-    String,
-    Table,
-    Text,
     create_engine,
     delete,
     event,
     insert,
+    inspect,
     select,
     update,
 )
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
-from trusthook.attest.appraise import HostState
 from trusthook.attest.verdict import Reason
 from trusthook.errors import StorageError
+from trusthook.server.admission import Admission, AdmissionState
+from trusthook.server.records import AuditEvent, HostRecord, OperatorCert, PendingEnrollment
+from trusthook.server.schema import (
+    HOSTS,
+    admission_of,
+    admission_values,
+    admissions,
+    audit,
+    enrollments,
+    host_of,
+    host_values,
+    hosts,
+    metadata,
+    nonces,
+    operator_certs,
+    reasons_json,
+)
 
 log = logging.getLogger(__name__)
-metadata = MetaData()
-
-hosts = Table(
-    "hosts",
-    metadata,
-    Column("host_id", String(64), primary_key=True),
-    Column("hostname", String(255), nullable=False),
-    Column("host_group", String(64), nullable=False),
-    Column("ek_public", LargeBinary, nullable=False),
-    Column("ak_public", LargeBinary, nullable=False),
-    Column("cert_serial", String(40), nullable=False),
-    Column("enrolled_at", Float, nullable=False),
-    Column("reset_count", Integer),
-    Column("restart_count", Integer),
-    Column("boot_id", String(64)),
-    Column("verified_recnum", Integer, nullable=False),
-    Column("verified_pcr", LargeBinary, nullable=False),
-    Column("trusted", Boolean, nullable=False),
-    Column("reasons", Text, nullable=False),
-    Column("since", Float, nullable=False),
-    Column("valid_until", Float),
-    Column("last_attestation", Float),
-    Column("version", Integer, nullable=False),
-)
-enrollments = Table(
-    "enrollments",
-    metadata,
-    Column("enrollment_id", String(64), primary_key=True),
-    Column("host_id", String(64), nullable=False),
-    Column("request", Text, nullable=False),  # the validated request, JSON
-    Column("secret_hash", LargeBinary, nullable=False),
-    Column("expires", Float, nullable=False, index=True),
-)
-nonces = Table(
-    "nonces",
-    metadata,
-    Column("nonce_hash", LargeBinary(32), primary_key=True),
-    Column("host_id", String(64), nullable=False),
-    Column("expires", Float, nullable=False, index=True),
-    Column("used", Boolean, nullable=False),
-)
-audit = Table(
-    "audit",
-    metadata,
-    Column("id", Integer, primary_key=True, autoincrement=True),
-    Column("at", Float, nullable=False),
-    Column("host_id", String(64), nullable=False, index=True),
-    Column("event", String(32), nullable=False),
-    Column("detail", Text, nullable=False),
-)
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class HostRecord:
-    """A host as stored: identity, the verified state of its TPM epoch, its trust status."""
-
-    host_id: str
-    hostname: str
-    group: str
-    ek_public: bytes
-    ak_public: bytes
-    cert_serial: str
-    enrolled_at: float
-    state: HostState
-    trusted: bool
-    reasons: tuple[Reason, ...]
-    since: float
-    valid_until: float | None
-    last_attestation: float | None
-    version: int
-
-    def with_verdict(
-        self,
-        *,
-        state: HostState | None,
-        reasons: tuple[Reason, ...],
-        now: float,
-        valid_until: float | None,
-    ) -> HostRecord:
-        """The host after an appraisal at ``now``; ``since`` moves when trust changes."""
-        trusted = not reasons
-        changed = trusted != self.trusted or self.last_attestation is None
-        return replace(
-            self,
-            state=state if state is not None else self.state,
-            trusted=trusted,
-            reasons=reasons,
-            since=now if changed else self.since,
-            valid_until=valid_until,
-            last_attestation=now,
-            version=self.version + 1,
-        )
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class PendingEnrollment:
-    host_id: str
-    request: dict[str, Any]
-    secret_hash: bytes
-
-
-def _host(row: Any) -> HostRecord:
-    return HostRecord(
-        host_id=row.host_id,
-        hostname=row.hostname,
-        group=row.host_group,
-        ek_public=bytes(row.ek_public),
-        ak_public=bytes(row.ak_public),
-        cert_serial=row.cert_serial,
-        enrolled_at=row.enrolled_at,
-        state=HostState(
-            reset_count=row.reset_count,
-            restart_count=row.restart_count,
-            boot_id=row.boot_id,
-            verified_recnum=row.verified_recnum,
-            verified_pcr=bytes(row.verified_pcr),
-        ),
-        trusted=row.trusted,
-        reasons=tuple(Reason.from_json(r) for r in json.loads(row.reasons)),
-        since=row.since,
-        valid_until=row.valid_until,
-        last_attestation=row.last_attestation,
-        version=row.version,
-    )
+class _Lost(Exception):
+    """A conditional write found another version: roll the whole transaction back."""
 
 
 def nonce_hash(nonce: bytes) -> bytes:
@@ -216,8 +110,21 @@ class Store:
             raise StorageError(f"database {self.safe_url(self._url)} failed: {first}") from e
 
     def create_schema(self) -> None:
+        """Create what is missing; StorageError if a table exists without a column this
+        server needs (a database made by an older server: there is no migration)."""
         with self._tx() as conn:
             metadata.create_all(conn)
+            inspector = inspect(conn)
+            for table in metadata.sorted_tables:
+                have = {c["name"] for c in inspector.get_columns(table.name)}
+                missing = [c.name for c in table.columns if c.name not in have]
+                if missing:
+                    raise StorageError(
+                        f"database {self.safe_url(self._url)}: table {table.name} got no column"
+                        f" {', '.join(missing)}, expected this server's schema; it was made by"
+                        " an older trusthook server and there is no migration: recreate the"
+                        " database, then admit and enroll the hosts again"
+                    )
 
     def dispose(self) -> None:
         self._engine.dispose()
@@ -265,58 +172,205 @@ class Store:
                 secret_hash=bytes(row.secret_hash),
             )
 
-    def put_host(self, record: HostRecord, *, reenroll: bool) -> bool:
-        """Store a newly enrolled host; with ``reenroll``, replace an existing one.
-
-        Returns False when the host exists and ``reenroll`` is not set.
-        """
-        values = {
-            "host_id": record.host_id,
-            "hostname": record.hostname,
-            "host_group": record.group,
-            "ek_public": record.ek_public,
-            "ak_public": record.ak_public,
-            "cert_serial": record.cert_serial,
-            "enrolled_at": record.enrolled_at,
-            "reset_count": None,
-            "restart_count": None,
-            "boot_id": None,
-            "verified_recnum": -1,
-            "verified_pcr": bytes(32),
-            "trusted": False,
-            "reasons": json.dumps([r.to_json() for r in record.reasons]),
-            "since": record.since,
-            "valid_until": None,
-            "last_attestation": None,
-        }
+    def enroll_host(
+        self,
+        record: HostRecord,
+        *,
+        admission: Admission,
+        existing: HostRecord | None,
+        detail: dict[str, Any],
+        now: float,
+    ) -> bool:
+        """Store ``record`` (replacing ``existing``, or a new host) and ``admission`` (what the
+        enrollment notes in it, at its version + 1), audited, in one transaction; False if the
+        admission record or the host changed since they were read."""
         try:
             with self._tx() as conn:
-                exists = conn.execute(
-                    select(hosts.c.version).where(hosts.c.host_id == record.host_id)
-                ).first()
-                if exists is None:
-                    conn.execute(insert(hosts).values(**values, version=0))
-                elif not reenroll:
-                    return False
-                else:
-                    conn.execute(
-                        update(hosts)
-                        .where(hosts.c.host_id == record.host_id)
-                        .values(**values, version=exists.version + 1)
+                moved = conn.execute(
+                    update(admissions)
+                    .where(
+                        admissions.c.ek_sha256 == admission.ek_sha256,
+                        admissions.c.version == admission.version - 1,
+                        admissions.c.state == AdmissionState.ADMITTED.value,
                     )
-        except IntegrityError:
-            return reenroll and self.put_host(record, reenroll=True)
+                    .values(**admission_values(admission))
+                )
+                if moved.rowcount != 1:
+                    raise _Lost
+                if existing is None:
+                    conn.execute(insert(hosts).values(**host_values(record)))
+                else:
+                    replaced = conn.execute(
+                        update(hosts)
+                        .where(
+                            hosts.c.host_id == record.host_id,
+                            hosts.c.version == existing.version,
+                        )
+                        .values(**host_values(record))
+                    )
+                    if replaced.rowcount != 1:
+                        raise _Lost
+                event_name = "enrolled" if existing is None else "reenrolled"
+                _audit(conn, record.host_id, event_name, detail, now)
+        except (_Lost, IntegrityError):
+            return False
         return True
 
     def get_host(self, host_id: str) -> HostRecord | None:
         with self._tx() as conn:
-            row = conn.execute(select(hosts).where(hosts.c.host_id == host_id)).first()
-        return None if row is None else _host(row)
+            row = conn.execute(HOSTS.where(hosts.c.host_id == host_id)).first()
+        return None if row is None else host_of(row)
 
     def list_hosts(self) -> list[HostRecord]:
         with self._tx() as conn:
-            rows = conn.execute(select(hosts).order_by(hosts.c.hostname, hosts.c.host_id)).all()
-        return [_host(r) for r in rows]
+            rows = conn.execute(HOSTS.order_by(hosts.c.hostname, hosts.c.host_id)).all()
+        return [host_of(r) for r in rows]
+
+    def clear_host(
+        self, old: HostRecord, new: HostRecord, *, detail: dict[str, Any], now: float
+    ) -> bool:
+        """Store ``new`` (an operator's clearing of ``old``), audited, if the host is still at
+        ``old.version``."""
+        with self._tx() as conn:
+            moved = conn.execute(
+                update(hosts)
+                .where(hosts.c.host_id == old.host_id, hosts.c.version == old.version)
+                .values(**host_values(new))
+            )
+            if moved.rowcount != 1:
+                return False
+            _audit(conn, old.host_id, "cleared", detail, now)
+        return True
+
+    # admission
+
+    def get_admission(self, ek_sha256: str) -> Admission | None:
+        with self._tx() as conn:
+            row = conn.execute(
+                select(admissions).where(admissions.c.ek_sha256 == ek_sha256)
+            ).first()
+        return None if row is None else admission_of(row._mapping)
+
+    def find_admissions(self, prefix: str) -> list[Admission]:
+        """At most two records whose EK hash starts with ``prefix`` (lowercase hex, checked by
+        the caller: it goes into a LIKE pattern)."""
+        with self._tx() as conn:
+            rows = conn.execute(
+                select(admissions).where(admissions.c.ek_sha256.like(prefix + "%")).limit(2)
+            ).all()
+        return [admission_of(r._mapping) for r in rows]
+
+    def list_admissions(self, state: AdmissionState | None = None) -> list[Admission]:
+        query = select(admissions).order_by(admissions.c.decided_at, admissions.c.ek_sha256)
+        if state is not None:
+            query = query.where(admissions.c.state == state.value)
+        with self._tx() as conn:
+            rows = conn.execute(query).all()
+        return [admission_of(r._mapping) for r in rows]
+
+    def add_admission(
+        self, admission: Admission, *, event: str, detail: dict[str, Any], now: float
+    ) -> bool:
+        """Insert the record of an EK that has none, audited; False if it has one by now."""
+        try:
+            with self._tx() as conn:
+                conn.execute(insert(admissions).values(**admission_values(admission)))
+                _audit(conn, admission.ek_sha256, event, detail, now)
+        except IntegrityError:
+            return False
+        return True
+
+    def change_admission(
+        self,
+        admission: Admission,
+        *,
+        event: str | None,
+        detail: dict[str, Any],
+        now: float,
+        revoke_certificate: bool = False,
+    ) -> bool:
+        """Store ``admission`` if the record is still at its version - 1, audited as ``event``
+        (None: no decision, not audited); with ``revoke_certificate`` the host's client
+        certificate stops being accepted in the same transaction. False if it changed."""
+        with self._tx() as conn:
+            moved = conn.execute(
+                update(admissions)
+                .where(
+                    admissions.c.ek_sha256 == admission.ek_sha256,
+                    admissions.c.version == admission.version - 1,
+                )
+                .values(**admission_values(admission))
+            )
+            if moved.rowcount != 1:
+                return False
+            if revoke_certificate:
+                conn.execute(
+                    update(hosts)
+                    .where(hosts.c.host_id == admission.ek_sha256)
+                    .values(cert_serial="", version=hosts.c.version + 1)
+                )
+            if event is not None:
+                _audit(conn, admission.ek_sha256, event, detail, now)
+        return True
+
+    # operator certificates
+
+    def add_operator_cert(self, cert: OperatorCert) -> None:
+        with self._tx() as conn:
+            conn.execute(
+                insert(operator_certs).values(
+                    serial=cert.serial,
+                    name=cert.name,
+                    issued_at=cert.issued_at,
+                    expires_at=cert.expires_at,
+                    issued_by=cert.issued_by,
+                )
+            )
+            detail = {"name": cert.name, "serial": cert.serial, "by": cert.issued_by}
+            _audit(conn, "", "operator_cert_issued", detail, cert.issued_at)
+
+    def get_operator_cert(self, serial: str) -> OperatorCert | None:
+        with self._tx() as conn:
+            row = conn.execute(
+                select(operator_certs).where(operator_certs.c.serial == serial)
+            ).first()
+        return None if row is None else OperatorCert(**row._mapping)
+
+    def list_operator_certs(self) -> list[OperatorCert]:
+        with self._tx() as conn:
+            rows = conn.execute(select(operator_certs).order_by(operator_certs.c.issued_at)).all()
+        return [OperatorCert(**r._mapping) for r in rows]
+
+    def revoke_operator_certs(
+        self, name_or_serial: str, *, by: str, reason: str, now: float
+    ) -> list[OperatorCert]:
+        """Revoke the unrevoked certificates with this serial or issued to this name, audited;
+        the ones this call revoked (each by the one UPDATE that found it unrevoked)."""
+        revoked = []
+        with self._tx() as conn:
+            rows = conn.execute(
+                select(operator_certs).where(
+                    (operator_certs.c.serial == name_or_serial.lower())
+                    | (operator_certs.c.name == name_or_serial),
+                    operator_certs.c.revoked_at.is_(None),
+                )
+            ).all()
+            for row in rows:
+                moved = conn.execute(
+                    update(operator_certs)
+                    .where(
+                        operator_certs.c.serial == row.serial,
+                        operator_certs.c.revoked_at.is_(None),
+                    )
+                    .values(revoked_at=now, revoked_by=by, revoked_reason=reason)
+                )
+                if moved.rowcount != 1:
+                    continue
+                cert = OperatorCert(**row._mapping)
+                revoked.append(replace(cert, revoked_at=now, revoked_by=by, revoked_reason=reason))
+                detail = {"name": cert.name, "serial": cert.serial, "by": by, "reason": reason}
+                _audit(conn, "", "operator_cert_revoked", detail, now)
+        return revoked
 
     # attestation
 
@@ -358,7 +412,7 @@ class Store:
 
     def save_verdict(self, old: HostRecord, new: HostRecord) -> bool:
         """Store ``new`` (``old.with_verdict(...)``) if the host is still at ``old.version``;
-        False if another attestation came first."""
+        False if another attestation, an enrollment or an operator came first."""
         state = new.state
         with self._tx() as conn:
             moved = conn.execute(
@@ -366,36 +420,53 @@ class Store:
                 .where(hosts.c.host_id == old.host_id, hosts.c.version == old.version)
                 .values(
                     trusted=new.trusted,
-                    reasons=json.dumps([r.to_json() for r in new.reasons]),
+                    reasons=reasons_json(new.reasons),
                     since=new.since,
                     valid_until=new.valid_until,
                     last_attestation=new.last_attestation,
+                    held=None if new.held is None else json.dumps(new.held.to_json()),
                     version=new.version,
                     reset_count=state.reset_count,
                     restart_count=state.restart_count,
                     boot_id=state.boot_id,
+                    tpm_clock=state.clock,
                     verified_recnum=state.verified_recnum,
                     verified_pcr=state.verified_pcr,
                 )
             )
             if moved.rowcount != 1:
                 return False
-            conn.execute(
-                insert(audit).values(
-                    at=new.last_attestation,
-                    host_id=old.host_id,
-                    event="attested" if new.trusted else "refused",
-                    detail=json.dumps({"reasons": [r.to_json() for r in new.reasons]}),
-                )
-            )
+            detail = {"reasons": [r.to_json() for r in new.reasons]}
+            event_name = "attested" if new.trusted else "refused"
+            _audit(conn, old.host_id, event_name, detail, new.last_attestation or 0.0)
         return True
+
+    # audit
 
     def record_event(
         self, *, host_id: str, event_name: str, detail: dict[str, Any], now: float
     ) -> None:
         with self._tx() as conn:
-            conn.execute(
-                insert(audit).values(
-                    at=now, host_id=host_id, event=event_name, detail=json.dumps(detail)
-                )
-            )
+            _audit(conn, host_id, event_name, detail, now)
+
+    def audit_events(self, host_id: str, limit: int) -> list[AuditEvent]:
+        """The latest ``limit`` events of ``host_id``, oldest first."""
+        with self._tx() as conn:
+            rows = conn.execute(
+                select(audit)
+                .where(audit.c.host_id == host_id)
+                .order_by(audit.c.id.desc())
+                .limit(limit)
+            ).all()
+        return [
+            AuditEvent(at=r.at, host_id=r.host_id, event=r.event, detail=json.loads(r.detail))
+            for r in reversed(rows)
+        ]
+
+
+def _audit(
+    conn: Connection, host_id: str, event_name: str, detail: dict[str, Any], now: float
+) -> None:
+    conn.execute(
+        insert(audit).values(at=now, host_id=host_id, event=event_name, detail=json.dumps(detail))
+    )

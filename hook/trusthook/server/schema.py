@@ -1,0 +1,214 @@
+"""The server's database schema (SQLAlchemy Core tables) and the mapping between rows and
+records. ``Store.create_schema`` makes the tables; there is no migration."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    Column,
+    Float,
+    Integer,
+    LargeBinary,
+    MetaData,
+    String,
+    Table,
+    Text,
+    select,
+)
+
+from trusthook.attest.appraise import HostState
+from trusthook.attest.verdict import Reason
+from trusthook.server.admission import Admission, AdmissionState
+from trusthook.server.records import HostRecord
+from trusthook.server.trust import Hold
+
+metadata = MetaData()
+
+hosts = Table(
+    "hosts",
+    metadata,
+    Column("host_id", String(64), primary_key=True),  # the EK's SHA-256: its admission
+    Column("hostname", String(255), nullable=False),
+    Column("ek_public", LargeBinary, nullable=False),
+    Column("ak_public", LargeBinary, nullable=False),
+    Column("cert_serial", String(40), nullable=False),
+    Column("enrolled_at", Float, nullable=False),
+    Column("reset_count", Integer),
+    Column("restart_count", Integer),
+    Column("boot_id", String(64)),
+    Column("tpm_clock", BigInteger),  # clockInfo.clock (ms) of the last verified quote
+    Column("verified_recnum", Integer, nullable=False),
+    Column("verified_pcr", LargeBinary, nullable=False),
+    Column("trusted", Boolean, nullable=False),
+    Column("reasons", Text, nullable=False),
+    Column("since", Float, nullable=False),
+    Column("valid_until", Float),
+    Column("last_attestation", Float),
+    Column("held", Text),  # a Hold, JSON; NULL: none
+    Column("version", Integer, nullable=False),
+)
+admissions = Table(
+    "admissions",
+    metadata,
+    Column("ek_sha256", String(64), primary_key=True),
+    Column("state", String(16), nullable=False, index=True),
+    Column("host_group", String(64)),
+    Column("attributes", Text, nullable=False),  # JSON object of strings
+    Column("ek_cert_serial", String(128)),
+    Column("ek_cert_issuer", Text),
+    Column("hostname", String(255)),
+    Column("note", Text),
+    Column("requested_at", Float),
+    Column("decided_by", String(255), nullable=False),
+    Column("decided_at", Float, nullable=False),
+    Column("reason", Text, nullable=False),
+    Column("reenroll_grant", Boolean, nullable=False),
+    Column("version", Integer, nullable=False),
+)
+operator_certs = Table(
+    "operator_certs",
+    metadata,
+    Column("serial", String(40), primary_key=True),  # hex, as the certificate carries it
+    Column("name", String(64), nullable=False, index=True),
+    Column("issued_at", Float, nullable=False),
+    Column("expires_at", Float, nullable=False),
+    Column("issued_by", String(255), nullable=False),
+    Column("revoked_at", Float),
+    Column("revoked_by", String(255)),
+    Column("revoked_reason", Text),
+)
+enrollments = Table(
+    "enrollments",
+    metadata,
+    Column("enrollment_id", String(64), primary_key=True),
+    Column("host_id", String(64), nullable=False),
+    Column("request", Text, nullable=False),  # the validated request, JSON
+    Column("secret_hash", LargeBinary, nullable=False),
+    Column("expires", Float, nullable=False, index=True),
+)
+nonces = Table(
+    "nonces",
+    metadata,
+    Column("nonce_hash", LargeBinary(32), primary_key=True),
+    Column("host_id", String(64), nullable=False),
+    Column("expires", Float, nullable=False, index=True),
+    Column("used", Boolean, nullable=False),
+)
+audit = Table(
+    "audit",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("at", Float, nullable=False),
+    Column("host_id", String(64), nullable=False, index=True),
+    Column("event", String(32), nullable=False),
+    Column("detail", Text, nullable=False),
+)
+
+
+def reasons_json(reasons: tuple[Reason, ...]) -> str:
+    return json.dumps([r.to_json() for r in reasons])
+
+
+def admission_of(values: Any, prefix: str = "") -> Admission:
+    def get(name: str) -> Any:
+        return values[prefix + name]
+
+    return Admission(
+        ek_sha256=get("ek_sha256"),
+        state=AdmissionState(get("state")),
+        group=get("host_group"),
+        attributes=json.loads(get("attributes")),
+        ek_cert_serial=get("ek_cert_serial"),
+        ek_cert_issuer=get("ek_cert_issuer"),
+        hostname=get("hostname"),
+        note=get("note"),
+        requested_at=get("requested_at"),
+        decided_by=get("decided_by"),
+        decided_at=get("decided_at"),
+        reason=get("reason"),
+        reenroll_grant=bool(get("reenroll_grant")),
+        version=get("version"),
+    )
+
+
+def admission_values(admission: Admission) -> dict[str, Any]:
+    return {
+        "ek_sha256": admission.ek_sha256,
+        "state": admission.state.value,
+        "host_group": admission.group,
+        "attributes": json.dumps(dict(admission.attributes), sort_keys=True),
+        "ek_cert_serial": admission.ek_cert_serial,
+        "ek_cert_issuer": admission.ek_cert_issuer,
+        "hostname": admission.hostname,
+        "note": admission.note,
+        "requested_at": admission.requested_at,
+        "decided_by": admission.decided_by,
+        "decided_at": admission.decided_at,
+        "reason": admission.reason,
+        "reenroll_grant": admission.reenroll_grant,
+        "version": admission.version,
+    }
+
+
+_JOINED = "admission_"
+HOSTS = select(hosts, *(c.label(_JOINED + c.name) for c in admissions.c)).select_from(
+    hosts.outerjoin(admissions, admissions.c.ek_sha256 == hosts.c.host_id)
+)
+
+
+def host_of(row: Any) -> HostRecord:
+    values = row._mapping
+    held = values["held"]
+    return HostRecord(
+        host_id=values["host_id"],
+        hostname=values["hostname"],
+        ek_public=bytes(values["ek_public"]),
+        ak_public=bytes(values["ak_public"]),
+        cert_serial=values["cert_serial"],
+        enrolled_at=values["enrolled_at"],
+        state=HostState(
+            reset_count=values["reset_count"],
+            restart_count=values["restart_count"],
+            boot_id=values["boot_id"],
+            clock=values["tpm_clock"],
+            verified_recnum=values["verified_recnum"],
+            verified_pcr=bytes(values["verified_pcr"]),
+        ),
+        trusted=values["trusted"],
+        reasons=tuple(Reason.from_json(r) for r in json.loads(values["reasons"])),
+        since=values["since"],
+        valid_until=values["valid_until"],
+        last_attestation=values["last_attestation"],
+        held=None if held is None else Hold.from_json(json.loads(held)),
+        admission=None if values[_JOINED + "ek_sha256"] is None else admission_of(values, _JOINED),
+        version=values["version"],
+    )
+
+
+def host_values(record: HostRecord) -> dict[str, Any]:
+    state = record.state
+    return {
+        "host_id": record.host_id,
+        "hostname": record.hostname,
+        "ek_public": record.ek_public,
+        "ak_public": record.ak_public,
+        "cert_serial": record.cert_serial,
+        "enrolled_at": record.enrolled_at,
+        "reset_count": state.reset_count,
+        "restart_count": state.restart_count,
+        "boot_id": state.boot_id,
+        "tpm_clock": state.clock,
+        "verified_recnum": state.verified_recnum,
+        "verified_pcr": state.verified_pcr,
+        "trusted": record.trusted,
+        "reasons": reasons_json(record.reasons),
+        "since": record.since,
+        "valid_until": record.valid_until,
+        "last_attestation": record.last_attestation,
+        "held": None if record.held is None else json.dumps(record.held.to_json()),
+        "version": record.version,
+    }
