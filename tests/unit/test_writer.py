@@ -532,3 +532,10 @@ def test_tpm_restart_seen_without_a_pcr_reset_is_rechecked_and_goes_on(
     tpm.restarts_seen += 1
     records.append(log.append(event("c1")))
     assert_consistent(store, tpm, records)
+
+
+def test_an_event_log_that_cannot_be_opened_is_an_event_log_error(tmp_path: Path) -> None:
+    store = LogStore(tmp_path / "absent" / "eventlog", "boot")
+    record = Record.for_event(recnum=0, pcr=23, event=event("c"))
+    with pytest.raises(EventLogError, match="cannot open the event log .*No such file"):
+        store.append(record)

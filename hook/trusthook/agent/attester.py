@@ -298,10 +298,10 @@ class Attester:
         exponential backoff and jitter, never later than the interval."""
         delay, failures = 0.0, 0
         while not stop.wait(delay):
-            if self.enrollment() is None:
-                delay = self._interval
-                continue
             try:
+                if self.enrollment() is None:
+                    delay = self._interval
+                    continue
                 verdict = self.attest()
             except ServerUnavailableError as e:
                 failures += 1

@@ -77,7 +77,10 @@ class LogStore:
     def append(self, record: Record) -> int:
         """Append one record durably; returns the file length before it (to undo with truncate)."""
         line = record.to_line()
-        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        except OSError as e:
+            raise EventLogError(f"cannot open the event log {self.path}: {e.strerror}") from e
         try:
             start = os.fstat(fd).st_size
             try:
