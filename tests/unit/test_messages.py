@@ -16,8 +16,8 @@ from hypothesis import strategies as st
 from pydantic import BaseModel
 
 from trusthook.common.eventlog import LaunchEvent, Record
+from trusthook.common.jsonread import FROM_AGENT, Message
 from trusthook.common.messages import (
-    FROM_AGENT,
     ActivationRequest,
     AttestationRequest,
     Enrollment,
@@ -28,7 +28,6 @@ from trusthook.common.messages import (
     EnrollResult,
     HostStatus,
     LastAttempt,
-    Message,
     NonceResponse,
     ReasonBody,
     ReleaseRequest,

@@ -28,6 +28,7 @@ from trusthook.agent.writer import MeasuredLog
 from trusthook.common.clock import iso, utc_now
 from trusthook.common.eventlog import LaunchEvent
 from trusthook.common.files import write_atomic
+from trusthook.common.jsonread import Message, Source
 from trusthook.common.messages import (
     ActivationRequest,
     AttestationRequest,
@@ -39,11 +40,9 @@ from trusthook.common.messages import (
     EnrollResult,
     HostStatus,
     LastAttempt,
-    Message,
     NonceResponse,
     ReleaseRequest,
     ReleaseResponse,
-    Source,
     StatusResult,
 )
 from trusthook.errors import (

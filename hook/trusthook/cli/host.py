@@ -10,8 +10,8 @@ import socket
 from pathlib import Path
 
 from trusthook.common.config import Config
+from trusthook.common.jsonread import FROM_AGENT
 from trusthook.common.messages import (
-    FROM_AGENT,
     EnrollParams,
     EnrollResult,
     HostStatus,

@@ -1,5 +1,5 @@
 """The messages that cross a process boundary on the agent's side (docs/api.md,
-docs/api-server.md): the CLI's requests to the agent and the agent's results, the attestation
+docs/attestation.md): the CLI's requests to the agent and the agent's results, the attestation
 server's answers as the agent reads them and the agent's requests to it, and the agent's state
 files. The server's own models are ``trusthook.server.api``; these mirror its fields.
 
@@ -16,197 +16,26 @@ Pure, and standard library only: the CLI's cheap commands import this module.
 
 from __future__ import annotations
 
-from abc import ABC, abstractmethod
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar, Self, TypeVar
+from typing import TYPE_CHECKING, Any, Self
 
 from trusthook.common import b64
-from trusthook.errors import (
-    AgentRefusedError,
-    EventLogError,
-    RequestError,
-    ServerRefusedError,
-    TrusthookError,
+from trusthook.common.jsonread import (
+    FROM_AGENT,
+    FROM_SERVER,
+    TO_AGENT,
+    Fields,
+    Message,
+    parse_message,
+    show,
 )
+from trusthook.errors import EventLogError
 
 if TYPE_CHECKING:
     from trusthook.common.eventlog import Record
 
-T = TypeVar("T")
-M = TypeVar("M", bound="Message")
-_HEX_DIGITS = frozenset("0123456789abcdef")
-_PCR_SIZE = 32  # eventlog.PCR_SIZE: the event log model is imported only when needed
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Source:
-    """Who sent a message, as its refusals name it ("{owner} {noun}{where} is malformed: …"),
-    and the error they raise; ``hint`` ends them."""
-
-    owner: str
-    error: type[TrusthookError]
-    where: str = ""
-    hint: str = ""
-
-    def refuse(self, noun: str, text: str) -> TrusthookError:
-        hint = f"; {self.hint}" if self.hint else ""
-        return self.error(f"{self.owner} {noun}{self.where} is malformed: {text}{hint}")
-
-
-FROM_SERVER = Source(owner="the attestation server's", error=ServerRefusedError)
-FROM_AGENT = Source(owner="the agent's", error=AgentRefusedError)
-TO_AGENT = Source(owner="the", error=RequestError)
-
-
-def _show(value: object) -> str:
-    """A JSON value as a refusal names it: short scalars in full, anything else by kind."""
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int | float):
-        text = repr(value)
-        return text if len(text) <= 32 else "a long number"
-    if isinstance(value, str):
-        return repr(value) if len(value) <= 32 else f"a string of {len(value)} characters"
-    if isinstance(value, list):
-        return "an array"
-    return "an object" if isinstance(value, dict) else type(value).__name__
-
-
-class _Fields:
-    """The members of one JSON object being read into a message; every read checks its type
-    and refuses naming the member's path (``last_verdict.reasons[0].check``)."""
-
-    def __init__(self, data: object, noun: str, source: Source, at: str = "") -> None:
-        self.noun, self.source, self._at = noun, source, at
-        if not isinstance(data, dict):
-            raise self.refuse("", _show(data), "an object")
-        self._data: dict[str, object] = data
-        self._known: set[str] = set()
-
-    def _name(self, key: str) -> str:
-        return f"{self._at}.{key}" if self._at and key else self._at or key
-
-    def refuse(self, key: str, got: str, expected: str) -> TrusthookError:
-        """The error for member ``key`` (this object itself if empty)."""
-        return self.refuse_at(self._name(key), got, expected)
-
-    def refuse_at(self, name: str, got: str, expected: str) -> TrusthookError:
-        """The error for the value at path ``name``."""
-        text = f"got {got}, expected {expected}"
-        return self.source.refuse(self.noun, f"{name} {text}" if name else text)
-
-    def has(self, key: str) -> bool:
-        self._known.add(key)
-        return key in self._data
-
-    def _get(self, key: str, expected: str) -> object:
-        if not self.has(key):
-            raise self.refuse(key, "nothing", expected)
-        return self._data[key]
-
-    def text(self, key: str, *, empty: bool = True, expected: str = "a string") -> str:
-        expected = expected if empty else f"a non-empty {expected.removeprefix('a ')}"
-        value = self._get(key, expected)
-        if not isinstance(value, str) or not (empty or value):
-            raise self.refuse(key, _show(value), expected)
-        return value
-
-    def optional_text(self, key: str) -> str | None:
-        value = self._get(key, "a string or null")
-        if value is not None and not isinstance(value, str):
-            raise self.refuse(key, _show(value), "a string or null")
-        return value
-
-    def integer(self, key: str, within: range | None = None) -> int:
-        expected = "an integer"
-        if within is not None:
-            expected += f" {within.start}..{within.stop - 1}"
-        value = self._get(key, expected)
-        if (
-            not isinstance(value, int)
-            or isinstance(value, bool)
-            or (within is not None and value not in within)
-        ):
-            raise self.refuse(key, _show(value), expected)
-        return value
-
-    def flag(self, key: str) -> bool:
-        value = self._get(key, "true or false")
-        if not isinstance(value, bool):
-            raise self.refuse(key, _show(value), "true or false")
-        return value
-
-    def base64(self, key: str) -> bytes:
-        text = self.text(key, expected="a base64 string")
-        try:
-            return b64.decode(text, key, ValueError)
-        except ValueError:
-            raise self.refuse(key, "a string that is not base64", "a base64 string") from None
-
-    def hex(self, key: str, size: int) -> bytes:
-        expected = f"{2 * size} lowercase hex digits"
-        text = self.text(key, expected=expected)
-        if len(text) != 2 * size or not _HEX_DIGITS.issuperset(text):
-            raise self.refuse(key, _show(text), expected)
-        return bytes.fromhex(text)
-
-    def text_map(self, key: str) -> dict[str, str]:
-        value = self._get(key, "an object of strings")
-        if not isinstance(value, dict) or not all(isinstance(v, str) for v in value.values()):
-            raise self.refuse(key, _show(value), "an object of strings")
-        return dict(value)
-
-    def nested(self, key: str, kind: type[M]) -> M:
-        return _parse(kind, self._get(key, "an object"), self.noun, self.source, self._name(key))
-
-    def optional_nested(self, key: str, kind: type[M]) -> M | None:
-        value = self._get(key, "an object or null")
-        return None if value is None else self.nested(key, kind)
-
-    def array(self, key: str, read: Callable[[object, str], T], expected: str) -> tuple[T, ...]:
-        value = self._get(key, expected)
-        if not isinstance(value, list):
-            raise self.refuse(key, _show(value), expected)
-        return tuple(read(item, f"{self._name(key)}[{i}]") for i, item in enumerate(value))
-
-    def refuse_unknown(self) -> None:
-        unknown = sorted(set(self._data) - self._known)
-        if unknown:
-            known = ", ".join(sorted(self._known))
-            raise self.refuse("", f"member {unknown[0]!r}", f"only {known}")
-
-
-def _parse(kind: type[M], data: object, noun: str, source: Source, at: str) -> M:
-    fields = _Fields(data, noun, source, at)
-    message = kind._read(fields)
-    if kind.STRICT:
-        fields.refuse_unknown()
-    return message
-
-
-class Message(ABC):
-    """A message trusthook reads: ``from_json`` refuses anything but its shape."""
-
-    __slots__ = ()
-    NOUN: ClassVar[str]  # what refusals call it
-    SOURCE: ClassVar[Source]  # who sends it, unless ``from_json`` is told otherwise
-    STRICT: ClassVar[bool] = True  # unknown members are refused
-
-    @classmethod
-    def from_json(cls, data: object, *, source: Source | None = None) -> Self:
-        return _parse(cls, data, cls.NOUN, source or cls.SOURCE, "")
-
-    @classmethod
-    @abstractmethod
-    def _read(cls, fields: _Fields) -> Self:
-        """The message in ``fields``; the members left over are checked after."""
-
-    @abstractmethod
-    def to_json(self) -> dict[str, Any]: ...
+_PCR_SIZE = 32  # eventlog.PCR_SIZE
 
 
 # the attestation server's answers (trusthook.server.api)
@@ -227,10 +56,10 @@ class EnrollmentChallenge(Message):
     expires_at: str
 
     @classmethod
-    def _read(cls, fields: _Fields) -> Self:
+    def _read(cls, fields: Fields) -> Self:
         enrollment_id = fields.text("enrollment_id")
         if not (enrollment_id.isascii() and enrollment_id.isalnum()):
-            raise fields.refuse("enrollment_id", _show(enrollment_id), "letters and digits")
+            raise fields.refuse("enrollment_id", show(enrollment_id), "letters and digits")
         return cls(
             enrollment_id=enrollment_id,
             host_id=fields.text("host_id"),
@@ -263,7 +92,7 @@ class EnrollmentResult(Message):
     ca_certificate: str  # PEM
 
     @classmethod
-    def _read(cls, fields: _Fields) -> Self:
+    def _read(cls, fields: Fields) -> Self:
         return cls(
             host_id=fields.text("host_id"),
             group=fields.text("group"),
@@ -295,10 +124,10 @@ class NonceResponse(Message):
     verified_recnum: int  # -1: none
 
     @classmethod
-    def _read(cls, fields: _Fields) -> Self:
+    def _read(cls, fields: Fields) -> Self:
         def pcr(item: object, at: str) -> int:
             if not isinstance(item, int) or isinstance(item, bool) or not 0 <= item <= 23:
-                raise fields.refuse_at(at, _show(item), "a PCR index 0..23")
+                raise fields.refuse_at(at, show(item), "a PCR index 0..23")
             return item
 
         return cls(
@@ -333,7 +162,7 @@ class ReasonBody(Message):
     got: str | None = None
 
     @classmethod
-    def _read(cls, fields: _Fields) -> Self:
+    def _read(cls, fields: Fields) -> Self:
         return cls(
             check=fields.text("check"),
             message=fields.text("message"),
@@ -377,9 +206,9 @@ class HostStatus(Message):
     verified_recnum: int
 
     @classmethod
-    def _read(cls, fields: _Fields) -> Self:
+    def _read(cls, fields: Fields) -> Self:
         def reason(item: object, at: str) -> ReasonBody:
-            return _parse(ReasonBody, item, fields.noun, fields.source, at)
+            return parse_message(ReasonBody, item, fields.noun, fields.source, at)
 
         return cls(
             host_id=fields.text("host_id"),
@@ -421,7 +250,7 @@ class ReleaseResponse(Message):
     sealed_keys: dict[str, str]  # encrypted_seed, iv, ciphertext (docs/images.md)
 
     @classmethod
-    def _read(cls, fields: _Fields) -> Self:
+    def _read(cls, fields: Fields) -> Self:
         return cls(image=fields.text("image"), sealed_keys=fields.text_map("sealed_keys"))
 
     def to_json(self) -> dict[str, Any]:
@@ -532,7 +361,7 @@ class EnrollParams(Message):
     reenroll: bool
 
     @classmethod
-    def _read(cls, fields: _Fields) -> Self:
+    def _read(cls, fields: Fields) -> Self:
         params = cls(
             server=fields.text("server", empty=False),
             server_ca=Path(fields.text("server_ca", empty=False)),
@@ -541,7 +370,7 @@ class EnrollParams(Message):
             reenroll=fields.flag("reenroll"),
         )
         if not params.server_ca.is_absolute():
-            raise fields.refuse("server_ca", _show(str(params.server_ca)), "an absolute path")
+            raise fields.refuse("server_ca", show(str(params.server_ca)), "an absolute path")
         return params
 
     def to_json(self) -> dict[str, Any]:
@@ -566,7 +395,7 @@ class EnrollResult(Message):
     reenrolled: bool
 
     @classmethod
-    def _read(cls, fields: _Fields) -> Self:
+    def _read(cls, fields: Fields) -> Self:
         return cls(
             host_id=fields.text("host_id"),
             server=fields.text("server"),
@@ -590,7 +419,7 @@ class Enrollment(Message):
     group: str
 
     @classmethod
-    def _read(cls, fields: _Fields) -> Self:
+    def _read(cls, fields: Fields) -> Self:
         return cls(
             server=fields.text("server"),
             host_id=fields.text("host_id"),
@@ -620,7 +449,7 @@ class LastAttempt(Message):
     last_verdict: HostStatus | None  # absent from the JSON until there is one
 
     @classmethod
-    def _read(cls, fields: _Fields) -> Self:
+    def _read(cls, fields: Fields) -> Self:
         last_attempt = fields.text("last_attempt")
         has_verdict = fields.has("last_verdict")
         return cls(
@@ -650,7 +479,7 @@ class StatusResult(Message):
         return self.enrollment is not None
 
     @classmethod
-    def _read(cls, fields: _Fields) -> Self:
+    def _read(cls, fields: Fields) -> Self:
         enrolled = fields.flag("enrolled")
         enrollment = fields.optional_nested("enrollment", Enrollment)
         if enrolled != (enrollment is not None):
@@ -682,7 +511,7 @@ class SnapshotResult(Message):
     records: tuple[Record, ...]
 
     @classmethod
-    def _read(cls, fields: _Fields) -> Self:
+    def _read(cls, fields: Fields) -> Self:
         # the event log model imports the measurement package: only snapshots need it
         from trusthook.common.eventlog import parse_record  # noqa: PLC0415
 
