@@ -7,7 +7,6 @@ and hostile entries when a test needs them), compressed as asked, written into a
 from __future__ import annotations
 
 import gzip
-import hashlib
 import io
 import json
 import tarfile
@@ -17,6 +16,7 @@ from pathlib import Path
 
 import zstandard
 
+from trusthook.common.digest import sha256_of
 from trusthook.image.layout import Layout
 from trusthook.image.model import CONFIG_TYPE, MANIFEST_TYPE, Descriptor, LayerType
 
@@ -80,7 +80,7 @@ class ImageSpec:
 
 
 def _digest(data: bytes) -> str:
-    return "sha256:" + hashlib.sha256(data).hexdigest()
+    return sha256_of(data)
 
 
 def build_image(path: Path, ref: str, spec: ImageSpec) -> Descriptor:

@@ -69,3 +69,19 @@ def write_atomic(path: Path, data: bytes, mode: int | None = None) -> None:
         tmp.unlink(missing_ok=True)
         raise
     commit(fd, tmp, path)
+
+
+def write_new(path: Path, data: bytes, mode: int) -> None:
+    """Write ``path`` atomically only if it does not exist (the temporary file is linked into
+    place, which, unlike a rename, fails when ``path`` appeared meanwhile): FileExistsError."""
+    fd, tmp = create_temp(path.parent, path.name, mode)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view) :]
+        os.fsync(fd)
+        os.link(tmp, path)
+    finally:
+        os.close(fd)
+        tmp.unlink(missing_ok=True)
+    sync_directory(path.parent)

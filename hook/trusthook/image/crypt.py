@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 from jwcrypto import jwk
 
+from trusthook.common.digest import digest_string
 from trusthook.errors import ImageCryptError, ImageError
 from trusthook.image.cipher import (
     Authenticator,
@@ -85,7 +86,7 @@ def _encrypt_layer(
             size += len(chunk)
             out.write(cipher.update(chunk))
         try:
-            check_blob(desc, size, "sha256:" + plain.hexdigest())
+            check_blob(desc, size, digest_string(plain.digest()))
         except ImageError as e:
             raise ImageError(f"{what}: {e}") from None
         mac = cipher.finalize()
@@ -130,7 +131,7 @@ def authenticate_layer(layout: Layout, desc: Descriptor, key: LayerKey, what: st
             mac.update(chunk)
             size += len(chunk)
     try:
-        check_blob(desc, size, "sha256:" + hasher.hexdigest())
+        check_blob(desc, size, digest_string(hasher.digest()))
     except ImageError as e:
         raise ImageError(f"{what}: {e}") from None
     mac.verify(key.public.hmac, what)

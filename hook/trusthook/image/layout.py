@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
+from trusthook.common.digest import digest_string, sha256_of
 from trusthook.common.files import commit, create_temp, write_atomic
 from trusthook.errors import ImageError
 from trusthook.image.model import (
@@ -116,7 +117,7 @@ class Layout:
             raise ImageError(f"{self.path}: blob {desc.digest} is missing") from None
         except OSError as e:
             raise ImageError(f"{self.path}: blob {desc.digest} cannot be read: {e}") from None
-        check_blob(desc, len(data), "sha256:" + hashlib.sha256(data).hexdigest())
+        check_blob(desc, len(data), sha256_of(data))
         return data
 
     def manifest(self, ref: str | None) -> tuple[Descriptor, Manifest]:
@@ -144,7 +145,7 @@ class Layout:
             while chunk := f.read(CHUNK):
                 hasher.update(chunk)
                 size += len(chunk)
-        check_blob(desc, size, "sha256:" + hasher.hexdigest())
+        check_blob(desc, size, digest_string(hasher.digest()))
 
     def write_blob(self, data: bytes) -> str:
         """Store ``data`` as a blob; its digest."""
@@ -233,7 +234,7 @@ class BlobWriter:
 
     def current_digest(self) -> str:
         """The digest of what was written so far."""
-        return "sha256:" + self._hasher.hexdigest()
+        return digest_string(self._hasher.digest())
 
     def __enter__(self) -> BlobWriter:
         return self

@@ -18,6 +18,7 @@ import tarfile
 from pathlib import Path
 from typing import IO, Any, cast
 
+from trusthook.common.digest import digest_string
 from trusthook.errors import ImageError
 from trusthook.image.layout import Layout
 from trusthook.image.model import ImageConfig
@@ -94,7 +95,7 @@ def _layer(layout: Layout, ref: str | None, out: IO[bytes]) -> str:
             with layout.open_blob(blob) as f:
                 name = f"{SEALED_DIR}/blobs/sha256/{blob.digest.removeprefix('sha256:')}"
                 _add_file(tf, name, blob.size, f)
-    return "sha256:" + writer.hasher.hexdigest()
+    return digest_string(writer.hasher.digest())
 
 
 def seal_image(layout: Layout, ref: str | None, tag: str, output: Path) -> str:

@@ -18,6 +18,7 @@ from typing import IO, cast
 
 import zstandard
 
+from trusthook.common.digest import digest_string
 from trusthook.errors import ImageError
 from trusthook.image.cipher import LayerCipher
 from trusthook.image.layout import CHUNK
@@ -48,7 +49,7 @@ class DecryptingReader(io.RawIOBase):
 
     def digest(self) -> str:
         """The digest of the plaintext blob read so far."""
-        return "sha256:" + self.hasher.hexdigest()
+        return digest_string(self.hasher.digest())
 
 
 class GzipReader(io.RawIOBase):
@@ -153,7 +154,7 @@ class LayerStream(io.RawIOBase):
         """Read to the end (tar padding after the last entry counts too); the diff_id."""
         while self.read(CHUNK):
             pass
-        return "sha256:" + self.hasher.hexdigest()
+        return digest_string(self.hasher.digest())
 
     def close(self) -> None:
         self._stop.set()

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import ipaddress
 import os
-import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -20,6 +19,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from trusthook.common.files import write_new
 from trusthook.errors import ConfigError, EnrollmentError, TrusthookError
 
 CA_LIFETIME = timedelta(days=3650)
@@ -57,19 +57,10 @@ def _usage(*, digital_signature: bool, key_cert_sign: bool) -> x509.KeyUsage:
 
 
 def _write_new(path: Path, data: bytes, mode: int) -> None:
-    """Write ``path`` atomically (temp file, fsync, link) and only if it does not exist."""
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(8)}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
     try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.link(tmp, path)  # unlike rename, fails if ``path`` appeared meanwhile
+        write_new(path, data, mode)
     except FileExistsError:
         raise ConfigError(f"{path} already exists; refusing to overwrite a CA") from None
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 @dataclass(frozen=True, slots=True)
