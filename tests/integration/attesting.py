@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import base64
 import json
+import re
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from tests.integration.conftest import AttestServer, Host
@@ -23,19 +25,46 @@ def now() -> datetime:
     return datetime.now(UTC)
 
 
+def wait_past(moment: datetime | str, bound: float = 30.0) -> None:
+    """Return once this machine's clock, which the server on loopback reads too, is past
+    ``moment`` (or the server's RFC 3339 timestamp): a deadline the server set, such as a
+    nonce's ``expires_at``, has then passed for the server as well. A millisecond more covers
+    the rounding of the timestamp; ``moment`` must be less than ``bound`` seconds away."""
+    if isinstance(moment, str):
+        moment = datetime.fromisoformat(moment)
+    target = moment + timedelta(milliseconds=1)
+    remaining = (target - now()).total_seconds()
+    assert remaining < bound, f"{moment} is {remaining:.1f}s away"
+    while remaining > 0:
+        time.sleep(min(remaining, 0.1))
+        remaining = (target - now()).total_seconds()
+
+
+def restart_attested(host: Host) -> dict[str, Any]:
+    """Start the stopped agent of an enrolled host and wait until its start-up attestation
+    has passed: the server has then verified every record in the log, and until the test asks
+    no other attestation happens (make_host's interval), so records appended from here on are
+    unverified. The agent's status."""
+    status = host.agent.start_attested()
+    assert status["error"] is None, status
+    assert status["last_verdict"]["trusted"] is True, status
+    return status
+
+
 def enroll(host: Host, server: AttestServer, *extra: str, group: str = "lab") -> str:
-    result = host.cli(
-        "enroll",
-        "--server",
-        server.url,
-        "--server-ca",
-        str(server.ca_cert),
-        "--group",
-        group,
-        *extra,
-    )
+    """Enroll ``host`` as an operator lets it in: the server queues an EK it does not know,
+    the operator approves it into ``group``, and the host enrolls again."""
+    argv = ("enroll", "--server", server.url, "--server-ca", str(server.ca_cert), *extra)
+    result = host.cli(*argv)
+    queued = NEW_EK_PENDING.search(result.stderr)
+    if result.returncode == 1 and queued:
+        server.approve(queued.group(1), group)
+        result = host.cli(*argv)
     assert result.returncode == 0, result.stderr
     return result.stdout
+
+
+NEW_EK_PENDING = re.compile(r"host ([0-9a-f]{64}) awaits operator approval: its EK is not")
 
 
 def attest(host: Host) -> tuple[int, dict[str, Any]]:

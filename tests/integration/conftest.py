@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import random
 import shutil
+import socket
 import ssl
 import subprocess
 import sys
 import tempfile
+import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -27,11 +31,22 @@ from trusthook.agent.serverclient import tls_context
 from trusthook.common.config import Config
 from trusthook.common.eventlog import Record, parse_record
 from trusthook.common.protocol import OP_SNAPSHOT, call
+from trusthook.server.admin import Decision, HostAdmin
+from trusthook.server.config import load_server_config
 from trusthook.server.run import operator_certificate
+from trusthook.server.store import Store
 
 BIN = Path(sys.executable).parent
 HOOK = BIN / "trusthook-hook"
 SHIM = BIN / "trusthook-runtime"
+
+# The tests' agents never attest on their own between start-up and a test's request: an
+# enrolled agent attests once as it starts (AgentProcess.start_attested waits that out), then
+# only after this interval. A test of the periodic loop sets a short one itself.
+NO_PERIODIC_ATTESTATION = 86400.0
+# Bounds on one hook run (runc's hook timeout, the hook's wait for the agent): generous, for
+# twenty concurrent starts on a loaded two-core machine.
+HOOK_TIMEOUT = 30.0
 
 pytestmark = pytest.mark.integration
 
@@ -40,6 +55,70 @@ pytestmark = pytest.mark.integration
 def _root_only() -> None:
     if os.geteuid() != 0:
         pytest.fail("integration tests need root (runc, swtpm state, the agent socket)")
+
+
+# Loopback ports. A port that is chosen free and bound later by a child can be taken in
+# between: above all by the kernel, as the source port of any outgoing connection or for a bind
+# to port 0, which it draws from the ephemeral range. A reservation closes that gap.
+
+_reservations: list[socket.socket] = []
+
+
+def reserve_port() -> int:
+    """A loopback port held until the test ends: bound with SO_REUSEADDR and never listened on.
+    The kernel hands it to no outgoing connection and no bind to port 0, and a plain bind of it
+    fails, while a server that binds it with SO_REUSEADDR (uvicorn, PostgreSQL) still can,
+    again after every restart; while none listens, connecting is refused as on a free port."""
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", 0))
+    _reservations.append(sock)
+    return int(sock.getsockname()[1])
+
+
+@contextlib.contextmanager
+def holding_port(port: int) -> Iterator[None]:
+    """Hold ``port``, which its server has just released, until the block ends (its restart
+    on the same port goes inside the block)."""
+    with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(("127.0.0.1", port))
+        yield
+
+
+@pytest.fixture(autouse=True)
+def _release_reserved_ports() -> Iterator[None]:
+    """Autouse, so set up before and torn down after the fixtures whose servers use them."""
+    yield
+    while _reservations:
+        _reservations.pop().close()
+
+
+def _port_pair_outside_ephemeral_range() -> int:
+    """A free loopback pair p, p+1 below the kernel's ephemeral range: no outgoing connection
+    or bind to port 0 takes it between now and swtpm's bind, or between a stop and a restart
+    (swtpm's bind is a plain one: a reservation would keep swtpm itself out)."""
+    low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    if low <= 10002:
+        return free_port_pair()
+    for _ in range(100):
+        port = random.randrange(10000, low - 1)  # noqa: S311 - spreads concurrent runs, no secret
+        with contextlib.ExitStack() as stack:
+            try:
+                for p in (port, port + 1):
+                    stack.enter_context(socket.socket()).bind(("127.0.0.1", p))
+            except OSError:
+                continue
+        return port
+    return free_port_pair()
+
+
+def new_swtpm(state: Path) -> Swtpm:
+    """A Swtpm (not started) on a port pair outside the ephemeral range; it keeps that pair
+    across restarts, so a TCTI written into a config stays right."""
+    tpm = Swtpm(state)
+    tpm.port = _port_pair_outside_ephemeral_range()
+    return tpm
 
 
 @pytest.fixture(scope="session")
@@ -54,7 +133,7 @@ def tpm_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def swtpm(tpm_template: Path, tmp_path: Path) -> Iterator[Swtpm]:
     state = tmp_path / "tpm"
     shutil.copytree(tpm_template, state)
-    with Swtpm(state) as tpm:
+    with new_swtpm(state) as tpm:
         yield tpm
 
 
@@ -73,7 +152,7 @@ class Host:
         return {**os.environ, "TRUSTHOOK_CONFIG": str(self.config_path)}
 
     def snapshot(self) -> tuple[list[Record], bytes]:
-        result = call(str(self.config.socket), OP_SNAPSHOT, timeout=10)
+        result = call(str(self.config.socket), OP_SNAPSHOT, timeout=30)
         records = [parse_record(r, f"record {i}") for i, r in enumerate(result["records"])]
         return records, bytes.fromhex(result["pcr_value"])
 
@@ -89,7 +168,7 @@ class Host:
         return {
             "path": str(HOOK),
             "args": ["trusthook-hook", *self.config.hook_args],
-            "timeout": 10,
+            "timeout": int(HOOK_TIMEOUT),
         }
 
     def run_hook(self, stdin: bytes) -> subprocess.CompletedProcess[bytes]:
@@ -99,7 +178,10 @@ class Host:
 
 
 def make_host(
-    swtpm: Swtpm, root: Path, mode: str = "enforce", attest_interval: float = 60.0
+    swtpm: Swtpm,
+    root: Path,
+    mode: str = "enforce",
+    attest_interval: float = NO_PERIODIC_ATTESTATION,
 ) -> Host:
     config_path = root / "trusthook.toml"
     config = write_agent_config(
@@ -109,6 +191,7 @@ def make_host(
         hook=HOOK,
         mode=mode,
         attest_interval=attest_interval,
+        hook_timeout=HOOK_TIMEOUT,
     )
     return Host(
         swtpm, config_path, config, AgentProcess(config_path, config, root / "agent.log"), root
@@ -213,24 +296,40 @@ class AttestServer:
         key, cert = operator_certificate(self.process.config, name, out)
         return tls_context(self.ca_cert, cert, key)
 
+    def approve(self, host_id: str, group: str) -> None:
+        """The operator admits the pending host into ``group`` (trusthook server hosts
+        approve), on the server's database."""
+        config = load_server_config(self.config_path)
+        store = Store(config.database_url)
+        try:
+            decided = Decision(by="the tests' operator", reason="", now=time.time())
+            HostAdmin(config, store).approve(host_id, group=group, attributes={}, decision=decided)
+        finally:
+            store.dispose()
+
 
 def make_server(
     root: Path,
     ek_bundle: Path,
     database: str = "",
     backend: str = "sqlite",
+    extra_toml: str = "",
     **options: Any,
 ) -> AttestServer:
+    """A server config (``extra_toml`` appended: sections write_server_config has no option
+    for) and its process, initialised, not started."""
     root.mkdir(parents=True, exist_ok=True)
     config_path = root / "server.toml"
     write_server_config(
         config_path,
         state_dir=root / "state",
-        port=free_port_pair(),
+        port=reserve_port(),
         ek_ca_bundle=ek_bundle,
         database=database,
         **options,
     )
+    if extra_toml:
+        config_path.write_text(config_path.read_text() + extra_toml)
     process = ServerProcess(config_path, root / "server.log")
     process.init()
     return AttestServer(config_path, process, backend, root)

@@ -5,9 +5,11 @@ before any state is sent."""
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -76,12 +78,27 @@ def nobody_agent(tmp_path: Path) -> Iterator[tuple[Path, Path]]:
         scratch.rmdir()
 
 
+def received_before_marker(socket_path: Path, received: Path) -> bytes:
+    """What the listener recorded before a marker sent now. It serves one connection at a
+    time in the order they came, so once the marker is recorded, whatever reached it before
+    is recorded too."""
+    marker = b"marker"
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        s.connect(str(socket_path))
+        s.sendall(marker)
+    deadline = time.monotonic() + 30
+    while not (received.exists() and received.read_bytes().endswith(marker)):
+        assert time.monotonic() < deadline, "the listener never recorded the marker"
+        time.sleep(0.05)
+    return received.read_bytes().removesuffix(marker)
+
+
 def test_an_agent_that_is_not_root_is_refused(nobody_agent: tuple[Path, Path]) -> None:
     socket_path, received = nobody_agent
     result = hook(socket_path)
     assert result.returncode == 1
     assert f"runs as uid {NOBODY}, not root" in result.stderr
-    assert not received.exists()  # the state was never sent
+    assert received_before_marker(socket_path, received) == b""  # the state was never sent
 
 
 def test_a_socket_directory_others_can_write_is_refused(tmp_path: Path) -> None:

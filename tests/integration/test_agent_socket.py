@@ -73,10 +73,17 @@ def test_peer_credentials_are_checked_even_if_permissions_are_loosened(host: Hos
         (b'{"op":"snapshot","version":true}\n', "protocol version True, expected 1"),
         (b'{"op":"extend","version":1}\n', "unknown op 'extend'"),
         (b'{"op":"hook","stage":"poststop","version":1}\n{}', "'stage' must be one of"),
+        (b'{"op":"hook","stage":"createRuntime","version":1}\n{}', "'audit' must be true or false"),
+        (
+            b'{"audit":true,"op":"hook","stage":"createRuntime","version":1}\n{}',
+            "the hook runs in audit mode, this host in enforce mode",
+        ),
         (b"x" * (MAX_MESSAGE_BYTES + MAX_HEADER_BYTES + 10), "request is larger than"),
         (b"[" * 100_000 + b"\n", "request header is not valid JSON"),
         (
-            b'{"op":"hook","stage":"createRuntime","version":1}\n{"id":' + b"9" * 5000 + b"}",
+            b'{"audit":false,"op":"hook","stage":"createRuntime","version":1}\n{"id":'
+            + b"9" * 5000
+            + b"}",
             "state JSON on stdin is not valid JSON",
         ),
     ],

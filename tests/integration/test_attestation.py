@@ -6,16 +6,26 @@ from __future__ import annotations
 import json
 import shutil
 import time
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.integration.attesting import Forger, attest, checks, enroll, host_client, now
+from tests.integration.attesting import (
+    Forger,
+    attest,
+    checks,
+    enroll,
+    host_client,
+    now,
+    wait_past,
+)
 from tests.integration.conftest import (
     AttestServer,
     Host,
     fresh_database,
+    holding_port,
     make_host,
     make_server,
     runc,
@@ -61,13 +71,7 @@ def test_enrollment_is_never_silently_repeated(host: Host, attest_server: Attest
     d = host.config.state_dir / "attest"
     old_cert, old_key = (d / "client.crt").read_bytes(), (d / "client.key").read_bytes()
     again = host.cli(
-        "enroll",
-        "--server",
-        attest_server.url,
-        "--server-ca",
-        str(attest_server.ca_cert),
-        "--group",
-        "lab",
+        "enroll", "--server", attest_server.url, "--server-ca", str(attest_server.ca_cert)
     )
     assert again.returncode == 1
     assert "already enrolled" in again.stderr and "--reenroll" in again.stderr
@@ -91,9 +95,7 @@ def test_unknown_ek_ca_is_refused(host: Host, tmp_path: Path) -> None:
     other_ca.write_bytes(pem(CertificateAuthority.create("someone else", now()).certificate))
     server = make_server(tmp_path / "srv", other_ca)
     with server.process:
-        result = host.cli(
-            "enroll", "--server", server.url, "--server-ca", str(server.ca_cert), "--group", "lab"
-        )
+        result = host.cli("enroll", "--server", server.url, "--server-ca", str(server.ca_cert))
     assert result.returncode == 1
     assert "EK certificate" in result.stderr, result.stderr
     assert not (host.config.state_dir / "attest" / "client.crt").exists()
@@ -108,19 +110,29 @@ def test_golden_pcr_mismatch_names_pcr_expected_and_got(
     with server.process:
         enroll(host, server, group="strict")
         code, verdict = attest(host)
+        with ServerClient(server.url, server.operator()) as client:
+            operator_view = client.get(f"/v1/hosts/{verdict['host_id']}")
     assert code == 2 and not verdict["trusted"]
     (reason,) = verdict["reasons"]
     assert reason["check"] == "golden_pcr"
-    assert reason["expected"] == "ab" * 32 and reason["got"] == "00" * 32
+    # the host itself is not told the golden values; the operator is
+    assert reason["expected"] is None and reason["got"] == "00" * 32
+    assert "shown to operators only" in reason["message"]
+    (seen,) = operator_view["reasons"]
+    assert seen["expected"] == "ab" * 32 and seen["got"] == "00" * 32
 
 
 def test_stale_host_becomes_untrusted(host: Host, tmp_path: Path, ek_bundle: Path) -> None:
-    server = make_server(tmp_path / "srv", ek_bundle, validity=2)
+    validity = 2
+    server = make_server(tmp_path / "srv", ek_bundle, validity=validity)
     with server.process:
         enroll(host, server)
         code, verdict = attest(host)
         assert code == 0
-        time.sleep(2.5)
+        host.agent.stop()  # nothing attests this host any more: its last attestation is final
+        with ServerClient(server.url, server.operator()) as client:
+            last = client.get(f"/v1/hosts/{verdict['host_id']}")["last_attestation"]
+        wait_past(datetime.fromisoformat(last) + timedelta(seconds=validity))
         with ServerClient(server.url, server.operator()) as client:
             status = client.get(f"/v1/hosts/{verdict['host_id']}")
     assert status["trusted"] is False
@@ -144,10 +156,14 @@ def test_agent_reports_unreachable_server_and_retries(
         status = host.cli("status", "--json")
         assert status.returncode == 2
         assert "cannot reach" in json.loads(status.stdout)["error"]
-        time.sleep(3)
+        # the loop's next attempt fails too, at most an interval later, and it says so
+        deadline = time.monotonic() + 30
+        while "retrying in" not in host.agent.output() and time.monotonic() < deadline:
+            time.sleep(0.1)
         assert "retrying in" in host.agent.output()
-        server.process.start()
-        deadline = time.monotonic() + 20
+        server.process.start()  # on the same port: its reservation kept it
+        # a retry comes at most an interval later and passes
+        deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
             status = host.cli("status", "--json")
             if status.returncode == 0:
@@ -169,12 +185,13 @@ def test_database_restarted_mid_run(
         enroll(host, server)
         assert attest(host)[0] == 0
         postgres.stop()
-        try:
-            down = host.cli("attest")
-            assert down.returncode == 1
-            assert "database" in down.stderr and "failed" in down.stderr, down.stderr
-        finally:
-            postgres.start()
+        with holding_port(postgres.port):  # until it restarts, on the same port
+            try:
+                down = host.cli("attest")
+                assert down.returncode == 1
+                assert "database" in down.stderr and "failed" in down.stderr, down.stderr
+            finally:
+                postgres.start()
         code, verdict = attest(host)
         assert code == 0, verdict
         assert server.process.proc is not None and server.process.proc.poll() is None

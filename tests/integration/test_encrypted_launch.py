@@ -7,11 +7,13 @@ refusal leaves the container not started and no plaintext anywhere.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
 import sqlite3
 import subprocess
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -134,7 +136,7 @@ def scene(swtpm: Swtpm, ek_bundle: Path, tmp_path: Path) -> Iterator[Scene]:
     (tmp_path / "host").mkdir()
     host = make_host(swtpm, tmp_path / "host")
     s = Scene(server=server, host=host, layout=layout, image=image, tmp=tmp_path)
-    s.release_rules([(image, ["lab"], [])])
+    s.release_rules([(image, ["lab"], ["any"])])
     host.agent.start()
     enroll(host, server)
     s.allow_locally(image)
@@ -171,7 +173,8 @@ def test_a_launch_profile_outside_the_rule_is_refused(scene: Scene) -> None:
     scene.release_rules([(scene.image, ["lab"], ["sha256:" + "2" * 64])])
     result = scene.run(scene.bundle(["/bin/cat", "/app/secret.txt"]))
     assert result.returncode != 0
-    assert "does not allow this launch profile" in result.stderr
+    assert "release rule release[0] does not allow this launch profile" in result.stderr
+    assert "2" * 64 not in result.stderr  # the allowed profiles are for operators only
     scene.assert_no_plaintext()
 
 
@@ -190,7 +193,7 @@ def test_an_untrusted_host_gets_no_keys(scene: Scene) -> None:
     write_server_config(
         scene.server.config_path,
         groups={"lab": {0: ["ab" * 32]}},
-        releases=[(scene.image, ["lab"], [])],
+        releases=[(scene.image, ["lab"], ["any"])],
         **options,
     )
     scene.server.process.start()
@@ -335,7 +338,7 @@ def test_a_hostile_layer_is_refused_and_nothing_escapes(scene: Scene) -> None:
         str(public),
     )
     image = Layout.open(scene.layout).resolve("hostile").digest
-    scene.release_rules([(image, ["lab"], [])])
+    scene.release_rules([(image, ["lab"], ["any"])])
     scene.allow_locally(image)
     result = scene.run(scene.bundle(["/bin/true"], ref="hostile"))
     assert result.returncode != 0
@@ -344,10 +347,70 @@ def test_a_hostile_layer_is_refused_and_nothing_escapes(scene: Scene) -> None:
     scene.assert_no_plaintext()
 
 
+class HeldBlob:
+    """A layer blob replaced by a FIFO that serves it whole to the reader process's first open
+    (pass 1 authenticates the whole ciphertext before anything is extracted) and all but its
+    last ``hold_back`` bytes to the next (pass 2, extraction), holding those back until the
+    block ends: extraction starts, and cannot finish, however fast or slow the machine is."""
+
+    def __init__(self, path: Path, reader: int, hold_back: int) -> None:
+        self._path = path
+        self._reader = reader
+        self._data = path.read_bytes()
+        assert len(self._data) > 2 * hold_back
+        self._held = self._data[:-hold_back]
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+
+    def _open_by_reader(self) -> bool:
+        target = str(self._path.resolve())
+        try:
+            fds = list(Path(f"/proc/{self._reader}/fd").iterdir())
+        except OSError:  # it has exited
+            return False
+        for fd in fds:
+            with contextlib.suppress(OSError):
+                if os.readlink(fd) == target:
+                    return True
+        return False
+
+    def _serve(self) -> None:
+        for part in (self._data, self._held):
+            fd = os.open(self._path, os.O_WRONLY)  # waits for a reader
+            with contextlib.suppress(BrokenPipeError), os.fdopen(fd, "wb") as f:
+                if self._done.is_set():
+                    return
+                f.write(part)
+                f.flush()
+                if part is self._held:
+                    self._done.wait()
+            # the reader closes the FIFO at EOF: not before that may the next open go through
+            deadline = time.monotonic() + 30
+            while self._open_by_reader() and time.monotonic() < deadline:
+                time.sleep(0.01)
+
+    def __enter__(self) -> HeldBlob:
+        self._path.unlink()
+        os.mkfifo(self._path, 0o644)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._done.set()
+        fd = os.open(self._path, os.O_RDONLY | os.O_NONBLOCK)  # lets a waiting open through
+        try:
+            self._thread.join(timeout=30)
+        finally:
+            os.close(fd)
+        assert not self._thread.is_alive()
+        self._path.unlink()
+        self._path.write_bytes(self._data)
+
+
 def test_killing_the_agent_mid_decryption_leaves_no_plaintext(scene: Scene) -> None:
-    """A big layer so decryption takes a while; the agent is killed once files appear."""
+    """The agent is killed once the layer's files appear, its last 4 MiB withheld (HeldBlob)."""
     big = [Entry(name="data/", kind=b"5", mode=0o755)] + [
-        Entry(name=f"data/f{i:04}", data=SECRET + os.urandom(200_000)) for i in range(1500)
+        Entry(name=f"data/f{i:04}", data=SECRET + os.urandom(200_000)) for i in range(80)
     ]
     build_image(
         scene.tmp / "plain",
@@ -363,25 +426,28 @@ def test_killing_the_agent_mid_decryption_leaves_no_plaintext(scene: Scene) -> N
         str(scene.tmp / "images.pub.pem"),
     )
     image = Layout.open(scene.layout).resolve("big").digest
-    scene.release_rules([(image, ["lab"], [])])
+    scene.release_rules([(image, ["lab"], ["any"])])
     scene.allow_locally(image)
     cid = f"killed-{uuid.uuid4().hex[:6]}"
     bundle = scene.bundle(["/bin/true"], ref="big")
-    run = subprocess.Popen(
-        [str(SHIM), "run", "--bundle", str(bundle), cid],
-        env=scene.host.env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-    )
-    data = scene.host.config.image_roots / cid / "data"
-    deadline = time.monotonic() + 60
-    while not (data.is_dir() and any(data.iterdir())):
-        assert run.poll() is None, run.communicate()
-        assert time.monotonic() < deadline, "decryption never started"
-        time.sleep(0.005)
+    _, manifest = Layout.open(scene.layout).manifest("big")
+    blob = Layout.open(scene.layout).blob_path(manifest.layers[1].digest)
     assert scene.host.agent.proc is not None
-    scene.host.agent.proc.kill()
-    _, stderr = run.communicate(timeout=60)
+    with HeldBlob(blob, scene.host.agent.proc.pid, hold_back=4 << 20):
+        run = subprocess.Popen(
+            [str(SHIM), "run", "--bundle", str(bundle), cid],
+            env=scene.host.env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
+        data = scene.host.config.image_roots / cid / "data"
+        deadline = time.monotonic() + 60
+        while not (data.is_dir() and any(data.iterdir())):
+            assert run.poll() is None, run.communicate()
+            assert time.monotonic() < deadline, "decryption never started"
+            time.sleep(0.01)
+        scene.host.agent.proc.kill()
+        _, stderr = run.communicate(timeout=60)
     assert run.returncode != 0
     assert b"agent" in stderr
     scene.assert_no_plaintext()
@@ -406,7 +472,7 @@ def test_an_image_not_encrypted_to_the_server_gets_no_keys(scene: Scene) -> None
     )
     (scene.server.process.config.image_key_dir / "other.pem").unlink()
     image = Layout.open(scene.layout).resolve("other").digest
-    scene.release_rules([(image, ["lab"], [])])
+    scene.release_rules([(image, ["lab"], ["any"])])
     scene.allow_locally(image)
     result = scene.run(scene.bundle(["/bin/cat", "/app/secret.txt"], ref="other"))
     assert result.returncode != 0
@@ -465,3 +531,44 @@ def test_a_host_that_allows_only_encrypted_images_refuses_an_ordinary_one(
     encrypted = scene.run(scene.bundle(["/bin/cat", "/app/secret.txt"]))
     assert encrypted.returncode == 0, encrypted.stderr
     assert encrypted.stdout.encode() == SECRET
+
+
+def test_a_layer_cannot_remove_a_runtime_mount_point(scene: Scene) -> None:
+    """The review's bypass: the layers are unpacked after runc made the mount points in the
+    tmpfs root; `.wh.data` plus `data/token` removed the mount point of a read-only host bind
+    mount at /data and the container read the image's file instead of the host's."""
+    entries = [
+        Entry(name=".wh.data", data=b"", mode=0o644),
+        Entry(name="data/", kind=b"5", mode=0o755),
+        Entry(name="data/token", data=b"from the image", mode=0o644),
+    ]
+    plain = scene.tmp / "plain-mounts"
+    spec = ImageSpec(
+        layers=[tar_bytes(busybox_entries()), tar_bytes(entries)], compression="gzip", user="0:0"
+    )
+    build_image(plain, "app", spec)
+    public = scene.tmp / "images.pub.pem"
+    layout = scene.tmp / "encrypted-mounts"
+    _cli("image", "encrypt", f"{plain}:app", f"{layout}:app", "--recipient", str(public))
+    image = Layout.open(layout).resolve("app").digest
+    scene.release_rules([(image, ["lab"], ["any"])])
+    scene.allow_locally(image)
+    host_data = scene.tmp / "host-data"
+    host_data.mkdir()
+    (host_data / "token").write_text("from the host")
+    bundle = scene.bundle(["/bin/cat", "/data/token"])
+    config = json.loads((bundle / "config.json").read_text())
+    config["annotations"]["org.trusthook.image.layout"] = str(layout)
+    config["mounts"].append(
+        {
+            "destination": "/data",
+            "type": "bind",
+            "source": str(host_data),
+            "options": ["rbind", "ro"],
+        }
+    )
+    (bundle / "config.json").write_text(json.dumps(config))
+    result = scene.run(bundle)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == "from the host"
+    assert (host_data / "token").read_text() == "from the host"

@@ -10,7 +10,7 @@ import json
 import os
 import secrets
 import shutil
-import time
+import uuid
 from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
@@ -22,8 +22,17 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from tpm2_pytss import ESAPI, ESYS_TR
 
-from tests.integration.attesting import Body, Forger, b64, enroll, host_client, now
-from tests.integration.conftest import AttestServer, Host, make_host, make_server, runc
+from tests.integration.attesting import (
+    Body,
+    Forger,
+    b64,
+    enroll,
+    host_client,
+    now,
+    restart_attested,
+    wait_past,
+)
+from tests.integration.conftest import AttestServer, Host, make_host, make_server, new_swtpm, runc
 from trusthook._devenv.swtpm import Swtpm
 from trusthook.agent.logstore import LogStore, read_boot_id
 from trusthook.agent.serverclient import ServerClient, tls_context
@@ -79,7 +88,7 @@ def test_altered_quote_fails_its_signature(forger: Forger) -> None:
 
 
 def test_quote_from_another_tpm(forger: Forger, tmp_path: Path) -> None:
-    other = Swtpm(tmp_path / "other-tpm")
+    other = new_swtpm(tmp_path / "other-tpm")
     with other, host_client(forger.host, forger.server) as client:
         challenge = client.post("/v1/nonces")
         with Tpm(other.tcti) as tpm:
@@ -122,13 +131,13 @@ def test_expired_nonce(host: Host, tmp_path: Path, ek_bundle: Path) -> None:
         forger = Forger(host, server)
         with host_client(host, server) as client:
             challenge = client.post("/v1/nonces")
-            time.sleep(1.5)
+            wait_past(challenge["expires_at"])
             reason = only(client.post("/v1/attestations", forger.evidence(challenge)), "nonce")
     assert "expired" in reason["message"]
 
 
 def test_nonce_of_another_host(forger: Forger, tmp_path: Path) -> None:
-    other_tpm = Swtpm(tmp_path / "tpm-b")
+    other_tpm = new_swtpm(tmp_path / "tpm-b")
     (tmp_path / "b").mkdir()
     with other_tpm:
         other = make_host(other_tpm, tmp_path / "b")
@@ -152,7 +161,7 @@ def test_pcr_values_that_do_not_match_the_quote(forger: Forger) -> None:
 
 
 def test_truncated_log(forger: Forger, bundle_factory: Any) -> None:
-    forger.host.agent.start()
+    restart_attested(forger.host)  # before the launch: it stays unverified
     bundle = bundle_factory(hooks={"createRuntime": [forger.host.hook_entry()]})
     assert runc("run", "--bundle", str(bundle), f"tr-{bundle.name}").returncode == 0
     forger.host.agent.stop()
@@ -166,7 +175,7 @@ def test_truncated_log(forger: Forger, bundle_factory: Any) -> None:
 
 
 def test_rewritten_record(forger: Forger, bundle_factory: Any) -> None:
-    forger.host.agent.start()
+    restart_attested(forger.host)  # before the launch: it stays unverified
     bundle = bundle_factory(hooks={"createRuntime": [forger.host.hook_entry()]})
     assert runc("run", "--bundle", str(bundle), f"rw-{bundle.name}").returncode == 0
     forger.host.agent.stop()
@@ -191,7 +200,11 @@ def test_reset_pcr_and_rewritten_history(forger: Forger) -> None:
         ectx.pcr_reset(ESYS_TR.PCR23)
     log = LogStore(forger.host.config.state_dir / "eventlog", read_boot_id()).path
     log.write_bytes(b"")
-    forger.host.agent.start()
+    started = forger.host.agent.start_attested()  # its own attestation is over before ours
+    assert started["error"] is None, started
+    assert (
+        "record 0 (the last verified one)" in only(started["last_verdict"], "event_log")["message"]
+    )
     result = forger.host.cli("attest", "--json")
     assert result.returncode == 2
     verdict = json.loads(result.stdout)
@@ -206,11 +219,15 @@ def test_tpm_state_rolled_back(forger: Forger, tmp_path: Path) -> None:
     tpm.stop()
     saved = tmp_path / "tpm-copy"
     shutil.copytree(tpm.state_dir, saved)
+
+    def rebooted(body: Body) -> None:  # a reboot's new boot id (the same one: a TPM reset)
+        body["boot_id"] = str(uuid.uuid4())
+
     for _ in range(2):  # two reboots; each is a new epoch, and an empty log for it is fine
         tpm.start()
         log = LogStore(forger.host.config.state_dir / "eventlog", read_boot_id()).path
         log.write_bytes(b"")
-        assert forger.send()["trusted"] is True
+        assert forger.send(rebooted)["trusted"] is True
         tpm.stop()
     shutil.rmtree(tpm.state_dir)
     shutil.copytree(saved, tpm.state_dir)
@@ -292,7 +309,6 @@ def test_wrong_credential_activation_answer(swtpm: Swtpm, attest_server: AttestS
     with Tpm(swtpm.tcti) as tpm:
         request = {
             "hostname": "mallory",
-            "group": "lab",
             "ek_certificate": b64(tpm.ek_certificate()),
             "ek_public": b64(tpm.ek_public()),
             "ak_public": b64(tpm.ak_public()),

@@ -31,10 +31,12 @@ from tpm2_pytss import (
 )
 from tpm2_pytss.utils import NVReadEK, create_ek_template
 
-from trusthook._devenv.swtpm import Swtpm
+from tests.integration.conftest import new_swtpm
 from trusthook.attest.identity import (
     check_ak_public,
+    check_anchors,
     check_ek_public,
+    fingerprint,
     load_ca_bundle,
     make_credential,
     verify_ek_certificate,
@@ -107,7 +109,7 @@ def _ak(e: ESAPI) -> tuple[Any, bytes]:
 
 
 def _manufacture(state: Path) -> Material:
-    tpm = Swtpm(state)
+    tpm = new_swtpm(state)
     tpm.setup()
     with tpm:
         e = ESAPI(tpm.tcti)
@@ -145,7 +147,7 @@ def bundle() -> tuple[x509.Certificate, ...]:
 @pytest.fixture
 def esapi(tpms: Tpms) -> Iterator[ESAPI]:
     """The first TPM, running again (its EK and AK are primaries: recreated identically)."""
-    with Swtpm(tpms.mine.state) as tpm:
+    with new_swtpm(tpms.mine.state) as tpm:
         e = ESAPI(tpm.tcti)
         try:
             yield e
@@ -225,9 +227,17 @@ def test_ek_certificate_verifies(tpms: Tpms, bundle: tuple[x509.Certificate, ...
     ]
     certificate = verify_ek_certificate(tpms.mine.ek_certificate, bundle, _now())
     assert certificate.issuer.rfc4514_string() == "CN=swtpm-localca"
-    # an intermediate alone is a trust anchor too
+    # an intermediate alone is no trust anchor: a chain must end at a root
     alone = (_localca("issuercert.pem"),)
-    assert verify_ek_certificate(tpms.mine.ek_certificate, alone, _now()) == certificate
+    with pytest.raises(
+        EnrollmentError,
+        match=r"chain ends at CN=swtpm-localca, which is not a trust anchor: got no certificate"
+        r" for its issuer CN=swtpm-localca-rootca",
+    ):
+        verify_ek_certificate(tpms.mine.ek_certificate, alone, _now())
+    # unless the operator names it an anchor (ek_ca_anchors)
+    anchors = check_anchors(alone, {fingerprint(alone[0])}, "the test bundle")
+    assert verify_ek_certificate(tpms.mine.ek_certificate, alone, _now(), anchors) == certificate
 
 
 def test_unknown_issuer_refused(tpms: Tpms) -> None:
@@ -388,7 +398,7 @@ def test_ak_public_accepted(tpms: Tpms) -> None:
     assert ak.public_key().key_size == 2048
     # the key verifies what the TPM signs with the AK (a restricted key signs only digests
     # the TPM hashed itself, proven by a ticket)
-    with Swtpm(tpms.mine.state) as tpm:
+    with new_swtpm(tpms.mine.state) as tpm:
         e = ESAPI(tpm.tcti)
         try:
             handle, _ = _ak(e)
