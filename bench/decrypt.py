@@ -21,33 +21,17 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
+from bench.timing import run_timed
 from trusthook.image.layout import Layout
 from trusthook.image.model import CONFIG_TYPE, MANIFEST_TYPE
 
 SOURCES = ["/usr/include", "/usr/lib/gcc", "/usr/sbin", "/usr/share/man", "/usr/lib/python3"]
 BIN = Path(sys.executable).parent
-
-
-def _run(argv: list[str]) -> tuple[float, int]:
-    """Run ``argv``; its wall seconds and peak RSS in MiB."""
-    start = time.perf_counter()
-    result = subprocess.run(
-        ["/usr/bin/time", "-f", "%M", *argv],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-        check=False,
-    )
-    elapsed = time.perf_counter() - start
-    if result.returncode != 0:
-        raise SystemExit(f"{argv[0]} failed: {result.stderr.strip()}")
-    return elapsed, int(result.stderr.split()[-1]) // 1024
 
 
 def build(work: Path) -> tuple[Path, Path]:
@@ -128,7 +112,7 @@ def build(work: Path) -> tuple[Path, Path]:
 
 
 def trusthook_unpack(encrypted: Path, key: Path, out: Path) -> tuple[float, int]:
-    return _run(
+    return run_timed(
         [
             str(BIN / "trusthook"),
             "image",
@@ -142,7 +126,7 @@ def trusthook_unpack(encrypted: Path, key: Path, out: Path) -> tuple[float, int]
 
 
 def skopeo_umoci(encrypted: Path, key: Path, out: Path) -> tuple[float, int]:
-    copy, copy_rss = _run(
+    copy, copy_rss = run_timed(
         [
             "skopeo",
             "copy",
@@ -153,7 +137,7 @@ def skopeo_umoci(encrypted: Path, key: Path, out: Path) -> tuple[float, int]:
             f"oci:{out / 'plain'}:bench",
         ]
     )
-    unpack, unpack_rss = _run(
+    unpack, unpack_rss = run_timed(
         ["umoci", "unpack", "--image", f"{out / 'plain'}:bench", str(out / "bundle")]
     )
     return copy + unpack, max(copy_rss, unpack_rss)

@@ -20,11 +20,11 @@ import json
 import statistics
 import subprocess
 import sys
-import time
 import zlib
 from collections.abc import Callable
 from pathlib import Path
 
+from bench.timing import run_timed
 from trusthook.image.layout import Layout
 from trusthook.image.model import CONFIG_TYPE, MANIFEST_TYPE
 
@@ -108,22 +108,6 @@ def build(layout_dir: Path, entries: int, per_dir: int) -> str:
     return ref
 
 
-def _run(argv: list[str]) -> tuple[float, int]:
-    """Run ``argv``; its wall seconds and peak RSS in MiB."""
-    start = time.perf_counter()
-    result = subprocess.run(
-        ["/usr/bin/time", "-f", "%M", *argv],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-        check=False,
-    )
-    elapsed = time.perf_counter() - start
-    if result.returncode != 0:
-        raise SystemExit(f"{argv[0]} failed: {result.stderr.strip()}")
-    return elapsed, int(result.stderr.split()[-1]) // 1024
-
-
 def _check(rootfs: Path, entries: int, per_dir: int) -> None:
     """The last directory holds all its files, the last of them with its byte."""
     last = entries - 1
@@ -172,7 +156,7 @@ def main() -> int:
             for _ in range(args.runs):
                 for name, argv in tools.items():
                     _fresh_tmpfs(mount)
-                    results[name].append(_run(argv(ref)))
+                    results[name].append(run_timed(argv(ref)))
                     _check(unpacked[name], entries, args.per_dir)
             medians = {
                 name: (statistics.median(t for t, _ in runs), max(r for _, r in runs))
