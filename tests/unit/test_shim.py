@@ -287,3 +287,31 @@ def test_container_ids_that_would_escape_the_roots_directory_are_refused(
 ) -> None:
     with pytest.raises(TrusthookError, match=message):
         check_container_name(name)
+
+
+def test_a_plain_delete_execs_without_the_bundle_code(tmp_path: Path) -> None:
+    """Docker runs the shim twice per container for delete: a container with no tmpfs root is
+    handed to the runtime before ``startpath.bundle`` (ctypes, subprocess: ~20 ms) is imported."""
+    import subprocess
+    import sys
+
+    config = tmp_path / "trusthook.toml"
+    config.write_text(f'[runtime]\npath = "/bin/true"\n[images]\nroots = "{tmp_path}/roots"\n')
+    probe = (
+        "import os, sys\n"
+        "from trusthook.startpath.runtime import main\n"
+        "def execv(path, argv):\n"
+        "    print(path, 'trusthook.startpath.bundle' in sys.modules)\n"
+        "    sys.exit(0)\n"
+        "os.execv = execv\n"
+        "main(['--root', '/run/x', 'delete', '--force', 'plain'])\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", probe],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "TRUSTHOOK_CONFIG": str(config)},
+        timeout=60,
+        check=False,
+    )
+    assert result.stdout == "/bin/true False\n", result.stderr
