@@ -18,9 +18,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Self
+from typing import Any, Self
 
 from trusthook.common import b64
+from trusthook.common.eventlog import PCR_SIZE, Record, parse_record
 from trusthook.common.jsonread import (
     FROM_AGENT,
     FROM_SERVER,
@@ -31,12 +32,6 @@ from trusthook.common.jsonread import (
     show,
 )
 from trusthook.errors import EventLogError
-
-if TYPE_CHECKING:
-    from trusthook.common.eventlog import Record
-
-_PCR_SIZE = 32  # eventlog.PCR_SIZE
-
 
 # the attestation server's answers (trusthook.server.api)
 
@@ -512,9 +507,6 @@ class SnapshotResult(Message):
 
     @classmethod
     def _read(cls, fields: Fields) -> Self:
-        # the event log model imports the measurement package: only snapshots need it
-        from trusthook.common.eventlog import parse_record  # noqa: PLC0415
-
         def record(item: object, at: str) -> Record:
             try:
                 return parse_record(item, at)
@@ -523,7 +515,7 @@ class SnapshotResult(Message):
 
         return cls(
             pcr=fields.integer("pcr", range(24)),
-            pcr_value=fields.hex("pcr_value", _PCR_SIZE),
+            pcr_value=fields.hex("pcr_value", PCR_SIZE),
             records=fields.array("records", record, "an array of records"),
         )
 
