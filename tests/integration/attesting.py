@@ -78,10 +78,19 @@ def checks(verdict: dict[str, Any]) -> list[str]:
 
 
 def host_client(host: Host, server: AttestServer) -> ServerClient:
-    """The host's own mTLS identity, as the agent saved it at enrollment."""
+    """The host's own mTLS identity, as the agent saved it at enrollment, and its TPM request
+    key (the agent's secret, read as root can): all a compromised host has."""
     d = host.config.state_dir / "attest"
+    secret = (host.config.state_dir / "release-key.secret").read_bytes()
+
+    def sign(digest: bytes) -> bytes:
+        with Tpm(host.config.tcti, release_secret=secret) as tpm:
+            return tpm.sign_request(digest)
+
     return ServerClient(
-        server.url, tls_context(d / "server-ca.pem", d / "client.crt", d / "client.key")
+        server.url,
+        tls_context(d / "server-ca.pem", d / "client.crt", d / "client.key"),
+        signer=sign,
     )
 
 
@@ -117,4 +126,4 @@ class Forger:
         with host_client(self.host, self.server) as client:
             body = self.evidence(self.challenge(client))
             alter(body)
-            return client.post("/v1/attestations", body)
+            return client.post("/v1/attestations", body, signed=True)

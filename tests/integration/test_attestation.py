@@ -212,10 +212,10 @@ def test_replicas_share_nonces(host: Host, tmp_path: Path, ek_bundle: Path, post
         with host_client(host, first) as client_a:
             body = forger.evidence(client_a.post("/v1/nonces"))
         with host_client(host, second) as client_b:
-            verdict = client_b.post("/v1/attestations", body)
+            verdict = client_b.post("/v1/attestations", body, signed=True)
             assert verdict["trusted"] is True, verdict
         for server in (first, second):
             with host_client(host, server) as client:
-                replay = client.post("/v1/attestations", body)
+                replay = client.post("/v1/attestations", body, signed=True)
             assert [r["check"] for r in replay["reasons"]] == ["nonce"]
             assert "already used" in replay["reasons"][0]["message"]

@@ -55,6 +55,9 @@ def forger(host: Host, attest_server: AttestServer, bundle_factory: Any) -> Iter
     yield Forger(host, attest_server)
 
 
+NO_KEY = {"public": "", "attest": "", "signature": ""}  # refused before it is looked at
+
+
 def only(verdict: Body, check: str) -> Body:
     assert verdict["trusted"] is False, verdict
     assert [r["check"] for r in verdict["reasons"]] == [check], verdict["reasons"]
@@ -96,14 +99,14 @@ def test_quote_from_another_tpm(forger: Forger, tmp_path: Path) -> None:
         body = forger.evidence(challenge)
         body["quote"] = {"attest": b64(quote.attest), "signature": b64(quote.signature)}
         body["pcrs"] = {str(i): v.hex() for i, v in quote.pcr_values.items()}
-        only(client.post("/v1/attestations", body), "signature")
+        only(client.post("/v1/attestations", body, signed=True), "signature")
 
 
 def test_replayed_nonce(forger: Forger) -> None:
     with host_client(forger.host, forger.server) as client:
         body = forger.evidence(client.post("/v1/nonces"))
-        assert client.post("/v1/attestations", body)["trusted"] is True
-        reason = only(client.post("/v1/attestations", body), "nonce")
+        assert client.post("/v1/attestations", body, signed=True)["trusted"] is True
+        reason = only(client.post("/v1/attestations", body, signed=True), "nonce")
     assert "already used" in reason["message"]
 
 
@@ -112,7 +115,7 @@ def test_unknown_nonce(forger: Forger) -> None:
     with host_client(forger.host, forger.server) as client:
         challenge = {**client.post("/v1/nonces"), "nonce": b64(nonce)}
         body = forger.evidence(challenge)
-        reason = only(client.post("/v1/attestations", body), "nonce")
+        reason = only(client.post("/v1/attestations", body, signed=True), "nonce")
     assert "not issued" in reason["message"]
 
 
@@ -120,7 +123,7 @@ def test_quote_over_another_nonce(forger: Forger) -> None:
     with host_client(forger.host, forger.server) as client:
         challenge = client.post("/v1/nonces")
         body = forger.evidence(challenge, nonce=secrets.token_bytes(32))
-        only(client.post("/v1/attestations", body), "nonce")
+        only(client.post("/v1/attestations", body, signed=True), "nonce")
 
 
 def test_expired_nonce(host: Host, tmp_path: Path, ek_bundle: Path) -> None:
@@ -132,7 +135,9 @@ def test_expired_nonce(host: Host, tmp_path: Path, ek_bundle: Path) -> None:
         with host_client(host, server) as client:
             challenge = client.post("/v1/nonces")
             wait_past(challenge["expires_at"])
-            reason = only(client.post("/v1/attestations", forger.evidence(challenge)), "nonce")
+            reason = only(
+                client.post("/v1/attestations", forger.evidence(challenge), signed=True), "nonce"
+            )
     assert "expired" in reason["message"]
 
 
@@ -148,7 +153,7 @@ def test_nonce_of_another_host(forger: Forger, tmp_path: Path) -> None:
         with host_client(forger.host, forger.server) as client:
             mine = client.post("/v1/nonces")
             body = forger.evidence({**mine, "nonce": challenge_b["nonce"]})
-            reason = only(client.post("/v1/attestations", body), "nonce")
+            reason = only(client.post("/v1/attestations", body, signed=True), "nonce")
     assert "another host" in reason["message"]
 
 
@@ -318,7 +323,7 @@ def test_wrong_credential_activation_answer(swtpm: Swtpm, attest_server: AttestS
         challenge = client.post("/v1/enrollments", request)
         path = f"/v1/enrollments/{challenge['enrollment_id']}/activation"
         with pytest.raises(ServerRefusedError, match="not in the same TPM"):
-            client.post(path, {"secret": b64(os.urandom(32))})
+            client.post(path, {"secret": b64(os.urandom(32)), "request_key": NO_KEY})
         # one answer per enrollment: the right secret afterwards is too late
         with Tpm(swtpm.tcti) as tpm:
             secret = tpm.activate_credential(
@@ -326,5 +331,5 @@ def test_wrong_credential_activation_answer(swtpm: Swtpm, attest_server: AttestS
                 base64.b64decode(challenge["encrypted_secret"]),
             )
         with pytest.raises(ServerRefusedError, match="unknown, expired or already answered"):
-            client.post(path, {"secret": b64(secret)})
+            client.post(path, {"secret": b64(secret), "request_key": NO_KEY})
     assert len(secret) == 32  # the TPM did activate it: the credential was real

@@ -81,7 +81,7 @@ def test_another_tpm_cannot_open_the_envelope(swtpm: Swtpm, tpm_template: object
 
 def test_a_certification_over_another_nonce_is_refused(swtpm: Swtpm) -> None:
     ak, public, attest, signature = _certified(swtpm, nonce=b"M" * 32)
-    with pytest.raises(AttestationError, match="does not carry this release's nonce"):
+    with pytest.raises(AttestationError, match="does not carry this exchange's qualifying data"):
         _verify(ak, public, attest, signature)
 
 

@@ -17,10 +17,12 @@ import pytest
 import sqlalchemy
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import NameOID
 
+from tests.softtpm import SoftTpm
 from trusthook.attest.appraise import HostState
+from trusthook.attest.requestkey import enrollment_qualifying
 from trusthook.attest.verdict import Reason
 from trusthook.errors import (
     AdmissionError,
@@ -48,6 +50,7 @@ from trusthook.server.trust import Hold
 
 HOST = "ab" * 32
 OTHER = "ab" * 4 + "cd" * 28  # shares HOST's first 8 hex digits
+AK = rsa.generate_private_key(public_exponent=65537, key_size=2048)  # one: RSA keygen is slow
 EVENT_LOG = Reason(check="event_log", message="the log does not reach the PCR")
 
 
@@ -93,12 +96,13 @@ class Server:
     def enroll(self, host_id: str = HOST, *, reenroll: bool = False, note: str = "") -> Any:
         """Answer a pending enrollment of ``host_id`` rightly: the part after the TPM."""
         secret = secrets.token_bytes(32)
+        tpm = SoftTpm(ak=AK)
         request = api.EnrollmentRequest(
             hostname="node-1",
             note=note,
             ek_certificate=api.b64(_ek_certificate()),
             ek_public=api.b64(b"ek"),
-            ak_public=api.b64(b"ak"),
+            ak_public=api.b64(tpm.ak_public),
             csr=_csr(),
             reenroll=reenroll,
         )
@@ -112,8 +116,12 @@ class Server:
             expires=now + 60,
             now=now,
         )
+        public, attest, signature = tpm.certify_request_key(enrollment_qualifying(enrollment_id))
+        key = api.CertifiedKey(
+            public=api.b64(public), attest=api.b64(attest), signature=api.b64(signature)
+        )
         return self.service.finish_enrollment(
-            enrollment_id, api.ActivationRequest(secret=api.b64(secret))
+            enrollment_id, api.ActivationRequest(secret=api.b64(secret), request_key=key)
         )
 
     def host(self, host_id: str = HOST) -> HostRecord:

@@ -9,25 +9,16 @@ import hashlib
 import struct
 
 import pytest
-from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.asymmetric import padding, rsa
+from cryptography.hazmat.primitives.asymmetric import rsa
 from hypothesis import given
 from hypothesis import strategies as st
-from tpm2_pytss.constants import TPM2_CC, TPM2_GENERATED, TPM2_ST, TPMA_OBJECT
-from tpm2_pytss.types import (
-    TPM2B_DATA,
-    TPM2B_NAME,
-    TPM2B_PUBLIC,
-    TPMS_ATTEST,
-    TPMS_CERTIFY_INFO,
-    TPMS_CLOCK_INFO,
-    TPMU_ATTEST,
-)
+from tpm2_pytss.constants import TPM2_CC, TPMA_OBJECT
+from tpm2_pytss.types import TPM2B_PUBLIC
 
+from tests.softtpm import SoftTpm
 from trusthook.agent.tpm import bind_key_template
 from trusthook.attest.bindkey import RELEASE_KEY_POLICY, verify_bind_key
 from trusthook.attest.identity import AttestationKey
-from trusthook.attest.tpmwire import TPM_ALG_RSASSA, TPM_ALG_SHA256
 from trusthook.errors import AttestationError
 
 NONCE = b"N" * 32
@@ -41,30 +32,14 @@ def public_area(template: TPM2B_PUBLIC) -> bytes:
     return bytes(template.marshal())
 
 
-def certified(public: bytes) -> bytes:
-    """A TPM2_Certify of ``public`` by the software AK, with NONCE."""
-    area, _ = TPM2B_PUBLIC.unmarshal(public)
-    name = TPM2B_NAME(b"\x00\x0b" + hashlib.sha256(area.publicArea.marshal()).digest())
-    attest = TPMS_ATTEST(
-        magic=TPM2_GENERATED.VALUE,
-        type=TPM2_ST.ATTEST_CERTIFY,
-        qualifiedSigner=TPM2B_NAME(b"\x00\x0b" + bytes(32)),
-        extraData=TPM2B_DATA(NONCE),
-        clockInfo=TPMS_CLOCK_INFO(clock=1, resetCount=1, restartCount=0, safe=1),
-        firmwareVersion=0,
-        attested=TPMU_ATTEST(certify=TPMS_CERTIFY_INFO(name=name, qualifiedName=name)),
-    )
-    return bytes(attest.marshal())
-
-
 def verify(public: bytes) -> rsa.RSAPublicKey:
-    attest = certified(public)
-    sig = AK.sign(attest, padding.PKCS1v15(), hashes.SHA256())
+    """``public`` through verify_bind_key, certified by the software AK with NONCE."""
+    attest, signature = SoftTpm(ak=AK).certify(public, NONCE)
     return verify_bind_key(
         ak=AttestationKey(public=b"", name=b"", rsa_key=AK.public_key()),
         public=public,
         attest=attest,
-        signature=struct.pack(">HHH", TPM_ALG_RSASSA, TPM_ALG_SHA256, len(sig)) + sig,
+        signature=signature,
         nonce=NONCE,
     )
 

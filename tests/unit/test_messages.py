@@ -190,7 +190,16 @@ REQUESTS: list[tuple[st.SearchStrategy[Any], type[BaseModel]]] = [
         ),
         api.EnrollmentRequest,
     ),
-    (st.builds(ActivationRequest, secret=st.binary(max_size=64)), api.ActivationRequest),
+    (
+        st.builds(
+            ActivationRequest,
+            secret=st.binary(max_size=64),
+            key_public=st.binary(max_size=64),
+            key_attest=st.binary(max_size=64),
+            key_signature=st.binary(max_size=64),
+        ),
+        api.ActivationRequest,
+    ),
     (attestation_requests, api.AttestationRequest),
     (
         st.builds(

@@ -25,6 +25,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from trusthook.agent.serverclient import ServerClient, tls_context
 from trusthook.agent.writer import MeasuredLog
+from trusthook.attest.requestkey import enrollment_qualifying
 from trusthook.common.clock import iso, utc_now
 from trusthook.common.eventlog import LaunchEvent
 from trusthook.common.files import write_atomic
@@ -123,7 +124,13 @@ class Attester:
     def _client(self, enrollment: Enrollment) -> ServerClient:
         files = self._files
         context = tls_context(files["server-ca.pem"], files["client.crt"], files["client.key"])
-        return ServerClient(enrollment.server, context, timeout=self._timeout)
+        return ServerClient(
+            enrollment.server, context, timeout=self._timeout, signer=self._sign_request
+        )
+
+    def _sign_request(self, digest: bytes) -> bytes:
+        with self._log.exclusive_tpm() as tpm:
+            return tpm.sign_request(digest)
 
     # enrollment
 
@@ -167,10 +174,16 @@ class Attester:
                     secret = tpm.activate_credential(
                         challenge.credential_blob, challenge.encrypted_secret
                     )
+                    public, attest, signature = tpm.certify_request_key(
+                        enrollment_qualifying(challenge.enrollment_id)
+                    )
+                activation = ActivationRequest(
+                    secret=secret, key_public=public, key_attest=attest, key_signature=signature
+                )
                 result = EnrollmentResult.from_json(
                     client.post(
                         f"/v1/enrollments/{challenge.enrollment_id}/activation",
-                        ActivationRequest(secret=secret).to_json(),
+                        activation.to_json(),
                     )
                 )
             self._save_identity(key, result.certificate.encode(), ca_pem)
@@ -242,7 +255,9 @@ class Attester:
                     key_attest=attest,
                     key_signature=signature,
                 )
-                answer = ReleaseResponse.from_json(client.post("/v1/releases", request.to_json()))
+                answer = ReleaseResponse.from_json(
+                    client.post("/v1/releases", request.to_json(), signed=True)
+                )
             if answer.image != image:
                 raise ServerRefusedError(
                     f"attestation server released the keys of image {answer.image},"
@@ -255,7 +270,7 @@ class Attester:
     def _exchange(self, enrollment: Enrollment) -> HostStatus:
         with self._client(enrollment) as client:
             evidence = self._evidence(client).to_json()
-            return HostStatus.from_json(client.post("/v1/attestations", evidence))
+            return HostStatus.from_json(client.post("/v1/attestations", evidence, signed=True))
 
     def _evidence(self, client: ServerClient) -> AttestationRequest:
         """The evidence answering a fresh nonce from the server."""

@@ -3,6 +3,10 @@
 Errors: a server that cannot be reached or fails (5xx) is ``ServerUnavailableError``, which the
 attester retries with backoff; a refusal (4xx) is ``ServerRefusedError`` carrying the server's
 own one-line reason.
+
+A client given a ``signer`` (the TPM request key's, docs/attestation.md §10) signs the requests
+posted with ``signed=True`` (those that carry evidence, and with it the server's nonce):
+``Trusthook-Request-Signature`` carries the signature over the method, path and exact body.
 """
 
 from __future__ import annotations
@@ -10,14 +14,18 @@ from __future__ import annotations
 import http.client
 import json
 import ssl
+from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
 from typing import Any
 from urllib.parse import urlsplit
 
+from trusthook.attest.requestkey import SIGNATURE_HEADER, request_digest
+from trusthook.common import b64
 from trusthook.errors import ConfigError, ServerRefusedError, ServerUnavailableError
 
 MAX_ANSWER_BYTES = 16 << 20
+Signer = Callable[[bytes], bytes]  # a request digest -> a marshaled TPMT_SIGNATURE
 
 
 def tls_context(
@@ -38,11 +46,19 @@ def tls_context(
 class ServerClient:
     """One HTTPS connection to the server, reused for the requests of one exchange."""
 
-    def __init__(self, url: str, context: ssl.SSLContext, *, timeout: float = 30.0) -> None:
+    def __init__(
+        self,
+        url: str,
+        context: ssl.SSLContext,
+        *,
+        timeout: float = 30.0,
+        signer: Signer | None = None,
+    ) -> None:
         parts = urlsplit(url)
         if parts.scheme != "https" or not parts.hostname:
             raise ConfigError(f"attestation server URL must be https://host[:port], got {url!r}")
         self.url = url.rstrip("/")
+        self._signer = signer
         self._conn = http.client.HTTPSConnection(
             parts.hostname, parts.port or 443, context=context, timeout=timeout
         )
@@ -61,12 +77,23 @@ class ServerClient:
     def get(self, path: str) -> dict[str, Any]:
         return self._request("GET", path, None)
 
-    def post(self, path: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
-        return self._request("POST", path, body if body is not None else {})
+    def post(
+        self, path: str, body: dict[str, Any] | None = None, *, signed: bool = False
+    ) -> dict[str, Any]:
+        """POST ``body``; ``signed``: with the request key's signature (ConfigError if this
+        client has no signer)."""
+        return self._request("POST", path, body if body is not None else {}, signed=signed)
 
-    def _request(self, method: str, path: str, body: dict[str, Any] | None) -> dict[str, Any]:
+    def _request(
+        self, method: str, path: str, body: dict[str, Any] | None, *, signed: bool = False
+    ) -> dict[str, Any]:
         payload = None if body is None else json.dumps(body, separators=(",", ":")).encode()
         headers = {"Content-Type": "application/json"} if payload is not None else {}
+        if signed:
+            if self._signer is None or payload is None:
+                raise ConfigError(f"{method} {path} must be signed, and this client cannot sign")
+            signature = self._signer(request_digest(method, path, payload))
+            headers[SIGNATURE_HEADER] = b64.encode(signature)
         try:
             self._conn.request(method, path, body=payload, headers=headers)
             response = self._conn.getresponse()

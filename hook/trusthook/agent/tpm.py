@@ -1,16 +1,19 @@
 """The TPM adapter: the only module that talks to tpm2-pytss.
 
 One SHA-256 PCR is extended per container launch; for remote attestation the TPM also gives its
-EK certificate, the EK and AK public areas, quotes, and activates credentials; for encrypted
-images it certifies and uses the release key. ``Tpm`` is a context manager that holds one ESAPI
-context; it is not thread-safe, so callers serialize access (the agent's writer lock).
+EK certificate, the EK and AK public areas, quotes, and activates credentials; it signs the
+agent's requests to the server with the request key; for encrypted images it certifies and uses
+the release key. ``Tpm`` is a context manager that holds one ESAPI context; it is not
+thread-safe, so callers serialize access (the agent's writer lock).
 
-Transient objects: the AK and the release key are created once and kept (a hardware TPM can take
-seconds to create an RSA primary); the EK and every session are flushed in ``finally`` after
-their one use (without a resource manager swtpm has 3 transient object slots). A TPM restarted
-under a running agent has lost them: an operation the TPM answers that way (a handle that refers
-to nothing loaded, ``TPM_RC_HANDLE``, ``TPM_RC_INITIALIZE``) forgets them, recreates them (they
-are primaries: the same keys again) and runs once more; ``restarts_seen`` counts these.
+Transient objects: the AK, the request key and the release key are created once and kept (a
+hardware TPM can take seconds to create an RSA primary); the EK and every session are flushed in
+``finally`` after their one use. Without a resource manager swtpm has 3 transient object slots,
+so the EK (enrollment only) first flushes the request and release keys, which are recreated on
+their next use. A TPM restarted under a running agent has lost them all: an operation the TPM
+answers that way (a handle that refers to nothing loaded, ``TPM_RC_HANDLE``,
+``TPM_RC_INITIALIZE``) forgets them, recreates them (they are primaries: the same keys again)
+and runs once more; ``restarts_seen`` counts these.
 """
 
 from __future__ import annotations
@@ -29,7 +32,10 @@ from tpm2_pytss import (
     TPM2_ALG,
     TPM2_CC,
     TPM2_RC,
+    TPM2_RH,
     TPM2_SE,
+    TPM2_ST,
+    TPM2B_DIGEST,
     TPM2B_ENCRYPTED_SECRET,
     TPM2B_ID_OBJECT,
     TPM2B_PUBLIC,
@@ -43,6 +49,7 @@ from tpm2_pytss import (
     TPMT_RSA_DECRYPT,
     TPMT_SIG_SCHEME,
     TPMT_SYM_DEF,
+    TPMT_TK_HASHCHECK,
     TSS2_Exception,
 )
 from tpm2_pytss.utils import NoSuchIndex, NVReadEK, create_ek_template
@@ -123,16 +130,46 @@ def bind_key_template(unique: bytes) -> TPM2B_PUBLIC:
     return template
 
 
-def release_key_inputs(secret: bytes) -> tuple[bytes, bytes]:
-    """The release key's template ``unique`` and auth value, derived from the agent's secret
-    (``RELEASE_SECRET_SIZE`` random bytes, kept root-only in its state directory)."""
+def request_key_template(unique: bytes) -> TPM2B_PUBLIC:
+    """The request key: an unrestricted ECC P-256 signing key, ECDSA with SHA-256 only, that
+    cannot leave the TPM. The agent signs its requests to the server with it (docs/attestation.md
+    §10); the server accepts it only with a TPM2_Certify by the host's AK. ``unique`` and the
+    auth value derive from the agent's secret, so only the secret's holder can create or use it;
+    noDA for the same reason as the release key."""
+    attrs = (
+        TPMA_OBJECT.SIGN_ENCRYPT
+        | TPMA_OBJECT.FIXEDTPM
+        | TPMA_OBJECT.FIXEDPARENT
+        | TPMA_OBJECT.SENSITIVEDATAORIGIN
+        | TPMA_OBJECT.USERWITHAUTH
+        | TPMA_OBJECT.NODA
+    )
+    template = TPM2B_PUBLIC.parse(
+        "ecc256:ecdsa-sha256:null", nameAlg="sha256", objectAttributes=attrs
+    )
+    template.publicArea.unique.ecc.x = unique
+    return template
+
+
+def _derived_inputs(secret: bytes, key: str) -> tuple[bytes, bytes]:
     if len(secret) != RELEASE_SECRET_SIZE:
         raise TPMError(
             f"the release-key secret must be {RELEASE_SECRET_SIZE} bytes, got {len(secret)}"
         )
-    unique = hashlib.sha256(b"trusthook release key unique\0" + secret).digest()
-    auth = hashlib.sha256(b"trusthook release key auth\0" + secret).digest()
+    unique = hashlib.sha256(f"trusthook {key} unique\0".encode() + secret).digest()
+    auth = hashlib.sha256(f"trusthook {key} auth\0".encode() + secret).digest()
     return unique, auth
+
+
+def release_key_inputs(secret: bytes) -> tuple[bytes, bytes]:
+    """The release key's template ``unique`` and auth value, derived from the agent's secret
+    (``RELEASE_SECRET_SIZE`` random bytes, kept root-only in its state directory)."""
+    return _derived_inputs(secret, "release key")
+
+
+def request_key_inputs(secret: bytes) -> tuple[bytes, bytes]:
+    """The request key's template ``unique`` and auth value, from the same secret."""
+    return _derived_inputs(secret, "request key")
 
 
 def _lost_state(error: BaseException | None) -> bool:
@@ -200,8 +237,10 @@ class Tpm:
         self._release_secret = release_secret
         self._ak: ESYS_TR | None = None
         self._bind: ESYS_TR | None = None
+        self._request: ESYS_TR | None = None
         self._ak_public = b""
         self._bind_public = b""
+        self._request_public = b""
         self.restarts_seen = 0  # times the TPM had lost the AK and release key (restarted)
 
     def __enter__(self) -> Tpm:
@@ -216,12 +255,21 @@ class Tpm:
         self.close()
 
     def close(self) -> None:
-        for handle in (self._ak, self._bind):
+        for handle in (self._ak, self._bind, self._request):
             if handle is not None:
                 with contextlib.suppress(TSS2_Exception):
                     self._ectx.flush_context(handle)
-        self._ak = self._bind = None
+        self._ak = self._bind = self._request = None
         self._ectx.close()
+
+    def _flush_keys(self) -> None:
+        """Flush the release and request keys (recreated on their next use): without a
+        resource manager the TPM holds 3 transient objects, and the EK needs a slot."""
+        for handle in (self._bind, self._request):
+            if handle is not None:
+                with contextlib.suppress(TSS2_Exception):
+                    self._ectx.flush_context(handle)
+        self._bind = self._request = None
 
     def _recovering(self, op: Callable[[], _T]) -> _T:
         """``op()``; if the TPM answers that it lost its transient objects (it was restarted
@@ -232,11 +280,11 @@ class Tpm:
             if not _lost_state(e.__cause__):
                 raise
             log.warning("%s; the TPM was restarted: recreating its keys and trying again", e)
-        for handle in (self._ak, self._bind):
+        for handle in (self._ak, self._bind, self._request):
             if handle is not None:  # gone from the TPM: only ESAPI's record of it is left
                 with contextlib.suppress(TSS2_Exception):
                     self._ectx.tr_close(handle)
-        self._ak = self._bind = None
+        self._ak = self._bind = self._request = None
         self.restarts_seen += 1
         return op()
 
@@ -301,6 +349,7 @@ class Tpm:
     @contextlib.contextmanager
     def _ek(self) -> Iterator[tuple[ESYS_TR, bytes]]:
         """The EK (handle, marshaled public), flushed after its one use (enrollment only)."""
+        self._flush_keys()
         try:
             _, template = create_ek_template("EK-RSA2048", NVReadEK(self._ectx))
             handle, public = self._create_primary(template)
@@ -335,6 +384,60 @@ class Tpm:
             except TSS2_Exception as e:
                 raise TPMError(f"TPM refused to create the release key: {e}") from e
         return self._bind
+
+    def _load_request(self) -> ESYS_TR:
+        if self._request is None:
+            if self._release_secret is None:
+                raise TPMError(
+                    "the request key needs the agent's secret; only the agent (which keeps it"
+                    " in its state directory) can certify or use it"
+                )
+            unique, auth = request_key_inputs(self._release_secret)
+            try:
+                self._request, self._request_public = self._create_primary(
+                    request_key_template(unique), auth
+                )
+            except TSS2_Exception as e:
+                raise TPMError(f"TPM refused to create the request key: {e}") from e
+        return self._request
+
+    def certify_request_key(self, qualifying: bytes) -> tuple[bytes, bytes, bytes]:
+        """The request key's marshaled TPM2B_PUBLIC, and a TPM2_Certify of it by the AK with
+        ``qualifying`` as qualifying data: the signed TPMS_ATTEST and the marshaled signature."""
+        if not 0 < len(qualifying) <= MAX_NONCE:
+            raise TPMError(
+                f"certify qualifying data must be 1 to {MAX_NONCE} bytes, got {len(qualifying)}"
+            )
+        return self._recovering(lambda: self._certify_request_key(qualifying))
+
+    def _certify_request_key(self, qualifying: bytes) -> tuple[bytes, bytes, bytes]:
+        request, ak = self._load_request(), self._load_ak()
+        try:
+            attested, signature = self._ectx.certify(
+                request, ak, qualifying, TPMT_SIG_SCHEME(scheme=TPM2_ALG.NULL)
+            )
+        except TSS2_Exception as e:
+            raise TPMError(f"TPM refused to certify the request key: {e}") from e
+        return self._request_public, bytes(attested), signature.marshal()
+
+    def sign_request(self, digest: bytes) -> bytes:
+        """The request key's marshaled TPMT_SIGNATURE (ECDSA-SHA256) over ``digest``, a
+        SHA-256 digest computed outside the TPM (TPM2_Sign with a null ticket: allowed for an
+        unrestricted key)."""
+        if len(digest) != SHA256_SIZE:
+            raise TPMError(f"a request digest must be {SHA256_SIZE} bytes, got {len(digest)}")
+        return self._recovering(lambda: self._sign_request(digest))
+
+    def _sign_request(self, digest: bytes) -> bytes:
+        request = self._load_request()
+        ticket = TPMT_TK_HASHCHECK(tag=TPM2_ST.HASHCHECK, hierarchy=TPM2_RH.NULL)
+        try:
+            signature = self._ectx.sign(
+                request, TPM2B_DIGEST(digest), TPMT_SIG_SCHEME(scheme=TPM2_ALG.NULL), ticket
+            )
+        except TSS2_Exception as e:
+            raise TPMError(f"TPM refused to sign with the request key: {e}") from e
+        return bytes(signature.marshal())
 
     def certify_bind_key(self, nonce: bytes) -> tuple[bytes, bytes, bytes]:
         """The release key's marshaled TPM2B_PUBLIC, and a TPM2_Certify of it by the AK with

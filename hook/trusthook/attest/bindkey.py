@@ -13,22 +13,16 @@ as its scheme, userWithAuth clear and ``RELEASE_KEY_POLICY`` as its authPolicy
 from __future__ import annotations
 
 import hashlib
-import hmac
 import struct
 from typing import Any
 
-from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.asymmetric import padding, rsa
-from tpm2_pytss import TSS2_Exception
+from cryptography.hazmat.primitives.asymmetric import rsa
 from tpm2_pytss.constants import TPM2_ALG, TPM2_CC, TPMA_OBJECT
-from tpm2_pytss.types import TPM2B_PUBLIC, TPMS_ATTEST
 
+from trusthook.attest.certify import verify_certification
 from trusthook.attest.identity import AttestationKey
-from trusthook.attest.tpmwire import TPM_GENERATED_VALUE, parse_rsassa_signature
 from trusthook.errors import AttestationError
 
-TPM_ST_ATTEST_CERTIFY = 0x8017
 CHECK = "release_key"
 REQUIRED = TPMA_OBJECT.FIXEDTPM | TPMA_OBJECT.FIXEDPARENT | TPMA_OBJECT.SENSITIVEDATAORIGIN
 FORBIDDEN = TPMA_OBJECT.RESTRICTED | TPMA_OBJECT.SIGN_ENCRYPT
@@ -53,40 +47,20 @@ def _fail(message: str, *, expected: str | None = None, got: str | None = None) 
     return AttestationError(CHECK, message, expected=expected, got=got)
 
 
-def _unmarshal(kind: type[TPM2B_PUBLIC] | type[TPMS_ATTEST], data: bytes, what: str) -> Any:
-    try:
-        value, used = kind.unmarshal(data)
-    except TSS2_Exception as e:
-        raise _fail(f"the {what} is malformed: {e}") from None
-    if used != len(data):
-        raise _fail(f"the {what} has {len(data) - used} trailing bytes")
-    return value
-
-
 def verify_bind_key(
     *, ak: AttestationKey, public: bytes, attest: bytes, signature: bytes, nonce: bytes
 ) -> rsa.RSAPublicKey:
-    """The release key in ``public`` once the AK's certification of it checks out."""
-    try:
-        ak.public_key().verify(
-            parse_rsassa_signature(signature), attest, padding.PKCS1v15(), hashes.SHA256()
-        )
-    except InvalidSignature:
-        raise _fail("the key certification is not signed by this host's AK") from None
-    except AttestationError as e:
-        raise _fail(e.message) from None
-    info = _unmarshal(TPMS_ATTEST, attest, "key certification")
-    if int(info.magic) != TPM_GENERATED_VALUE or int(info.type) != TPM_ST_ATTEST_CERTIFY:
-        raise _fail("the signed structure is not a TPM2_Certify")
-    if not hmac.compare_digest(bytes(info.extraData), nonce):
-        raise _fail("the key certification does not carry this release's nonce")
-    key = _unmarshal(TPM2B_PUBLIC, public, "release key public area")
-    area = key.publicArea
-    if int(area.nameAlg) != TPM2_ALG.SHA256:
-        raise _fail("the release key's name algorithm is not SHA-256")
-    name = int(TPM2_ALG.SHA256).to_bytes(2, "big") + hashlib.sha256(area.marshal()).digest()
-    if bytes(info.attested.certify.name) != name:
-        raise _fail("the key certification names another key than the one sent")
+    """The release key in ``public`` once the AK's certification of it, with this release's
+    nonce as qualifying data, checks out."""
+    area = verify_certification(
+        ak=ak,
+        public=public,
+        attest=attest,
+        signature=signature,
+        qualifying=nonce,
+        check=CHECK,
+        what="release key",
+    )
     return _check_area(area)
 
 
@@ -126,4 +100,7 @@ def _check_area(area: Any) -> rsa.RSAPublicKey:
             got=policy.hex() or "no policy",
         )
     exponent = int(detail.exponent) or 65537
-    return rsa.RSAPublicNumbers(exponent, int.from_bytes(modulus, "big")).public_key()
+    try:
+        return rsa.RSAPublicNumbers(exponent, int.from_bytes(modulus, "big")).public_key()
+    except ValueError as e:  # an even modulus or exponent, an exponent below 3
+        raise _fail(f"the release key is not a valid RSA public key ({e})") from None

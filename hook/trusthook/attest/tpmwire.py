@@ -1,5 +1,6 @@
 """Parse the two TPM structures a quote arrives in, with ``struct`` (TPM 2.0 Part 2):
-``TPMS_ATTEST`` of type ``TPM_ST_ATTEST_QUOTE`` and an RSASSA ``TPMT_SIGNATURE``.
+``TPMS_ATTEST`` of type ``TPM_ST_ATTEST_QUOTE`` and an RSASSA ``TPMT_SIGNATURE``; and the
+ECDSA ``TPMT_SIGNATURE`` of the request key (``requestkey``).
 
 Pure and strict: big-endian fields in order, sizes bounded, no trailing bytes; anything else
 raises ``AttestationError``. Hand-written because the verifier parses one of each per quote and
@@ -16,6 +17,7 @@ from trusthook.errors import AttestationError
 TPM_GENERATED_VALUE = 0xFF544347
 TPM_ST_ATTEST_QUOTE = 0x8018
 TPM_ALG_RSASSA = 0x0014
+TPM_ALG_ECDSA = 0x0018
 TPM_ALG_SHA256 = 0x000B
 _U16 = struct.Struct(">H")
 _U32 = struct.Struct(">I")
@@ -38,14 +40,15 @@ class QuoteInfo:
 
 
 class _Reader:
-    def __init__(self, data: bytes, what: str) -> None:
+    def __init__(self, data: bytes, what: str, check: str = "quote") -> None:
         self._data = data
         self._at = 0
         self._what = what
+        self._check = check
 
     def take(self, n: int) -> bytes:
         if self._at + n > len(self._data):
-            raise AttestationError("quote", f"{self._what} is truncated")
+            raise AttestationError(self._check, f"{self._what} is truncated")
         chunk = self._data[self._at : self._at + n]
         self._at += n
         return chunk
@@ -62,13 +65,15 @@ class _Reader:
     def sized(self, limit: int) -> bytes:
         size = self.u16()
         if size > limit:
-            raise AttestationError("quote", f"{self._what} has a {size}-byte field over {limit}")
+            raise AttestationError(
+                self._check, f"{self._what} has a {size}-byte field over {limit}"
+            )
         return self.take(size)
 
     def end(self) -> None:
         if self._at != len(self._data):
             raise AttestationError(
-                "quote", f"{self._what} has {len(self._data) - self._at} trailing bytes"
+                self._check, f"{self._what} has {len(self._data) - self._at} trailing bytes"
             )
 
 
@@ -121,3 +126,20 @@ def parse_rsassa_signature(data: bytes) -> bytes:
     signature = r.sized(512)
     r.end()
     return signature
+
+
+def parse_ecdsa_signature(data: bytes, check: str) -> tuple[int, int]:
+    """``(r, s)`` of an ECDSA-SHA256 ``TPMT_SIGNATURE`` with P-256-sized values;
+    AttestationError(check) otherwise."""
+    r = _Reader(data, "the request signature", check)
+    alg, hash_alg = r.u16(), r.u16()
+    if alg != TPM_ALG_ECDSA or hash_alg != TPM_ALG_SHA256:
+        raise AttestationError(
+            check,
+            "the request signature is not ECDSA with SHA-256",
+            expected="ecdsa-sha256",
+            got=f"algorithm {alg:#06x}, hash {hash_alg:#06x}",
+        )
+    sig_r, sig_s = r.sized(32), r.sized(32)
+    r.end()
+    return int.from_bytes(sig_r, "big"), int.from_bytes(sig_s, "big")

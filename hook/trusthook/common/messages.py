@@ -281,12 +281,23 @@ class EnrollmentRequest:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class ActivationRequest:
-    """POST /v1/enrollments/{id}/activation."""
+    """POST /v1/enrollments/{id}/activation: the activated credential, and the request key with
+    the AK's certification of it for this enrollment."""
 
     secret: bytes
+    key_public: bytes  # marshaled TPM2B_PUBLIC of the request key
+    key_attest: bytes  # TPMS_ATTEST of TPM2_Certify by the AK
+    key_signature: bytes  # marshaled TPMT_SIGNATURE
 
     def to_json(self) -> dict[str, Any]:
-        return {"secret": b64.encode(self.secret)}
+        return {
+            "secret": b64.encode(self.secret),
+            "request_key": {
+                "public": b64.encode(self.key_public),
+                "attest": b64.encode(self.key_attest),
+                "signature": b64.encode(self.key_signature),
+            },
+        }
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -57,8 +57,20 @@ class EnrollmentChallenge(_Body):
     expires_at: str
 
 
+class CertifiedKey(_Body):
+    public: str = Field(description="marshaled TPM2B_PUBLIC of the key, base64", max_length=4096)
+    attest: str = Field(
+        description="TPMS_ATTEST of TPM2_Certify by the AK, base64", max_length=4096
+    )
+    signature: str = Field(description="marshaled TPMT_SIGNATURE, base64", max_length=4096)
+
+
 class ActivationRequest(_Body):
     secret: str = Field(description="the activated credential, base64", max_length=128)
+    request_key: CertifiedKey = Field(
+        description="the TPM request key the host signs its requests with, certified by the AK"
+        " with qualifying data SHA-256('trusthook request key' NUL enrollment_id)"
+    )
 
 
 class EnrollmentResult(_Body):
@@ -89,16 +101,6 @@ class AttestationRequest(_Body):
     events: list[dict[str, Any]] = Field(
         description="event-log records after the last verified one", max_length=MAX_EVENTS
     )
-
-
-class CertifiedKey(_Body):
-    public: str = Field(
-        description="marshaled TPM2B_PUBLIC of the release key, base64", max_length=4096
-    )
-    attest: str = Field(
-        description="TPMS_ATTEST of TPM2_Certify by the AK, base64", max_length=4096
-    )
-    signature: str = Field(description="marshaled TPMT_SIGNATURE, base64", max_length=4096)
 
 
 class ReleaseRequest(_Body):

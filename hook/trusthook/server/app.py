@@ -17,10 +17,11 @@ from collections.abc import Awaitable, Callable, MutableMapping
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
-from fastapi import Depends, FastAPI, Request
+from fastapi import Depends, FastAPI, Header, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
+from trusthook.attest.requestkey import SIGNATURE_HEADER
 from trusthook.errors import (
     AdmissionError,
     AttestationError,
@@ -36,7 +37,7 @@ from trusthook.server import api
 from trusthook.server.ca import CertificateAuthority
 from trusthook.server.config import ServerConfig
 from trusthook.server.records import HostRecord
-from trusthook.server.service import ServerService
+from trusthook.server.service import ServerService, SignedRequest
 from trusthook.server.store import Store
 from trusthook.server.tlsproto import peer_certificate
 
@@ -110,6 +111,26 @@ class _TooLarge(Exception):
     pass
 
 
+async def _signed(
+    request: Request,
+    signature: Annotated[
+        str | None,
+        Header(
+            alias=SIGNATURE_HEADER,
+            description="the host's TPM request key's marshaled TPMT_SIGNATURE (ECDSA-SHA256),"
+            " base64, over SHA-256('trusthook request v1' NUL method NUL path NUL body)"
+            " (docs/attestation.md §10)",
+        ),
+    ] = None,
+) -> SignedRequest:
+    """The request as the host signed it: method, path as sent, body bytes, signature."""
+    raw_path = request.scope.get("raw_path")
+    path = raw_path.decode("latin-1") if raw_path else request.url.path
+    return SignedRequest(
+        method=request.method, path=path, body=await request.body(), signature=signature
+    )
+
+
 def create_app(service: ServerService, *, max_body: int) -> FastAPI:
     """The ASGI application; ``max_body`` bounds every request body."""
     app = FastAPI(
@@ -151,6 +172,7 @@ def create_app(service: ServerService, *, max_body: int) -> FastAPI:
 
     Caller = Annotated[HostRecord | None, Depends(caller)]
     Host = Annotated[HostRecord, Depends(host_caller)]
+    Signed = Annotated[SignedRequest, Depends(_signed)]
 
     @app.get("/v1/health", tags=["server"])
     async def health() -> dict[str, str]:
@@ -179,16 +201,18 @@ def create_app(service: ServerService, *, max_body: int) -> FastAPI:
         return service.issue_nonce(host)
 
     @app.post("/v1/attestations", tags=["attestation"])
-    async def attest(host: Host, body: api.AttestationRequest) -> api.HostStatus:
+    async def attest(host: Host, body: api.AttestationRequest, signed: Signed) -> api.HostStatus:
         """Appraise a quote and the event-log records since the last verified one; answers
-        the host's new status (a refused appraisal is a status with reasons, not an error)."""
-        return service.attest(host, body)
+        the host's new status (a refused appraisal is a status with reasons, not an error).
+        The request must carry its request-key signature (403 ``request_signature``)."""
+        return service.attest(host, body, signed)
 
     @app.post("/v1/releases", tags=["keys"])
-    async def release(host: Host, body: api.ReleaseRequest) -> api.ReleaseResponse:
+    async def release(host: Host, body: api.ReleaseRequest, signed: Signed) -> api.ReleaseResponse:
         """Release an encrypted image's layer keys, sealed to the host's TPM release key, when
-        the evidence is trusted, includes this launch and the release policy allows it."""
-        return service.release(host, body)
+        the evidence is trusted, includes this launch and the release policy allows it. The
+        request must carry its request-key signature (403 ``request_signature``)."""
+        return service.release(host, body, signed)
 
     @app.get("/v1/hosts", tags=["trust"])
     async def hosts(caller: Caller) -> api.HostList:

@@ -22,8 +22,15 @@ from trusthook.attest.identity import (
     make_credential,
     verify_ek_certificate,
 )
+from trusthook.attest.requestkey import verify_request_key
 from trusthook.common.clock import iso_from_timestamp
-from trusthook.errors import ConflictError, EnrollmentError, NotFoundError, RequestError
+from trusthook.errors import (
+    AttestationError,
+    ConflictError,
+    EnrollmentError,
+    NotFoundError,
+    RequestError,
+)
 from trusthook.server import api
 from trusthook.server.admission import AUTO_ADMIT, HOST, Admission, AdmissionState, ek_sha256_of
 from trusthook.server.ca import CertificateAuthority, pem
@@ -117,6 +124,7 @@ class Enroller:
                 " EK; the AK and the EK are not in the same TPM"
             )
         request = api.EnrollmentRequest(**pending.request)
+        request_key = self._request_key(enrollment_id, pending.host_id, request, req, now)
         ek_certificate = x509.load_der_x509_certificate(
             api.field_bytes(request.ek_certificate, "ek_certificate")
         )
@@ -130,7 +138,14 @@ class Enroller:
             admission = self._admission_for(pending.host_id, request, ek_certificate, existing)
             if admission is None:
                 continue  # the record changed meanwhile: decide again on what is stored now
-            record = _enrolled(pending.host_id, request, certificate, existing, now.timestamp())
+            record = _enrolled(
+                pending.host_id,
+                request,
+                request_key=request_key,
+                certificate=certificate,
+                existing=existing,
+                now=now.timestamp(),
+            )
             noted = replace(
                 admission,
                 ek_cert_serial=admission.ek_cert_serial
@@ -165,6 +180,34 @@ class Enroller:
             certificate=_pem_text(certificate),
             ca_certificate=_pem_text(self._ca.certificate),
         )
+
+    def _request_key(
+        self,
+        enrollment_id: str,
+        host_id: str,
+        request: api.EnrollmentRequest,
+        activation: api.ActivationRequest,
+        now: datetime,
+    ) -> bytes:
+        """The request key's point once the AK (now proven to share the EK's TPM) certified
+        it for this enrollment; EnrollmentError, audited, otherwise."""
+        key = activation.request_key
+        try:
+            return verify_request_key(
+                ak=check_ak_public(api.field_bytes(request.ak_public, "ak_public")),
+                public=api.field_bytes(key.public, "request_key.public"),
+                attest=api.field_bytes(key.attest, "request_key.attest"),
+                signature=api.field_bytes(key.signature, "request_key.signature"),
+                enrollment_id=enrollment_id,
+            )
+        except AttestationError as e:
+            self._store.record_event(
+                host_id=host_id,
+                event_name="enrollment_refused",
+                detail={"reason": e.message},
+                now=now.timestamp(),
+            )
+            raise EnrollmentError(f"request key: {e.message}") from None
 
     def _admission_for(
         self,
@@ -261,6 +304,8 @@ def _refused_by_a_check(host: HostRecord) -> bool:
 def _enrolled(
     host_id: str,
     request: api.EnrollmentRequest,
+    *,
+    request_key: bytes,
     certificate: x509.Certificate,
     existing: HostRecord | None,
     now: float,
@@ -273,6 +318,7 @@ def _enrolled(
         hostname=request.hostname,
         ek_public=api.field_bytes(request.ek_public, "ek_public"),
         ak_public=api.field_bytes(request.ak_public, "ak_public"),
+        request_key=request_key,
         cert_serial=format(certificate.serial_number, "x"),
         enrolled_at=now,
         state=HostState(),
@@ -292,6 +338,7 @@ def _enrolled(
         hostname=new.hostname,
         ek_public=new.ek_public,
         ak_public=new.ak_public,
+        request_key=new.request_key,
         cert_serial=new.cert_serial,
         enrolled_at=now,
         version=existing.version + 1,

@@ -21,6 +21,7 @@ class HostRecord:
     hostname: str
     ek_public: bytes
     ak_public: bytes
+    request_key: bytes  # uncompressed SEC1 P-256 point of the TPM request key (requestkey.py)
     cert_serial: str  # of the one client certificate accepted; "": none (revoked)
     enrolled_at: float
     state: HostState

@@ -35,6 +35,7 @@ hosts = Table(
     Column("hostname", String(255), nullable=False),
     Column("ek_public", LargeBinary, nullable=False),
     Column("ak_public", LargeBinary, nullable=False),
+    Column("request_key", LargeBinary, nullable=False),  # SEC1 point of the TPM request key
     Column("cert_serial", String(40), nullable=False),
     Column("enrolled_at", Float, nullable=False),
     Column("reset_count", Integer),
@@ -168,6 +169,7 @@ def host_of(row: Any) -> HostRecord:
         hostname=values["hostname"],
         ek_public=bytes(values["ek_public"]),
         ak_public=bytes(values["ak_public"]),
+        request_key=bytes(values["request_key"]),
         cert_serial=values["cert_serial"],
         enrolled_at=values["enrolled_at"],
         state=HostState(
@@ -196,6 +198,7 @@ def host_values(record: HostRecord) -> dict[str, Any]:
         "hostname": record.hostname,
         "ek_public": record.ek_public,
         "ak_public": record.ak_public,
+        "request_key": record.request_key,
         "cert_serial": record.cert_serial,
         "enrolled_at": record.enrolled_at,
         "reset_count": state.reset_count,

@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import secrets
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import lru_cache
 
@@ -15,6 +16,7 @@ from trusthook.attest.appraise import Evidence, Expectations, appraise
 from trusthook.attest.bindkey import verify_bind_key
 from trusthook.attest.identity import AttestationKey, check_ak_public
 from trusthook.attest.quote import verify_quote
+from trusthook.attest.requestkey import check_request_signature
 from trusthook.attest.verdict import Reason
 from trusthook.common.clock import iso_from_timestamp
 from trusthook.common.digest import sha256_of
@@ -48,6 +50,17 @@ _SAVE_ATTEMPTS = 5
 @lru_cache(maxsize=4096)
 def _attestation_key(ak_public: bytes) -> AttestationKey:
     return check_ak_public(ak_public)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SignedRequest:
+    """A host's request as it arrived, for checking its request-key signature: the method,
+    the path, the body bytes exactly as sent and the signature header (None: absent)."""
+
+    method: str
+    path: str
+    body: bytes
+    signature: str | None
 
 
 class ServerService:
@@ -139,7 +152,42 @@ class ServerService:
             verified_recnum=host.state.verified_recnum,
         )
 
-    def attest(self, host: HostRecord, req: api.AttestationRequest) -> api.HostStatus:
+    def check_signed(self, host: HostRecord, signed: SignedRequest) -> None:
+        """Return if the host's TPM request key signed this request; AttestationError
+        ("request_signature"), audited, otherwise: the client certificate's key is a file, and
+        alone it does not speak for the host (docs/attestation.md §10)."""
+        try:
+            check_request_signature(
+                host.request_key,
+                method=signed.method,
+                path=signed.path,
+                body=signed.body,
+                header=signed.signature,
+            )
+        except AttestationError as e:
+            self._store.record_event(
+                host_id=host.host_id,
+                event_name="request_refused",
+                detail={"path": signed.path, "reason": e.message},
+                now=self._clock().timestamp(),
+            )
+            log.warning(
+                "host %s: %s %s refused: %s",
+                host.host_id[:16],
+                signed.method,
+                signed.path,
+                e.message,
+            )
+            raise
+
+    def attest(
+        self, host: HostRecord, req: api.AttestationRequest, signed: SignedRequest
+    ) -> api.HostStatus:
+        """Appraise signed evidence; the host's new status."""
+        self.check_signed(host, signed)
+        return self._attest(host, req)
+
+    def _attest(self, host: HostRecord, req: api.AttestationRequest) -> api.HostStatus:
         evidence = _evidence(req)
         nonce = api.field_bytes(req.nonce, "nonce")
         now = self._clock().timestamp()
@@ -196,13 +244,17 @@ class ServerService:
 
     # key release
 
-    def release(self, host: HostRecord, req: api.ReleaseRequest) -> api.ReleaseResponse:
-        """Appraise the evidence, then release the image's layer keys sealed to the host's TPM
-        if its launch record and the release policy allow it. Every decision is audited."""
+    def release(
+        self, host: HostRecord, req: api.ReleaseRequest, signed: SignedRequest
+    ) -> api.ReleaseResponse:
+        """Appraise the signed evidence, then release the image's layer keys sealed to the
+        host's TPM if its launch record and the release policy allow it. Every decision is
+        audited."""
+        self.check_signed(host, signed)
         manifest = api.field_bytes(req.manifest, "manifest")
         image = sha256_of(manifest)
         nonce = api.field_bytes(req.attestation.nonce, "attestation.nonce")
-        status = self.attest(host, req.attestation)
+        status = self._attest(host, req.attestation)
         current = self._store.get_host(host.host_id)  # the admission as it is now
         try:
             if current is None or not current.admitted:
