@@ -10,6 +10,7 @@ import json
 import os
 import secrets
 import shutil
+import time
 import uuid
 from collections.abc import Iterator
 from datetime import timedelta
@@ -38,7 +39,7 @@ from trusthook.agent.logstore import LogStore, read_boot_id
 from trusthook.agent.serverclient import ServerClient, tls_context
 from trusthook.agent.tpm import Tpm
 from trusthook.common.eventlog import Record, parse_record
-from trusthook.errors import ServerRefusedError, ServerUnavailableError
+from trusthook.errors import ServerRefusedError, TrusthookError
 from trusthook.server.ca import CertificateAuthority
 
 pytestmark = pytest.mark.integration
@@ -300,8 +301,22 @@ def test_client_without_certificate(forger: Forger, tmp_path: Path) -> None:
     )
     (tmp_path / "rogue.crt").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
     context = tls_context(forger.server.ca_cert, tmp_path / "rogue.crt", tmp_path / "rogue.key")
-    with ServerClient(forger.server.url, context) as client, pytest.raises(ServerUnavailableError):
+    with (
+        ServerClient(forger.server.url, context) as client,
+        pytest.raises(TrusthookError, match="client certificate") as refused,
+    ):
         client.post("/v1/nonces")
+    # the server's alert, or (when the close overtakes it) the handshake's end
+    assert "refused this host's TLS client certificate" in str(refused.value) or (
+        "closed the TLS connection during the handshake" in str(refused.value)
+    ), refused.value
+    # and the server says so, with the peer's address (asyncio alone logs it only in debug mode)
+    log = forger.server.root / "server.log"
+    deadline = time.monotonic() + 10
+    while "refused a TLS handshake from 127.0.0.1:" not in log.read_text():
+        assert time.monotonic() < deadline, log.read_text()[-2000:]
+        time.sleep(0.05)
+    assert "CERTIFICATE_VERIFY_FAILED" in log.read_text()
 
 
 def test_wrong_credential_activation_answer(swtpm: Swtpm, attest_server: AttestServer) -> None:

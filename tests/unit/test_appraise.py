@@ -334,6 +334,19 @@ def test_log_that_does_not_continue_to_the_quoted_pcr_is_refused(
     assert needle in message
 
 
+def test_expected_is_the_trusted_reference_and_got_the_value_checked() -> None:
+    """One convention for every reason (docs/attestation.md §6): ``expected`` is what the
+    verifier trusts (the server's own data or what the TPM signed), ``got`` what the evidence
+    under check shows. An altered record: its digest (in the PCR chain) against its content."""
+    altered = _altered(FIVE.events[0], redigest=False, container_id="evil")
+    result = run(FIVE, attested([EMPTY, THREE]), events=(altered, FIVE.events[1]))
+    assert result.reasons[0].expected == altered.digest.hex()
+    assert result.reasons[0].got == altered.event.digest().hex()
+    nonce = run(FIVE, attested([EMPTY, THREE]), nonce=b"another nonce")
+    assert nonce.reasons[0].check == "nonce"
+    assert nonce.reasons[0].expected == hashlib.sha256(b"another nonce").hexdigest()[:16]
+
+
 def test_truncated_first_log_is_refused_from_an_empty_pcr() -> None:
     result = run(THREE, HostState(), events=THREE.events[:2])
     check, message = reason(result)

@@ -104,6 +104,9 @@ class ServerClient:
                 f"attestation server {self.url}: its certificate does not verify against the"
                 f" configured CA ({e.verify_message})"
             ) from None
+        except ssl.SSLError as e:
+            self._conn.close()
+            raise _tls_refusal(self.url, e) from None
         except (OSError, http.client.HTTPException) as e:
             self._conn.close()
             raise ServerUnavailableError(
@@ -122,6 +125,26 @@ class ServerClient:
         if not isinstance(data, dict):
             raise ServerRefusedError(f"attestation server {self.url} sent a malformed answer")
         return data
+
+
+def _tls_refusal(url: str, error: ssl.SSLError) -> ServerRefusedError | ServerUnavailableError:
+    """What a TLS error from the server means: an alert about the client's certificate is a
+    refusal of this host's identity; anything else, an unreachable server."""
+    reason = error.reason or ""
+    if "ALERT" in reason and ("CERTIFICATE" in reason or "UNKNOWN_CA" in reason):
+        return ServerRefusedError(
+            f"attestation server {url} refused this host's TLS client certificate (TLS alert"
+            f" {reason}): it was not issued by this server's CA or is no longer valid;"
+            " enroll again with this server"
+        )
+    if "ALERT" in reason:
+        return ServerRefusedError(f"attestation server {url} refused the TLS handshake ({reason})")
+    if isinstance(error, ssl.SSLEOFError):  # the alert did not arrive before the close
+        return ServerUnavailableError(
+            f"attestation server {url} closed the TLS connection during the handshake: it may"
+            " refuse this host's client certificate (its log says), or it stopped"
+        )
+    return ServerUnavailableError(f"cannot reach attestation server {url}: {error}")
 
 
 def _error_message(data: Any) -> str | None:

@@ -239,8 +239,8 @@ def _check_log(base: HostState, evidence: Evidence, pcr: int, values: Mapping[in
             raise AttestationError(
                 "event_log",
                 f"record {recnum}'s digest does not match its content (the record was altered)",
-                expected=record.event.digest().hex(),
-                got=record.digest.hex(),
+                expected=record.digest.hex(),  # what the PCR chain commits to
+                got=record.event.digest().hex(),  # what the content sent hashes to
             )
         if record.event.boot_id != evidence.boot_id:
             raise AttestationError(

@@ -7,6 +7,7 @@ accepted). Layout under ``state_dir`` (0700):
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
 import ssl
@@ -29,7 +30,7 @@ from trusthook.server.config import ServerConfig
 from trusthook.server.records import OperatorCert
 from trusthook.server.service import OPERATOR_PREFIX, ServerService
 from trusthook.server.store import Store
-from trusthook.server.tlsproto import PeerCertProtocol
+from trusthook.server.tlsproto import HandshakeLoggingLoop, PeerCertProtocol
 
 log = logging.getLogger(__name__)
 SERVER_CERT_LIFETIME = timedelta(days=825)
@@ -239,6 +240,7 @@ def run_server(config: ServerConfig) -> None:
         Store.safe_url(config.database_url),
     )
     try:
-        server.run()
+        with asyncio.Runner(loop_factory=HandshakeLoggingLoop) as runner:
+            runner.run(server.serve())
     finally:
         store.dispose()

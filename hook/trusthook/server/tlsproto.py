@@ -1,4 +1,5 @@
-"""The TLS client certificate in the ASGI scope, which uvicorn does not put there.
+"""The TLS layer under uvicorn: the client certificate in the ASGI scope, which uvicorn does
+not put there, and a log line for every refused handshake.
 
 ``PeerCertProtocol`` is uvicorn's h11 protocol (``uvicorn.Config(http=PeerCertProtocol)``) that,
 for a connection whose client presented a certificate, adds the ASGI TLS extension to each
@@ -9,7 +10,12 @@ The TLS layer has verified it against the CA in ``ssl_ca_certs`` by then.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
+import socket
 import ssl
+from asyncio import selector_events, sslproto
+from asyncio.constants import SSL_HANDSHAKE_TIMEOUT, SSL_SHUTDOWN_TIMEOUT
 from collections.abc import Mapping
 from typing import Any
 
@@ -22,6 +28,8 @@ from uvicorn._types import (
     Scope,
 )
 from uvicorn.protocols.http.h11_impl import H11Protocol
+
+log = logging.getLogger(__name__)
 
 
 def _with_tls(app: ASGI3Application, tls: dict[object, object]) -> ASGI3Application:
@@ -65,3 +73,61 @@ def peer_certificate(scope: Mapping[str, Any]) -> x509.Certificate | None:
     if not chain:
         return None
     return x509.load_pem_x509_certificate(str(chain[0]).encode())
+
+
+class _RefusalReportingTLS(sslproto.SSLProtocol):
+    """asyncio's TLS protocol, except that a refused handshake is logged with the peer's address
+    and the TLS alert OpenSSL wrote is sent before the connection closes (asyncio drops it, so
+    the client saw only an EOF in violation of the protocol)."""
+
+    def _on_handshake_complete(self, handshake_exc: BaseException | None) -> None:
+        if isinstance(handshake_exc, ssl.SSLError):
+            transport = self._transport
+            peer = transport.get_extra_info("peername") if transport is not None else None
+            where = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else "an unknown peer"
+            reason = handshake_exc.reason or type(handshake_exc).__name__
+            log.warning("refused a TLS handshake from %s: %s", where, reason)
+            with contextlib.suppress(Exception):  # best effort: the alert to the client
+                self._process_outgoing()  # type: ignore[attr-defined]  # CPython 3.11
+        super()._on_handshake_complete(handshake_exc)
+
+
+class HandshakeLoggingLoop(asyncio.SelectorEventLoop):
+    """asyncio's event loop with ``_RefusalReportingTLS`` for TLS connections: every handshake
+    the server refuses (a client certificate from another CA, an expired one, no common
+    protocol) is logged and answered with its alert; asyncio logs them only in debug mode. Run
+    the server in it: ``asyncio.Runner(loop_factory=HandshakeLoggingLoop)``. CPython 3.11's
+    selector loop builds the TLS transport this way (tests/integration/test_evidence.py checks
+    the log line and the client's message)."""
+
+    def _make_ssl_transport(
+        self,
+        rawsock: socket.socket,
+        protocol: asyncio.BaseProtocol,
+        sslcontext: ssl.SSLContext,
+        waiter: asyncio.Future[None] | None = None,
+        *,
+        server_side: bool = False,
+        server_hostname: str | None = None,
+        extra: dict[str, Any] | None = None,
+        server: asyncio.AbstractServer | None = None,
+        ssl_handshake_timeout: float = SSL_HANDSHAKE_TIMEOUT,
+        ssl_shutdown_timeout: float = SSL_SHUTDOWN_TIMEOUT,
+    ) -> asyncio.Transport:
+        # typeshed's SSLProtocol and selector_events stubs lag CPython 3.11's; the calls are
+        # those BaseSelectorEventLoop._make_ssl_transport makes
+        tls = _RefusalReportingTLS(
+            self,
+            protocol,
+            sslcontext,
+            waiter,  # type: ignore[arg-type]
+            server_side,
+            server_hostname,
+            ssl_handshake_timeout=ssl_handshake_timeout,  # type: ignore[arg-type]
+            ssl_shutdown_timeout=ssl_shutdown_timeout,
+        )
+        selector_events._SelectorSocketTransport(  # type: ignore[attr-defined]
+            self, rawsock, tls, extra=extra, server=server
+        )
+        transport: asyncio.Transport = tls._app_transport
+        return transport
