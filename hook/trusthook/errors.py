@@ -30,6 +30,11 @@ class ConfigError(InputError):
     """The trusthook configuration file or an environment override is invalid."""
 
 
+class EngineConfigError(ConfigError):
+    """A container engine's configuration (daemon.json, containerd's config.toml, a CRI-O
+    drop-in) cannot be read or merged: ``trusthook runtime configure`` changed nothing."""
+
+
 class StateError(InputError):
     """The OCI state JSON on the hook's stdin, or a state file of ours, is malformed."""
 

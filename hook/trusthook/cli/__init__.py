@@ -1,5 +1,6 @@
 """``trusthook``: measure a rootfs, run the agent, show and verify the event log, enroll and
-attest this host, run the attestation server, work on encrypted images.
+attest this host, run the attestation server, work on encrypted images, verify audit bundles,
+register trusthook with the container engines and check that a host is ready.
 
 The parser (``parser``) is plain argparse; each subcommand's code lives in its own module,
 imported only when that subcommand runs, so ``--help``, ``status`` and ``log show`` never load

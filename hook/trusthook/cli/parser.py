@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from trusthook.hostsetup.choices import Engine
 from trusthook.image.choices import Devices, Setuid, choice_values
 
 REFERENCE_HELP = "an OCI layout directory, optionally :REF (skopeo's oci:DIR:REF also works)"
@@ -257,6 +258,62 @@ def _add_audit(sub: Any) -> None:
     v.add_argument("--key", metavar="VKEY", help="the log's verifier key (name+keyid+key)")
 
 
+def _add_setup(sub: Any) -> None:
+    engines = choice_values(Engine)
+    rt = sub.add_parser(
+        "runtime", help="register trusthook with a container engine (docs/deploy.md)"
+    ).add_subparsers(dest="runtime_command", required=True)
+    for name, text in (
+        ("configure", "merge trusthook into an engine's configuration (backed up, idempotent)"),
+        ("unconfigure", "take trusthook out of an engine's configuration again"),
+    ):
+        cmd = _command(rt, name, f"runtime:{name}", text)
+        cmd.add_argument("--runtime", required=True, choices=engines, help="the engine")
+        cmd.add_argument(
+            "--config",
+            metavar="PATH",
+            help="the engine's file: daemon.json, config.toml or the CRI-O drop-in"
+            " (default: /etc/docker/daemon.json, /etc/containerd/config.toml,"
+            " /etc/crio/crio.conf.d/50-trusthook.conf)",
+        )
+        cmd.add_argument(
+            "--hooks-dir",
+            metavar="DIR",
+            help="where podman and CRI-O read hooks.d files (default /etc/containers/oci/hooks.d)",
+        )
+        cmd.add_argument("--dry-run", action="store_true", help="print a diff, write nothing")
+        if name == "configure":
+            cmd.add_argument(
+                "--shim-path",
+                metavar="PATH",
+                help="trusthook-runtime (default: the one beside this trusthook, else in PATH)",
+            )
+            cmd.add_argument(
+                "--hook-path",
+                metavar="PATH",
+                help="trusthook-hook for hooks.d (default: [runtime] hook, else the one beside"
+                " this trusthook)",
+            )
+            cmd.add_argument(
+                "--default", action="store_true", help="make trusthook the engine's default runtime"
+            )
+
+    dr = _command(sub, "doctor", "doctor:doctor", "check that this host is ready, with fixes")
+    dr.add_argument("--json", action="store_true", help="the report as JSON (docs/deploy.md)")
+    dr.add_argument(
+        "--engine-config",
+        action="append",
+        default=[],
+        metavar="ENGINE=PATH",
+        help="an engine's file where it is not at its default path (repeat)",
+    )
+    dr.add_argument(
+        "--hooks-dir",
+        metavar="DIR",
+        help="the hooks.d directory (default /etc/containers/oci/hooks.d)",
+    )
+
+
 def build_parser(description: str | None) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="trusthook", description=description)
     p.add_argument("--trusthook-config", metavar="PATH", help="trusthook config file")
@@ -266,4 +323,5 @@ def build_parser(description: str | None) -> argparse.ArgumentParser:
     _add_server(sub)
     _add_image(sub)
     _add_audit(sub)
+    _add_setup(sub)
     return p
