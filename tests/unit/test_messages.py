@@ -20,6 +20,8 @@ from trusthook.common.jsonread import FROM_AGENT, Message
 from trusthook.common.messages import (
     ActivationRequest,
     AttestationRequest,
+    AuditCheckpointAnswer,
+    AuditProofAnswer,
     Enrollment,
     EnrollmentChallenge,
     EnrollmentRequest,
@@ -297,7 +299,7 @@ SAMPLES: list[tuple[Message, set[str], set[str]]] = [
     ),
     (
         EnrollmentResult(host_id="h1", group="lab", certificate="PEM", ca_certificate="PEM"),
-        set(),
+        {"audit_key"},
         set(),
     ),
     (
@@ -326,9 +328,26 @@ SAMPLES: list[tuple[Message, set[str], set[str]]] = [
         set(),
     ),
     (EnrollResult(host_id="h1", server="https://s:8443", reenrolled=False), set(), set()),
-    (ENROLLMENT, set(), set()),
-    (ATTEMPT, {"last_verdict"}, set()),
-    (StatusResult(enrollment=ENROLLMENT, attempt=ATTEMPT), {"last_attempt", "last_verdict"}, set()),
+    (ENROLLMENT, {"audit_key"}, set()),
+    (ATTEMPT, {"last_verdict", "audit_error"}, set()),
+    (
+        LastAttempt(
+            last_attempt="2026-01-01T00:00:00.000000Z",
+            error=None,
+            last_verdict=None,
+            audit_size=7,
+            audit_error=None,
+        ),
+        {"audit_error", "audit_size"},
+        {"audit_size"},
+    ),
+    (AuditCheckpointAnswer(checkpoint="origin\n1\nAAAA\n"), set(), set()),
+    (AuditProofAnswer(hashes=(bytes(32),)), set(), set()),
+    (
+        StatusResult(enrollment=ENROLLMENT, attempt=ATTEMPT),
+        {"last_attempt", "last_verdict", "audit_error"},
+        set(),
+    ),
     (
         SnapshotResult(
             pcr=23,

@@ -47,6 +47,10 @@ def test_openapi_document_in_docs_is_what_the_server_serves(tmp_path: Path) -> N
         "/v1/releases",
         "/v1/hosts",
         "/v1/hosts/{host_id}",
+        "/v1/audit/checkpoint",
+        "/v1/audit/consistency",
+        "/v1/audit/entries",
+        "/v1/audit/inclusion",
     }
 
 

@@ -4,7 +4,10 @@ Files under ``<state_dir>/attest/`` (directory 0700):
 - ``client.key`` (0600) and ``client.crt``: the mTLS identity the server issued at enrollment;
 - ``server-ca.pem``: the CA the server's certificate must chain to;
 - ``enrollment.json``: server URL, host id, hostname, and the group the server assigned;
-- ``status.json``: the last attempt, its outcome, and the server's verdict with its reasons.
+- ``status.json``: the last attempt, its outcome, and the server's verdict with its reasons;
+- ``audit-checkpoint.note``: the last checkpoint of the server's audit log this host verified
+  (docs/audit.md §9): each later one must be consistent with it, or the host reports that the
+  server rewrote or forked its log.
 Every file is written to a temporary name, fsync'd and renamed: a crash leaves the old one.
 """
 
@@ -15,6 +18,7 @@ import logging
 import random
 import threading
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import TypeVar
@@ -26,6 +30,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from trusthook.agent.serverclient import ServerClient, tls_context
 from trusthook.agent.writer import MeasuredLog
 from trusthook.attest.requestkey import enrollment_qualifying
+from trusthook.audit import VerifierKey, open_checkpoint, verify_consistency
 from trusthook.common.clock import iso, utc_now
 from trusthook.common.eventlog import LaunchEvent
 from trusthook.common.files import write_atomic
@@ -33,6 +38,8 @@ from trusthook.common.jsonread import Message, Source
 from trusthook.common.messages import (
     ActivationRequest,
     AttestationRequest,
+    AuditCheckpointAnswer,
+    AuditProofAnswer,
     Enrollment,
     EnrollmentChallenge,
     EnrollmentRequest,
@@ -47,6 +54,8 @@ from trusthook.common.messages import (
     StatusResult,
 )
 from trusthook.errors import (
+    AuditLogError,
+    AuditVerificationError,
     ConfigError,
     ServerRefusedError,
     ServerUnavailableError,
@@ -58,6 +67,14 @@ from trusthook.image.envelope import associated_data, open_sealed
 log = logging.getLogger(__name__)
 RETRY_FIRST = 1.0  # seconds before the first retry of an unreachable server; doubles each time
 M = TypeVar("M", bound=Message)
+
+
+@dataclass(frozen=True, slots=True)
+class AuditWatch:
+    """One check of the server's audit log: the size it was consistent at, or why not."""
+
+    size: int | None
+    error: str | None
 
 
 def _read_state(path: Path, kind: type[M], hint: str) -> M | None:
@@ -110,6 +127,7 @@ class Attester:
                 "server-ca.pem",
                 "enrollment.json",
                 "status.json",
+                "audit-checkpoint.note",
             )
         }
 
@@ -187,11 +205,13 @@ class Attester:
                     )
                 )
             self._save_identity(key, result.certificate.encode(), ca_pem)
+            self._files["audit-checkpoint.note"].unlink(missing_ok=True)  # another server's?
             enrollment = Enrollment(
                 server=params.server,
                 host_id=result.host_id,
                 hostname=params.hostname,
                 group=result.group,  # the server's: the operator assigns it
+                audit_key=result.audit_key,
             )
             write_atomic(
                 self._files["enrollment.json"], json.dumps(enrollment.to_json()).encode(), 0o644
@@ -223,11 +243,11 @@ class Attester:
                 raise ConfigError("this host is not enrolled; run 'trusthook enroll --server URL'")
             started = iso(self._clock())
             try:
-                verdict = self._exchange(enrollment)
+                verdict, audit = self._exchange(enrollment)
             except TrusthookError as e:
                 self._save_attempt(started, None, str(e))
                 raise
-            self._save_attempt(started, verdict, None)
+            self._save_attempt(started, verdict, None, audit)
             return verdict
 
     def release(self, manifest: bytes, image: str, launch: LaunchEvent) -> dict[str, bytes]:
@@ -267,10 +287,47 @@ class Attester:
             with self._log.exclusive_tpm() as tpm:
                 return open_sealed(answer.sealed_keys, tpm.unseal_release, aad)
 
-    def _exchange(self, enrollment: Enrollment) -> HostStatus:
+    def _exchange(self, enrollment: Enrollment) -> tuple[HostStatus, AuditWatch | None]:
         with self._client(enrollment) as client:
             evidence = self._evidence(client).to_json()
-            return HostStatus.from_json(client.post("/v1/attestations", evidence, signed=True))
+            verdict = HostStatus.from_json(client.post("/v1/attestations", evidence, signed=True))
+            return verdict, self._watch_log(client, enrollment)
+
+    def _watch_log(self, client: ServerClient, enrollment: Enrollment) -> AuditWatch | None:
+        """Check the server's latest audit checkpoint against the last one seen (consistency
+        proof) and keep it if it extends that one; None if the server has no log key or it
+        could not be reached. A rewritten or forked log is reported, never accepted: the old
+        checkpoint stays, so every later attestation reports it again."""
+        if not enrollment.audit_key:
+            return None
+        path = self._files["audit-checkpoint.note"]
+        try:
+            key = VerifierKey.parse(enrollment.audit_key)
+            note = AuditCheckpointAnswer.from_json(client.get("/v1/audit/checkpoint")).checkpoint
+            new = open_checkpoint(note, key).checkpoint
+            old = open_checkpoint(path.read_bytes(), key).checkpoint if path.exists() else None
+            if old is not None and old != new:
+                if new.size < old.size:
+                    raise AuditVerificationError(
+                        f"its size went back from {old.size} to {new.size}"
+                    )
+                answer = client.get(f"/v1/audit/consistency?old={old.size}&new={new.size}")
+                verify_consistency(
+                    old_size=old.size,
+                    new_size=new.size,
+                    old_root=old.root,
+                    new_root=new.root,
+                    proof=AuditProofAnswer.from_json(answer).hashes,
+                )
+        except AuditVerificationError as e:
+            message = f"the attestation server's audit log was rewritten or forked: {e}"
+            log.error("%s", message)
+            return AuditWatch(size=None, error=message)
+        except (ServerUnavailableError, ServerRefusedError, AuditLogError, OSError) as e:
+            log.warning("could not check the attestation server's audit log: %s", e)
+            return None
+        write_atomic(path, note.encode(), 0o644)
+        return AuditWatch(size=new.size, error=None)
 
     def _evidence(self, client: ServerClient) -> AttestationRequest:
         """The evidence answering a fresh nonce from the server."""
@@ -292,15 +349,32 @@ class Attester:
         """The enrollment and the outcome of the last attempt, from this host's point of view."""
         return StatusResult(enrollment=self.enrollment(), attempt=self._last_attempt())
 
-    def _save_attempt(self, started: str, verdict: HostStatus | None, error: str | None) -> None:
-        """Record an attempt; a failed one keeps the last verdict."""
-        if verdict is None:
+    def _save_attempt(
+        self,
+        started: str,
+        verdict: HostStatus | None,
+        error: str | None,
+        audit: AuditWatch | None = None,
+    ) -> None:
+        """Record an attempt; a failed one keeps the last verdict, and one that did not check
+        the audit log keeps the last check."""
+        previous = None
+        if verdict is None or audit is None:
             try:
                 previous = self._last_attempt()
             except StateError:
                 previous = None  # replaced below
-            verdict = None if previous is None else previous.last_verdict
-        attempt = LastAttempt(last_attempt=started, error=error, last_verdict=verdict)
+        if verdict is None and previous is not None:
+            verdict = previous.last_verdict
+        if audit is None and previous is not None:
+            audit = AuditWatch(size=previous.audit_size, error=previous.audit_error)
+        attempt = LastAttempt(
+            last_attempt=started,
+            error=error,
+            last_verdict=verdict,
+            audit_size=None if audit is None else audit.size,
+            audit_error=None if audit is None else audit.error,
+        )
         write_atomic(
             self._files["status.json"], json.dumps(attempt.to_json(), indent=2).encode(), 0o644
         )

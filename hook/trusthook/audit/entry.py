@@ -37,6 +37,7 @@ class EventType(StrEnum):
     HOST_CLEARED = "host_cleared"
     ENROLLED = "enrolled"
     ENROLLMENT_REFUSED = "enrollment_refused"
+    REQUEST_REFUSED = "request_refused"
     ATTESTED = "attested"
     RELEASED = "released"
     RELEASE_REFUSED = "release_refused"
@@ -70,6 +71,7 @@ _RULES: Mapping[EventType, _Rule] = MappingProxyType(
     {
         EventType.ATTESTED: _Rule(_HOST, (("trusted", bool), ("reasons", list))),
         EventType.ENROLLMENT_REFUSED: _Rule(_HOST, (("check", str), ("message", str))),
+        EventType.REQUEST_REFUSED: _Rule(_HOST, (("check", str), ("message", str))),
         EventType.RELEASED: _Rule(_HOST_OR_WORKLOAD, (("image", str),)),
         EventType.RELEASE_REFUSED: _Rule(
             _HOST_OR_WORKLOAD, (("image", str), ("check", str), ("message", str))

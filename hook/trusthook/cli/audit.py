@@ -1,18 +1,22 @@
 """``trusthook audit verify``: check an exported audit bundle offline, with no server and no
-database (docs/audit.md)."""
+database; ``audit export`` and ``audit key``: the operator's side, on the server's database
+and log key (docs/audit.md)."""
 
 from __future__ import annotations
 
 import argparse
 import base64
 import gc
+import time
+from datetime import datetime
 from pathlib import Path
 
 from trusthook.audit.bundle import Bundle
 from trusthook.audit.note import VerifierKey
 from trusthook.audit.verify import KeyAnchor, verify_bundle
 from trusthook.common.config import Config
-from trusthook.errors import AuditLogError
+from trusthook.common.files import write_new
+from trusthook.errors import AuditLogError, UsageError
 
 
 def _read(path: str, what: str) -> bytes:
@@ -68,4 +72,47 @@ def _verify(args: argparse.Namespace) -> int:
             "  warning  nothing outside the bundle vouches for its key:"
             " pass --key, --trusted-checkpoint or --trusted-bundle"
         )
+    return 0
+
+
+def _moment(text: str | None, what: str) -> float | None:
+    if text is None:
+        return None
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        raise UsageError(f"{what}: got {text[:40]!r}, expected an RFC 3339 time") from None
+    if moment.tzinfo is None:
+        raise UsageError(f"{what}: got {text[:40]!r}, expected a time with its UTC offset")
+    return moment.timestamp()
+
+
+def export(args: argparse.Namespace, config: Config) -> int:
+    from trusthook.server.config import load_server_config  # noqa: PLC0415 - the server stack
+    from trusthook.server.run import open_store  # noqa: PLC0415
+
+    since, until = _moment(args.since, "--since"), _moment(args.until, "--until")
+    store = open_store(load_server_config(Path(args.config)))
+    try:
+        bundle = store.audit_export(
+            since=since, until=until, from_size=args.from_size, now=time.time()
+        )
+    finally:
+        store.dispose()
+    try:
+        write_new(Path(args.out), bundle.to_bytes(), 0o644)
+    except FileExistsError:
+        raise UsageError(f"{args.out} exists; name a new file") from None
+    first, last = bundle.entries[0].index, bundle.entries[-1].index
+    print(f"exported {len(bundle.entries)} audit entries ({first}..{last}) to {args.out}")
+    return 0
+
+
+def key(args: argparse.Namespace, config: Config) -> int:
+    from trusthook.server.auditlog import load_signer  # noqa: PLC0415
+    from trusthook.server.config import load_server_config  # noqa: PLC0415
+    from trusthook.server.run import Paths  # noqa: PLC0415
+
+    server = load_server_config(Path(args.config))
+    print(load_signer(Paths(server.state_dir).audit_key).verifier_key.encode())
     return 0

@@ -72,14 +72,22 @@ def status(args: argparse.Namespace, config: Config) -> int:
     attempt = status.attempt
     verdict = None if attempt is None else attempt.last_verdict
     error = None if attempt is None else attempt.error
+    forked = None if attempt is None else attempt.audit_error
     if args.json:
-        return 0 if verdict is not None and verdict.trusted and not error else 2
+        return 0 if verdict is not None and verdict.trusted and not error and not forked else 2
     print(f"server    {status.enrollment.server}")
     print(f"attempt   {'none yet' if attempt is None else attempt.last_attempt}")
     if error:
         print(f"error     {error}")
+    if forked:
+        print(f"audit     REWRITTEN: {forked}")
+    elif attempt is not None and attempt.audit_size is not None:
+        print(
+            f"audit     the server's log is consistent with what this host saw, at size"
+            f" {attempt.audit_size}"
+        )
     if verdict is None:
         print("status    UNKNOWN: no verdict from the server yet")
         return 2
     code = _print_verdict(verdict)
-    return 2 if error else code
+    return 2 if error or forked else code

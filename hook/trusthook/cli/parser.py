@@ -256,6 +256,23 @@ def _add_audit(sub: Any) -> None:
         help="a bundle verified before: its log must extend it, the entries both hold agree",
     )
     v.add_argument("--key", metavar="VKEY", help="the log's verifier key (name+keyid+key)")
+    e = _command(
+        audit, "export", "audit:export", "export a self-contained audit bundle from the server"
+    )
+    e.add_argument("--config", required=True, metavar="FILE", help="server config (TOML)")
+    e.add_argument(
+        "--since", metavar="TIME", help="entries from this RFC 3339 time on (default: the start)"
+    )
+    e.add_argument("--until", metavar="TIME", help="entries before this RFC 3339 time")
+    e.add_argument(
+        "--from-size",
+        type=int,
+        metavar="N",
+        help="add a consistency proof from the tree of N entries (a checkpoint kept before)",
+    )
+    e.add_argument("out", metavar="OUT", help="the bundle file to write (not overwritten)")
+    k = _command(audit, "key", "audit:key", "print the audit log's verifier key (for auditors)")
+    k.add_argument("--config", required=True, metavar="FILE", help="server config (TOML)")
 
 
 def _add_setup(sub: Any) -> None:

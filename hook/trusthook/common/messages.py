@@ -85,6 +85,7 @@ class EnrollmentResult(Message):
     group: str  # the operator's admission record assigns it
     certificate: str  # PEM
     ca_certificate: str  # PEM
+    audit_key: str = ""  # the audit log's verifier key; "": the server has none
 
     @classmethod
     def _read(cls, fields: Fields) -> Self:
@@ -93,6 +94,7 @@ class EnrollmentResult(Message):
             group=fields.text("group"),
             certificate=fields.text("certificate"),
             ca_certificate=fields.text("ca_certificate"),
+            audit_key=fields.text("audit_key") if fields.has("audit_key") else "",
         )
 
     def to_json(self) -> dict[str, Any]:
@@ -101,6 +103,7 @@ class EnrollmentResult(Message):
             "group": self.group,
             "certificate": self.certificate,
             "ca_certificate": self.ca_certificate,
+            "audit_key": self.audit_key,
         }
 
 
@@ -250,6 +253,53 @@ class ReleaseResponse(Message):
 
     def to_json(self) -> dict[str, Any]:
         return {"image": self.image, "sealed_keys": dict(self.sealed_keys)}
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AuditCheckpointAnswer(Message):
+    """GET /v1/audit/checkpoint: the signed checkpoint of the server's audit log."""
+
+    NOUN = "audit checkpoint answer"
+    SOURCE = FROM_SERVER
+    STRICT = False
+
+    checkpoint: str  # a C2SP signed note (docs/audit.md §5)
+
+    @classmethod
+    def _read(cls, fields: Fields) -> Self:
+        return cls(checkpoint=fields.text("checkpoint", empty=False))
+
+    def to_json(self) -> dict[str, Any]:
+        return {"checkpoint": self.checkpoint}
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AuditProofAnswer(Message):
+    """GET /v1/audit/consistency (or inclusion): the proof's hashes, in RFC 9162 order."""
+
+    NOUN = "audit proof answer"
+    SOURCE = FROM_SERVER
+    STRICT = False
+
+    hashes: tuple[bytes, ...]
+
+    @classmethod
+    def _read(cls, fields: Fields) -> Self:
+        expected = "a base64 SHA-256 hash"
+
+        def digest(item: object, at: str) -> bytes:
+            try:
+                raw = b64.decode(item, at, ValueError)
+            except ValueError:
+                raise fields.refuse_at(at, show(item), expected) from None
+            if len(raw) != 32:
+                raise fields.refuse_at(at, f"{len(raw)} bytes", expected)
+            return raw
+
+        return cls(hashes=fields.array("hashes", digest, "an array of base64 hashes"))
+
+    def to_json(self) -> dict[str, Any]:
+        return {"hashes": [b64.encode(h) for h in self.hashes]}
 
 
 # the agent's requests to the server: written, never read, by the agent
@@ -423,6 +473,7 @@ class Enrollment(Message):
     host_id: str
     hostname: str
     group: str
+    audit_key: str = ""  # the server's audit-log key, from the enrollment; "": none
 
     @classmethod
     def _read(cls, fields: Fields) -> Self:
@@ -431,6 +482,7 @@ class Enrollment(Message):
             host_id=fields.text("host_id"),
             hostname=fields.text("hostname"),
             group=fields.text("group"),
+            audit_key=fields.text("audit_key") if fields.has("audit_key") else "",
         )
 
     def to_json(self) -> dict[str, Any]:
@@ -439,6 +491,7 @@ class Enrollment(Message):
             "host_id": self.host_id,
             "hostname": self.hostname,
             "group": self.group,
+            "audit_key": self.audit_key,
         }
 
 
@@ -453,6 +506,10 @@ class LastAttempt(Message):
     last_attempt: str
     error: str | None
     last_verdict: HostStatus | None  # absent from the JSON until there is one
+    # the server's audit log as this host last checked it: the tree size it is consistent at,
+    # or why it is not (a rewritten or forked log); absent: not checked
+    audit_size: int | None = None
+    audit_error: str | None = None
 
     @classmethod
     def _read(cls, fields: Fields) -> Self:
@@ -462,11 +519,18 @@ class LastAttempt(Message):
             last_attempt=last_attempt,
             last_verdict=fields.nested("last_verdict", HostStatus) if has_verdict else None,
             error=fields.optional_text("error"),
+            audit_size=fields.integer("audit_size") if fields.has("audit_size") else None,
+            audit_error=fields.optional_text("audit_error") if fields.has("audit_error") else None,
         )
 
     def to_json(self) -> dict[str, Any]:
         verdict = {} if self.last_verdict is None else {"last_verdict": self.last_verdict.to_json()}
-        return {"last_attempt": self.last_attempt, **verdict, "error": self.error}
+        audit: dict[str, Any] = {}
+        if self.audit_size is not None:
+            audit["audit_size"] = self.audit_size
+        if self.audit_error is not None:
+            audit["audit_error"] = self.audit_error
+        return {"last_attempt": self.last_attempt, **verdict, "error": self.error, **audit}
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -78,6 +78,11 @@ class EnrollmentResult(_Body):
     group: str = Field(description="the host group the operator's admission record assigns")
     certificate: str = Field(description="the host's client certificate, PEM")
     ca_certificate: str = Field(description="the server CA's certificate, PEM")
+    audit_key: str = Field(
+        default="",
+        description="the verifier key of the server's audit log (docs/audit.md §4): the host"
+        " checks every later checkpoint against the last it saw; empty: none",
+    )
 
 
 class NonceResponse(_Body):
@@ -148,6 +153,20 @@ class HostStatus(_Body):
 
 class HostList(_Body):
     hosts: list[HostStatus]
+
+
+class AuditCheckpoint(_Body):
+    checkpoint: str = Field(
+        description="the signed checkpoint of the whole log (C2SP signed note, docs/audit.md §5)"
+    )
+
+
+class AuditEntries(_Body):
+    entries: list[dict[str, Any]] = Field(description="the entries, ascending (docs/audit.md §2)")
+
+
+class AuditProof(_Body):
+    hashes: list[str] = Field(description="the proof's hashes, base64, in RFC 9162 order")
 
 
 class ErrorDetail(_Body):

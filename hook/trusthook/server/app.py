@@ -17,7 +17,7 @@ from collections.abc import Awaitable, Callable, MutableMapping
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
-from fastapi import Depends, FastAPI, Header, Request
+from fastapi import Depends, FastAPI, Header, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
@@ -224,6 +224,34 @@ def create_app(service: ServerService, *, max_body: int) -> FastAPI:
         """One host's trust status: trusted or not, why, since when, valid until when. A host
         reads only its own, without the golden values (operators see expected and got)."""
         return service.host_status(caller, host_id)
+
+    @app.get("/v1/audit/checkpoint", tags=["audit"])
+    async def audit_checkpoint(caller: Caller) -> api.AuditCheckpoint:
+        """The signed checkpoint of the whole audit log (hosts and operators)."""
+        del caller
+        return service.audit_checkpoint()
+
+    @app.get("/v1/audit/consistency", tags=["audit"])
+    async def audit_consistency(
+        caller: Caller, old: Annotated[int, Query(ge=0)], new: Annotated[int, Query(ge=1)]
+    ) -> api.AuditProof:
+        """RFC 9162 consistency proof from tree size ``old`` to ``new`` (hosts and operators)."""
+        del caller
+        return service.audit_consistency(old, new)
+
+    @app.get("/v1/audit/entries", tags=["audit"])
+    async def audit_entries(
+        caller: Caller, start: Annotated[int, Query(ge=0)], end: Annotated[int, Query(ge=1)]
+    ) -> api.AuditEntries:
+        """Entries ``start`` to ``end - 1``, at most 1000 (operators only)."""
+        return service.audit_entries(caller, start, end)
+
+    @app.get("/v1/audit/inclusion", tags=["audit"])
+    async def audit_inclusion(
+        caller: Caller, index: Annotated[int, Query(ge=0)], size: Annotated[int, Query(ge=1)]
+    ) -> api.AuditProof:
+        """RFC 9162 inclusion proof of entry ``index`` in the tree of ``size`` (operators)."""
+        return service.audit_inclusion(caller, index, size)
 
     app.add_middleware(BodyLimit, limit=max_body)
     return app

@@ -116,7 +116,7 @@ class Enroller:
             self._store.record_event(
                 host_id=pending.host_id,
                 event_name="enrollment_refused",
-                detail={"reason": "wrong credential activation answer"},
+                detail={"check": "credential", "message": "wrong credential activation answer"},
                 now=now.timestamp(),
             )
             raise EnrollmentError(
@@ -179,6 +179,7 @@ class Enroller:
             group=group,
             certificate=_pem_text(certificate),
             ca_certificate=_pem_text(self._ca.certificate),
+            audit_key=self._store.audit_key(),
         )
 
     def _request_key(
@@ -204,7 +205,7 @@ class Enroller:
             self._store.record_event(
                 host_id=host_id,
                 event_name="enrollment_refused",
-                detail={"reason": e.message},
+                detail={"check": e.check, "message": e.message},
                 now=now.timestamp(),
             )
             raise EnrollmentError(f"request key: {e.message}") from None

@@ -25,6 +25,7 @@ from trusthook.attest.identity import check_anchors, load_ca_bundle
 from trusthook.common.files import write_atomic
 from trusthook.errors import ConfigError, NotFoundError, UsageError
 from trusthook.server.app import create_app
+from trusthook.server.auditlog import create_signer, load_signer
 from trusthook.server.ca import CertificateAuthority, pem
 from trusthook.server.config import ServerConfig
 from trusthook.server.records import OperatorCert
@@ -57,6 +58,11 @@ class Paths:
     @property
     def tls_key(self) -> Path:
         return self.state_dir / "tls" / "server.key"
+
+    @property
+    def audit_key(self) -> Path:
+        """The audit log's Ed25519 key (NoteSigner text), named after the log's origin."""
+        return self.state_dir / "audit" / "log.key"
 
 
 def _write_private(path: Path, data: bytes, mode: int) -> None:
@@ -94,6 +100,9 @@ def init_server(config: ServerConfig, now: datetime | None = None) -> list[str]:
         _write_private(paths.tls_key, key_pem, 0o600)
         _write_private(paths.tls_cert, pem(certificate), 0o644)
         made.append(f"TLS certificate {paths.tls_cert} for {', '.join(config.hostnames)}")
+    if not paths.audit_key.exists():
+        signer = create_signer(paths.audit_key, audit_origin(config))
+        made.append(f"audit log key {paths.audit_key} ({signer.verifier_key.encode()})")
     store = Store(config.database_url)
     try:
         store.create_schema()
@@ -101,6 +110,16 @@ def init_server(config: ServerConfig, now: datetime | None = None) -> list[str]:
         store.dispose()
     made.append(f"database schema in {Store.safe_url(config.database_url)}")
     return made
+
+
+def audit_origin(config: ServerConfig) -> str:
+    """The audit log's origin (its key's name): the server's first host name."""
+    return f"{config.hostnames[0]}/trusthook-audit"
+
+
+def open_store(config: ServerConfig) -> Store:
+    """The server's store, signing audit checkpoints with its log key."""
+    return Store(config.database_url, log_signer=load_signer(Paths(config.state_dir).audit_key))
 
 
 def operator_certificate(
@@ -199,7 +218,7 @@ def load_ek_bundle(config: ServerConfig) -> tuple[x509.Certificate, ...]:
 
 def build_service(config: ServerConfig) -> tuple[ServerService, Store]:
     bundle = load_ek_bundle(config)
-    store = Store(config.database_url)
+    store = open_store(config)
     service = ServerService(config=config, store=store, ca=load_ca(config), ek_roots=bundle)
     return service, store
 

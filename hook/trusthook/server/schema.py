@@ -109,6 +109,39 @@ audit = Table(
     Column("detail", Text, nullable=False),
 )
 
+# The audit log (server/auditlog.py, docs/audit.md §9): entry i is leaf i of the Merkle tree.
+audit_log = Table(
+    "audit_log",
+    metadata,
+    Column("idx", BigInteger, primary_key=True, autoincrement=False),
+    Column("at", Float, nullable=False, index=True),  # the entry's time, for export by time
+    Column("entry", LargeBinary, nullable=False),  # the entry's canonical JSON: the leaf
+)
+# Every full subtree the log has completed, by (level, position); never changed.
+audit_nodes = Table(
+    "audit_nodes",
+    metadata,
+    Column("level", Integer, primary_key=True, autoincrement=False),
+    Column("position", BigInteger, primary_key=True, autoincrement=False),
+    Column("hash", LargeBinary(32), nullable=False),
+)
+# One row (id 1): the log's size and root. Updating it first serializes appends (the index is
+# the size), on PostgreSQL across server processes.
+audit_head = Table(
+    "audit_head",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=False),
+    Column("size", BigInteger, nullable=False),
+    Column("root", LargeBinary(32), nullable=False),
+)
+audit_checkpoints = Table(
+    "audit_checkpoints",
+    metadata,
+    Column("size", BigInteger, primary_key=True, autoincrement=False),
+    Column("at", Float, nullable=False),
+    Column("note", Text, nullable=False),  # the signed note
+)
+
 
 def reasons_json(reasons: tuple[Reason, ...]) -> str:
     return json.dumps([r.to_json() for r in reasons])

@@ -168,7 +168,7 @@ class ServerService:
             self._store.record_event(
                 host_id=host.host_id,
                 event_name="request_refused",
-                detail={"path": signed.path, "reason": e.message},
+                detail={"path": signed.path, "check": e.check, "message": e.message},
                 now=self._clock().timestamp(),
             )
             log.warning(
@@ -325,9 +325,37 @@ class ServerService:
             raise NotFoundError(f"no enrolled host {host_id[:64]!r}")
         return self.status(host, operator=caller is None)
 
+    # the audit log (server/auditlog.py)
+
+    def audit_checkpoint(self) -> api.AuditCheckpoint:
+        """For hosts and operators: a host keeps it and checks the next against it."""
+        return api.AuditCheckpoint(checkpoint=self._store.audit_checkpoint(self._now()))
+
+    def audit_consistency(self, old: int, new: int) -> api.AuditProof:
+        return api.AuditProof(hashes=[api.b64(h) for h in self._store.audit_consistency(old, new)])
+
+    def audit_entries(self, caller: HostRecord | None, start: int, end: int) -> api.AuditEntries:
+        _operator_only(caller, "audit entries")
+        return api.AuditEntries(
+            entries=[e.to_json() for e in self._store.audit_entries(start, end)]
+        )
+
+    def audit_inclusion(self, caller: HostRecord | None, index: int, size: int) -> api.AuditProof:
+        _operator_only(caller, "audit inclusion proofs")
+        return api.AuditProof(hashes=[api.b64(h) for h in self._store.audit_inclusion(index, size)])
+
+    def _now(self) -> float:
+        return self._clock().timestamp()
+
     def list_hosts(self, caller: HostRecord | None) -> api.HostList:
         hosts = [caller] if caller is not None else self._store.list_hosts()
         return api.HostList(hosts=[self.status(h, operator=caller is None) for h in hosts])
+
+
+def _operator_only(caller: HostRecord | None, what: str) -> None:
+    """Entries name every host and carry operators' golden values: not for hosts."""
+    if caller is not None:
+        raise AuthError(f"{what} are for operators; hosts read checkpoints and consistency proofs")
 
 
 def _evidence(req: api.AttestationRequest) -> Evidence:

@@ -36,7 +36,9 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
 from trusthook.attest.verdict import Reason
-from trusthook.errors import StorageError
+from trusthook.audit import AuditEntry, Bundle, NoteSigner
+from trusthook.errors import ConfigError, StorageError
+from trusthook.server import auditlog
 from trusthook.server.admission import Admission, AdmissionState
 from trusthook.server.records import AuditEvent, HostRecord, OperatorCert, PendingEnrollment
 from trusthook.server.schema import (
@@ -78,7 +80,11 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
 class Store:
     """All database access of the server."""
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, *, log_signer: NoteSigner | None = None) -> None:
+        """``log_signer``: the audit log's key, to sign checkpoints with (the server's);
+        without one, entries are still appended and checkpoints signed by the next store
+        that has it."""
+        self._log_signer = log_signer
         try:
             if url.startswith("sqlite"):
                 self._engine: Engine = create_engine(
@@ -114,6 +120,7 @@ class Store:
         server needs (a database made by an older server: there is no migration)."""
         with self._tx() as conn:
             metadata.create_all(conn)
+            auditlog.init_head(conn)
             inspector = inspect(conn)
             for table in metadata.sorted_tables:
                 have = {c["name"] for c in inspector.get_columns(table.name)}
@@ -211,7 +218,7 @@ class Store:
                     if replaced.rowcount != 1:
                         raise _Lost
                 event_name = "enrolled" if existing is None else "reenrolled"
-                _audit(conn, record.host_id, event_name, detail, now)
+                self._audit(conn, record.host_id, event_name, detail, now)
         except (_Lost, IntegrityError):
             return False
         return True
@@ -239,7 +246,7 @@ class Store:
             )
             if moved.rowcount != 1:
                 return False
-            _audit(conn, old.host_id, "cleared", detail, now)
+            self._audit(conn, old.host_id, "cleared", detail, now)
         return True
 
     # admission
@@ -275,7 +282,7 @@ class Store:
         try:
             with self._tx() as conn:
                 conn.execute(insert(admissions).values(**admission_values(admission)))
-                _audit(conn, admission.ek_sha256, event, detail, now)
+                self._audit(conn, admission.ek_sha256, event, detail, now)
         except IntegrityError:
             return False
         return True
@@ -310,7 +317,7 @@ class Store:
                     .values(cert_serial="", version=hosts.c.version + 1)
                 )
             if event is not None:
-                _audit(conn, admission.ek_sha256, event, detail, now)
+                self._audit(conn, admission.ek_sha256, event, detail, now)
         return True
 
     # operator certificates
@@ -327,7 +334,7 @@ class Store:
                 )
             )
             detail = {"name": cert.name, "serial": cert.serial, "by": cert.issued_by}
-            _audit(conn, "", "operator_cert_issued", detail, cert.issued_at)
+            self._audit(conn, "", "operator_cert_issued", detail, cert.issued_at)
 
     def get_operator_cert(self, serial: str) -> OperatorCert | None:
         with self._tx() as conn:
@@ -369,7 +376,7 @@ class Store:
                 cert = OperatorCert(**row._mapping)
                 revoked.append(replace(cert, revoked_at=now, revoked_by=by, revoked_reason=reason))
                 detail = {"name": cert.name, "serial": cert.serial, "by": by, "reason": reason}
-                _audit(conn, "", "operator_cert_revoked", detail, now)
+                self._audit(conn, "", "operator_cert_revoked", detail, now)
         return revoked
 
     # attestation
@@ -438,7 +445,7 @@ class Store:
                 return False
             detail = {"reasons": [r.to_json() for r in new.reasons]}
             event_name = "attested" if new.trusted else "refused"
-            _audit(conn, old.host_id, event_name, detail, new.last_attestation or 0.0)
+            self._audit(conn, old.host_id, event_name, detail, new.last_attestation or 0.0)
         return True
 
     # audit
@@ -447,7 +454,70 @@ class Store:
         self, *, host_id: str, event_name: str, detail: dict[str, Any], now: float
     ) -> None:
         with self._tx() as conn:
-            _audit(conn, host_id, event_name, detail, now)
+            self._audit(conn, host_id, event_name, detail, now)
+
+    def _audit(
+        self, conn: Connection, host_id: str, event_name: str, detail: dict[str, Any], now: float
+    ) -> None:
+        """Record an event: a row of the host's history and an entry of the audit log, in the
+        transaction of the change it records."""
+        conn.execute(
+            insert(audit).values(
+                at=now, host_id=host_id, event=event_name, detail=json.dumps(detail)
+            )
+        )
+        auditlog.append(
+            conn,
+            event_name=event_name,
+            host_id=host_id,
+            detail=detail,
+            now=now,
+            signer=self._log_signer,
+        )
+
+    def audit_key(self) -> str:
+        """The audit log's verifier key (``name+keyid+key``), or "" without the log key."""
+        return "" if self._log_signer is None else self._log_signer.verifier_key.encode()
+
+    def audit_checkpoint(self, now: float) -> str:
+        """The signed checkpoint of the whole audit log (a new one if the log outgrew the
+        last)."""
+        for _ in range(2):
+            try:
+                with self._tx() as conn:
+                    return auditlog.latest_checkpoint(conn, self._log_signer, now)
+            except IntegrityError:
+                continue  # another server process signed the same size: read it
+        raise StorageError("the audit checkpoint changed twice while being read; retry")
+
+    def audit_entries(self, start: int, end: int) -> list[AuditEntry]:
+        with self._tx() as conn:
+            return auditlog.entries(conn, start, end)
+
+    def audit_inclusion(self, index: int, size: int) -> tuple[bytes, ...]:
+        with self._tx() as conn:
+            return auditlog.inclusion(conn, index, size)
+
+    def audit_consistency(self, old: int, new: int) -> tuple[bytes, ...]:
+        with self._tx() as conn:
+            return auditlog.consistency(conn, old, new)
+
+    def audit_export(
+        self, *, since: float | None, until: float | None, from_size: int | None, now: float
+    ) -> Bundle:
+        """The audit bundle of the entries in [since, until) under a fresh checkpoint."""
+        if self._log_signer is None:
+            raise ConfigError("exporting the audit log needs the log key")
+        note = self.audit_checkpoint(now)
+        with self._tx() as conn:
+            return auditlog.export(
+                conn,
+                signer=self._log_signer,
+                note=note,
+                since=since,
+                until=until,
+                from_size=from_size,
+            )
 
     def audit_events(self, host_id: str, limit: int) -> list[AuditEvent]:
         """The latest ``limit`` events of ``host_id``, oldest first."""
@@ -462,11 +532,3 @@ class Store:
             AuditEvent(at=r.at, host_id=r.host_id, event=r.event, detail=json.loads(r.detail))
             for r in reversed(rows)
         ]
-
-
-def _audit(
-    conn: Connection, host_id: str, event_name: str, detail: dict[str, Any], now: float
-) -> None:
-    conn.execute(
-        insert(audit).values(at=now, host_id=host_id, event=event_name, detail=json.dumps(detail))
-    )

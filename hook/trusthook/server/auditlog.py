@@ -1,0 +1,344 @@
+"""The server's audit log: every event the store audits is also an entry of the append-only
+Merkle log (docs/audit.md §9), appended in the same transaction as the change it records, so
+no decision is stored without its entry and no entry without its decision.
+
+The index is the log's size: ``append`` first increments the one ``audit_head`` row, which
+locks it until the transaction ends, so concurrent appends (server processes on one
+PostgreSQL) take indexes one after another, with no gap (a rolled-back transaction rolls its
+increment back) and no duplicate. The entry's full subtrees go into ``audit_nodes``; a
+checkpoint is signed with the log key when CHECKPOINT_ENTRIES entries or CHECKPOINT_SECONDS
+have passed since the last one, and whenever a reader asks for one that the log has outgrown.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Connection, func, insert, select, tuple_, update
+
+from trusthook.audit import (
+    EMPTY_ROOT,
+    AuditEntry,
+    Bundle,
+    Checkpoint,
+    EventType,
+    Frontier,
+    NoteSigner,
+    Span,
+    Subject,
+    SubjectKind,
+    consistency_proof,
+    export_bundle,
+    inclusion_proof,
+    open_checkpoint,
+    sign_checkpoint,
+)
+from trusthook.common.files import write_new
+from trusthook.errors import AuditLogError, ConfigError, NotFoundError
+from trusthook.server.schema import audit_checkpoints, audit_head, audit_log, audit_nodes
+
+CHECKPOINT_ENTRIES = 100
+CHECKPOINT_SECONDS = 60.0
+MAX_ENTRIES = 1000  # per read
+_HEAD = 1
+
+# The store's event names and the log's event types (docs/audit.md §2, "Event types").
+_EVENTS: Mapping[str, EventType] = {
+    "pending": EventType.HOST_PENDING,
+    "admitted": EventType.HOST_ADMITTED,
+    "auto_admitted": EventType.HOST_ADMITTED,
+    "approved": EventType.HOST_APPROVED,
+    "rejected": EventType.HOST_REJECTED,
+    "revoked": EventType.HOST_REVOKED,
+    "cleared": EventType.HOST_CLEARED,
+    "enrolled": EventType.ENROLLED,
+    "reenrolled": EventType.ENROLLED,
+    "enrollment_refused": EventType.ENROLLMENT_REFUSED,
+    "attested": EventType.ATTESTED,
+    "refused": EventType.ATTESTED,
+    "request_refused": EventType.REQUEST_REFUSED,
+    "released": EventType.RELEASED,
+    "release_refused": EventType.RELEASE_REFUSED,
+    "operator_cert_issued": EventType.OPERATOR_ACTION,
+    "operator_cert_revoked": EventType.OPERATOR_ACTION,
+}
+
+
+def load_signer(path: Path) -> NoteSigner:
+    """The log key in ``path`` (``NoteSigner.encode``'s text, written by ``server init``)."""
+    try:
+        text = path.read_text(encoding="ascii").strip()
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(
+            f"cannot read the audit log key {path}: {getattr(e, 'strerror', e)};"
+            " run 'trusthook server init'"
+        ) from e
+    try:
+        return NoteSigner.parse(text)
+    except AuditLogError as e:
+        raise ConfigError(f"audit log key {path}: {e}") from None
+
+
+def create_signer(path: Path, origin: str) -> NoteSigner:
+    """A new log key named ``origin``, written to ``path`` (0600, never replaced)."""
+    signer = NoteSigner.generate(origin)
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    write_new(path, (signer.encode() + "\n").encode("ascii"), 0o600)
+    return signer
+
+
+def _portable_detail(detail: Mapping[str, Any]) -> dict[str, Any]:
+    return {key: _portable(value) for key, value in detail.items()}
+
+
+def _portable(value: object) -> object:
+    """``value`` with numbers that have fractions written as their shortest decimal text
+    (entries hold no fractions: they have no portable canonical form)."""
+    if isinstance(value, float):
+        if math.isfinite(value) and value.is_integer():
+            return int(value)
+        return repr(value)
+    if isinstance(value, dict):
+        return {k: _portable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_portable(v) for v in value]
+    return value
+
+
+def entry_for(
+    index: int, event_name: str, host_id: str, detail: Mapping[str, Any], now: float
+) -> AuditEntry:
+    """The log entry of one audited event as the store names it."""
+    event = _EVENTS.get(event_name)
+    if event is None:
+        raise AuditLogError(f"audit event {event_name!r} has no log event type")
+    body = _portable_detail(detail)
+    if event is EventType.ATTESTED:
+        body["trusted"] = event_name == "attested"
+    elif event is EventType.ENROLLED:
+        body["reenrolled"] = event_name == "reenrolled"
+    elif event is EventType.HOST_ADMITTED:
+        body["auto"] = event_name == "auto_admitted"
+    if event is EventType.OPERATOR_ACTION:
+        body["action"] = event_name
+        subject = Subject(kind=SubjectKind.OPERATOR, id=str(detail.get("name") or "unknown"))
+    else:
+        subject = Subject(kind=SubjectKind.HOST, id=host_id)
+    return AuditEntry.at(
+        index=index,
+        moment=datetime.fromtimestamp(now, UTC),
+        event=event,
+        subject=subject,
+        detail=body,
+    )
+
+
+class ConnSource:
+    """The log's stored subtrees, read in one transaction (a ``SubtreeSource``)."""
+
+    def __init__(self, conn: Connection) -> None:
+        self._conn = conn
+
+    def subtree_hashes(self, spans: Sequence[Span]) -> Sequence[bytes]:
+        if not spans:
+            return ()
+        keys = [(s.level, s.position) for s in spans]
+        rows = self._conn.execute(
+            select(audit_nodes.c.level, audit_nodes.c.position, audit_nodes.c.hash).where(
+                tuple_(audit_nodes.c.level, audit_nodes.c.position).in_(keys)
+            )
+        ).all()
+        found = {(r.level, r.position): bytes(r.hash) for r in rows}
+        missing = [k for k in keys if k not in found]
+        if missing:
+            level, position = missing[0]
+            raise AuditLogError(
+                f"the audit log's subtree at level {level}, position {position} is missing from"
+                " the database"
+            )
+        return [found[k] for k in keys]
+
+
+@dataclass(frozen=True, slots=True)
+class Head:
+    size: int
+    root: bytes
+
+
+def init_head(conn: Connection) -> None:
+    """The head row of an empty log, if there is none."""
+    if conn.execute(select(audit_head.c.id).where(audit_head.c.id == _HEAD)).first() is None:
+        conn.execute(insert(audit_head).values(id=_HEAD, size=0, root=EMPTY_ROOT))
+
+
+def head(conn: Connection) -> Head:
+    row = conn.execute(select(audit_head).where(audit_head.c.id == _HEAD)).one()
+    return Head(int(row.size), bytes(row.root))
+
+
+def append(
+    conn: Connection,
+    *,
+    event_name: str,
+    host_id: str,
+    detail: Mapping[str, Any],
+    now: float,
+    signer: NoteSigner | None,
+) -> AuditEntry:
+    """Append the entry of one audited event, in ``conn``'s transaction; sign a checkpoint
+    if one is due and ``signer`` is given."""
+    size = conn.execute(
+        update(audit_head)
+        .where(audit_head.c.id == _HEAD)
+        .values(size=audit_head.c.size + 1)
+        .returning(audit_head.c.size)
+    ).scalar_one()
+    index = int(size) - 1
+    frontier = Frontier(index, tuple(ConnSource(conn).subtree_hashes(Frontier.spans(index))))
+    entry = entry_for(index, event_name, host_id, detail, now)
+    frontier, nodes = frontier.append(entry.leaf_hash())
+    conn.execute(insert(audit_log).values(idx=index, at=now, entry=entry.canonical()))
+    conn.execute(
+        insert(audit_nodes),
+        [{"level": span.level, "position": span.position, "hash": h} for span, h in nodes],
+    )
+    conn.execute(update(audit_head).where(audit_head.c.id == _HEAD).values(root=frontier.root()))
+    if signer is not None:
+        latest = conn.execute(
+            select(audit_checkpoints.c.size, audit_checkpoints.c.at)
+            .order_by(audit_checkpoints.c.size.desc())
+            .limit(1)
+        ).first()
+        if (
+            latest is None
+            or frontier.size - latest.size >= CHECKPOINT_ENTRIES
+            or now - latest.at >= CHECKPOINT_SECONDS
+        ):
+            _sign(conn, signer, Head(frontier.size, frontier.root()), now)
+    return entry
+
+
+def _sign(conn: Connection, signer: NoteSigner, at: Head, now: float) -> str:
+    note = sign_checkpoint(Checkpoint(origin=signer.name, size=at.size, root=at.root), signer)
+    conn.execute(insert(audit_checkpoints).values(size=at.size, at=now, note=note))
+    return note
+
+
+def latest_checkpoint(conn: Connection, signer: NoteSigner | None, now: float) -> str:
+    """The signed checkpoint of the whole log: the last one signed, or a new one if the log
+    has grown since (``signer`` needed then). IntegrityError if another process signed the
+    same size meanwhile: read again."""
+    current = head(conn)
+    row = conn.execute(
+        select(audit_checkpoints.c.size, audit_checkpoints.c.note)
+        .order_by(audit_checkpoints.c.size.desc())
+        .limit(1)
+    ).first()
+    if row is not None and row.size == current.size:
+        return str(row.note)
+    if signer is None:
+        raise AuditLogError("the audit log has no checkpoint of its current size and no log key")
+    return _sign(conn, signer, current, now)
+
+
+def entries(conn: Connection, start: int, end: int) -> list[AuditEntry]:
+    """Entries ``start`` to ``end - 1`` (at most MAX_ENTRIES)."""
+    size = head(conn).size
+    if not 0 <= start < end <= size or end - start > MAX_ENTRIES:
+        raise NotFoundError(
+            f"audit entries {start}..{end - 1}: expected 0 <= start < end <= {size} and at most"
+            f" {MAX_ENTRIES} at a time"
+        )
+    rows = conn.execute(
+        select(audit_log.c.idx, audit_log.c.entry)
+        .where(audit_log.c.idx >= start, audit_log.c.idx < end)
+        .order_by(audit_log.c.idx)
+    ).all()
+    return [_entry(r.idx, r.entry) for r in rows]
+
+
+def _entry(index: int, raw: bytes) -> AuditEntry:
+    try:
+        return AuditEntry.from_json(json.loads(raw), f"audit entry {index}")
+    except ValueError as e:
+        raise AuditLogError(f"audit entry {index} in the database is not JSON ({e})") from None
+
+
+def entries_between(
+    conn: Connection, since: float | None, until: float | None, size: int
+) -> list[AuditEntry]:
+    """Every entry of the first ``size`` from the first with a time at or after ``since`` to
+    the last before ``until``, ascending and without a gap (a row missing from the database
+    is an error, not a shorter export)."""
+    bounds = select(func.min(audit_log.c.idx), func.max(audit_log.c.idx)).where(
+        audit_log.c.idx < size
+    )
+    if since is not None:
+        bounds = bounds.where(audit_log.c.at >= since)
+    if until is not None:
+        bounds = bounds.where(audit_log.c.at < until)
+    first, last = conn.execute(bounds).one()
+    if first is None:
+        return []
+    rows = conn.execute(
+        select(audit_log.c.idx, audit_log.c.entry)
+        .where(audit_log.c.idx >= first, audit_log.c.idx <= last)
+        .order_by(audit_log.c.idx)
+    ).all()
+    found = [_entry(r.idx, r.entry) for r in rows]
+    for expected, entry in zip(range(first, last + 1), found, strict=False):
+        if entry.index != expected:
+            break
+    else:
+        if len(found) == last - first + 1:
+            return found
+        expected = first + len(found)
+    raise AuditLogError(f"audit entry {expected} is missing from the database")
+
+
+def inclusion(conn: Connection, index: int, size: int) -> tuple[bytes, ...]:
+    _check_sizes(conn, index + 1, size, "inclusion proof of entry")
+    return inclusion_proof(ConnSource(conn), index, size)
+
+
+def consistency(conn: Connection, old: int, new: int) -> tuple[bytes, ...]:
+    _check_sizes(conn, old, new, "consistency proof from tree size")
+    return consistency_proof(ConnSource(conn), old, new)
+
+
+def _check_sizes(conn: Connection, low: int, high: int, what: str) -> None:
+    size = head(conn).size
+    if not 0 <= low <= high <= size or high == 0:
+        raise NotFoundError(
+            f"{what} {low} to {high}: expected sizes within the log's {size} entries"
+        )
+
+
+def export(
+    conn: Connection,
+    *,
+    signer: NoteSigner,
+    note: str,
+    since: float | None,
+    until: float | None,
+    from_size: int | None,
+) -> Bundle:
+    """The bundle of the entries in [since, until) under ``note`` (a checkpoint of the log,
+    ``signer``'s), with a consistency proof from ``from_size`` if given."""
+    size = open_checkpoint(note, signer.verifier_key).checkpoint.size
+    chosen = entries_between(conn, since, until, size)
+    if not chosen:
+        raise NotFoundError("no audit entries in that time range")
+    return export_bundle(
+        ConnSource(conn),
+        key=signer.verifier_key,
+        checkpoint=note,
+        entries=chosen,
+        since=from_size,
+    )

@@ -1,0 +1,219 @@
+"""The server's audit log on a real SQLite store (server/auditlog.py): every audited decision
+becomes an entry in the same transaction, checkpoints are signed with the log key, and what
+``trusthook audit export`` writes verifies offline with ``trusthook audit verify``. Whoever
+rewrites the database is caught: an altered, removed or reordered entry fails the export's
+verification or the export itself, naming the entry."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.unit.test_admission import HOST, Server, decided, make_server
+from trusthook.audit import Bundle, EventType, open_checkpoint, verify_bundle
+from trusthook.cli import main
+from trusthook.errors import AdmissionError, AuditLogError, AuditVerificationError
+from trusthook.server.auditlog import CHECKPOINT_ENTRIES, CHECKPOINT_SECONDS, load_signer
+from trusthook.server.run import Paths, open_store
+from trusthook.server.store import Store
+
+
+@pytest.fixture
+def server(tmp_path: Path) -> Iterator[Server]:
+    s = make_server(tmp_path)
+    yield s
+    s.store.dispose()
+
+
+def signed_store(server: Server) -> Store:
+    config = server.service._config
+    return open_store(config)
+
+
+def config_file(server: Server, tmp_path: Path) -> Path:
+    path = tmp_path / "server.toml"
+    state = server.config_data["server"]["state_dir"]
+    path.write_text(f'[server]\nstate_dir = "{state}"\n[groups.lab]\n[groups.payments]\n')
+    return path
+
+
+def record(store: Store, n: int, *, start: float = 1_700_000_000.0, step: float = 1.0) -> None:
+    for i in range(n):
+        store.record_event(
+            host_id=HOST,
+            event_name="attested" if i % 2 else "refused",
+            detail={"reasons": [] if i % 2 else [{"check": "nonce", "message": "m"}]},
+            now=start + i * step,
+        )
+
+
+def db(server: Server) -> sqlite3.Connection:
+    return sqlite3.connect(server.state_dir / "trusthook.db")
+
+
+def test_every_decision_is_an_entry_and_the_export_verifies(server: Server) -> None:
+    with pytest.raises(AdmissionError):
+        server.enroll()  # an unknown EK: queued
+    server.admin.approve(HOST, group="lab", attributes={}, decision=decided())
+    server.enroll()
+    store = signed_store(server)
+    try:
+        record(store, 3)
+        bundle = store.audit_export(since=None, until=None, from_size=None, now=10.0)
+        key = load_signer(Paths(server.state_dir).audit_key).verifier_key
+    finally:
+        store.dispose()
+    events = [e.event for e in bundle.entries]
+    assert events[:2] == [EventType.HOST_PENDING, EventType.HOST_APPROVED]
+    assert EventType.ENROLLED in events and events[-3:] == [EventType.ATTESTED] * 3
+    assert [e.index for e in bundle.entries] == list(range(len(events)))
+    assert [e.detail["trusted"] for e in bundle.entries[-3:]] == [False, True, False]
+    verified = verify_bundle(Bundle.from_bytes(bundle.to_bytes()), key=key)
+    assert verified.checkpoint.size == len(events)
+
+
+def test_checkpoints_are_signed_every_n_entries_or_t_seconds_and_when_asked(
+    server: Server,
+) -> None:
+    store = signed_store(server)
+    try:
+        record(store, CHECKPOINT_ENTRIES + 5, step=0.01)  # a burst: by count
+        record(store, 3, start=1_700_000_100.0, step=CHECKPOINT_SECONDS)  # slow: by time
+        key = load_signer(Paths(server.state_dir).audit_key).verifier_key
+        with db(server) as conn:
+            sizes = [r[0] for r in conn.execute("SELECT size FROM audit_checkpoints ORDER BY size")]
+        n = CHECKPOINT_ENTRIES
+        assert sizes == [1, n + 1, n + 6, n + 7, n + 8]
+        note = store.audit_checkpoint(now=2_000_000_000.0)
+        assert open_checkpoint(note, key).checkpoint.size == n + 8  # the last: not outgrown
+        record(store, 1, start=1_700_000_500.0)
+        note = store.audit_checkpoint(now=2_000_000_001.0)  # outgrown: a new one
+        assert open_checkpoint(note, key).checkpoint.size == n + 9
+    finally:
+        store.dispose()
+
+
+def export_cli(server: Server, tmp_path: Path, *extra: str) -> tuple[int, Path]:
+    out = tmp_path / f"bundle-{len(list(tmp_path.glob('bundle-*')))}.json"
+    code = main(
+        ["audit", "export", "--config", str(config_file(server, tmp_path)), *extra, str(out)]
+    )
+    return code, out
+
+
+def vkey(server: Server) -> str:
+    return load_signer(Paths(server.state_dir).audit_key).verifier_key.encode()
+
+
+def test_the_commands_export_by_time_and_verify_offline(
+    server: Server, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    record(server.store, 10)
+    since = datetime.fromtimestamp(1_700_000_003.0, UTC).isoformat()
+    until = datetime.fromtimestamp(1_700_000_007.0, UTC).isoformat()
+    code, out = export_cli(server, tmp_path, "--since", since, "--until", until)
+    assert code == 0
+    assert "exported 4 audit entries (3..6)" in capsys.readouterr().out
+    assert main(["audit", "key", "--config", str(config_file(server, tmp_path))]) == 0
+    assert capsys.readouterr().out.strip() == vkey(server)
+    assert main(["audit", "verify", str(out), "--key", vkey(server)]) == 0
+    assert "OK: 4 audit entries (3..6)" in capsys.readouterr().out
+
+
+def test_an_entry_altered_in_the_database_is_named(server: Server, tmp_path: Path) -> None:
+    record(server.store, 6)
+    with db(server) as conn:
+        raw = json.loads(conn.execute("SELECT entry FROM audit_log WHERE idx = 2").fetchone()[0])
+        raw["detail"]["trusted"] = True  # a refusal rewritten as a pass
+        text = json.dumps(raw, separators=(",", ":"), sort_keys=True).encode()
+        conn.execute("UPDATE audit_log SET entry = ? WHERE idx = 2", (text,))
+    code, out = export_cli(server, tmp_path)
+    assert code == 0  # the export carries what the database holds
+    with pytest.raises(AuditVerificationError, match="audit entry 2: altered"):
+        verify_bundle(Bundle.from_bytes(out.read_bytes()), key=None)
+
+
+def test_an_entry_removed_from_the_database_stops_the_export(
+    server: Server, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    record(server.store, 6)
+    with db(server) as conn:
+        conn.execute("DELETE FROM audit_log WHERE idx = 3")
+    code, out = export_cli(server, tmp_path)
+    assert code == 1 and not out.exists()
+    assert "audit entry 3 is missing from the database" in capsys.readouterr().err
+
+
+def test_two_entries_swapped_in_the_database_are_named(server: Server, tmp_path: Path) -> None:
+    record(server.store, 6)
+    with db(server) as conn:
+        rows = dict(conn.execute("SELECT idx, entry FROM audit_log WHERE idx IN (1, 4)").fetchall())
+        for index, other in ((1, 4), (4, 1)):
+            entry = json.loads(rows[other])
+            entry["index"] = index  # renumbered to pass for the other
+            data = json.dumps(entry, separators=(",", ":"), sort_keys=True).encode()
+            conn.execute("UPDATE audit_log SET entry = ? WHERE idx = ?", (data, index))
+    _, out = export_cli(server, tmp_path)
+    with pytest.raises(AuditVerificationError, match="audit entry 1: altered"):
+        verify_bundle(Bundle.from_bytes(out.read_bytes()), key=None)
+
+
+def test_a_rewritten_history_is_not_consistent_with_a_kept_checkpoint(
+    server: Server, tmp_path: Path
+) -> None:
+    """An auditor kept a checkpoint; the operator then rebuilds the log without one entry
+    (rows and subtrees recomputed, head and checkpoints replaced, signed with the real key)."""
+    record(server.store, 8)
+    store = signed_store(server)
+    try:
+        kept = store.audit_checkpoint(now=1_800_000_000.0)
+    finally:
+        store.dispose()
+    (tmp_path / "kept.note").write_text(kept)
+    with db(server) as conn:
+        rows = [r[0] for r in conn.execute("SELECT entry FROM audit_log ORDER BY idx")]
+        for table in ("audit_log", "audit_nodes", "audit_checkpoints", "audit"):
+            conn.execute(f"DELETE FROM {table}")  # noqa: S608 - fixed names
+        conn.execute("UPDATE audit_head SET size = 0, root = ?", (bytes.fromhex(EMPTY),))
+    store = signed_store(server)
+    try:
+        for raw in rows[:3] + rows[4:]:  # entry 3 gone
+            entry: dict[str, Any] = json.loads(raw)
+            store.record_event(
+                host_id=entry["subject"]["id"],
+                event_name="attested" if entry["detail"]["trusted"] else "refused",
+                detail={"reasons": entry["detail"]["reasons"]},
+                now=datetime.fromisoformat(entry["time"]).timestamp(),
+            )
+        record(store, 2, start=1_700_000_100.0)  # and more, to pass the kept size
+    finally:
+        store.dispose()
+    code, out = export_cli(server, tmp_path, "--from-size", "8")
+    assert code == 0
+    with pytest.raises(AuditVerificationError, match="not consistent|does not extend|fork"):
+        verify_bundle(Bundle.from_bytes(out.read_bytes()), kept, key=None)
+
+
+EMPTY = "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
+
+
+def test_an_unmapped_event_is_refused_with_its_transaction(server: Server) -> None:
+    with pytest.raises(AuditLogError, match="'made_up' has no log event type"):
+        server.store.record_event(host_id=HOST, event_name="made_up", detail={}, now=1.0)
+    with db(server) as conn:
+        assert conn.execute("SELECT count(*) FROM audit").fetchone()[0] == 0
+        assert conn.execute("SELECT size FROM audit_head").fetchone()[0] == 0
+
+
+def test_fractions_in_a_detail_are_written_as_decimal_text(server: Server) -> None:
+    server.store.record_event(
+        host_id=HOST, event_name="cleared", detail={"since": 1.5, "at": 2.0}, now=1.0
+    )
+    (entry,) = server.store.audit_entries(0, 1)
+    assert entry.detail == {"since": "1.5", "at": 2}
