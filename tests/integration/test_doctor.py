@@ -175,6 +175,16 @@ def test_the_hook_not_installed(ready: ReadyHost) -> None:
     assert f"{ready.hook}' not found or not executable" in line(text, "hook")
 
 
+def test_the_server_unreachable(ready: ReadyHost) -> None:
+    ready.server.process.stop()
+    code, report, text = ready.doctor()
+    assert code == 2
+    assert failing(report) == ["server"], text
+    server_line = line(text, "server")
+    assert f"cannot reach {ready.server.url}" in server_line
+    assert "fix: check that the server runs and that this host reaches it" in server_line
+
+
 def test_the_server_certificate_expired(ready: ReadyHost) -> None:
     server = ready.server.process
     state = server.config.state_dir

@@ -75,6 +75,9 @@ def run_agent(config: Config) -> None:
     try:
         secret = release_secret(config.state_dir / "release-key.secret")
         with Tpm(config.tcti, release_secret=secret) as tpm:
+            stale = tpm.flush_stale_objects()  # the log lock is ours: so is the TPM
+            if stale:
+                log.warning("flushed %d transient TPM objects a previous agent left", stale)
             measured = MeasuredLog(store=store, tpm=tpm, pcr=config.pcr)
             try:
                 for note in measured.recover():

@@ -30,7 +30,9 @@ from tpm2_pytss import (
     ESAPI,
     ESYS_TR,
     TPM2_ALG,
+    TPM2_CAP,
     TPM2_CC,
+    TPM2_HC,
     TPM2_RC,
     TPM2_RH,
     TPM2_SE,
@@ -66,6 +68,7 @@ MAX_NONCE = 64
 _PCRS_PER_READ = 8  # a TPML_DIGEST holds at most 8 digests, so TPM2_PCR_Read answers 8 at most
 _QUOTE_ATTEMPTS = 3
 RELEASE_SECRET_SIZE = 32
+MAX_TRANSIENT_HANDLES = 64
 # The TPM's answers when it no longer has what a command refers to: it was restarted (or not
 # started) since the handle was made. TPM_RC_HANDLE (a format-1 code) is checked apart.
 _LOST_STATE = frozenset(
@@ -270,6 +273,23 @@ class Tpm:
                 with contextlib.suppress(TSS2_Exception):
                     self._ectx.flush_context(handle)
         self._bind = self._request = None
+
+    def flush_stale_objects(self) -> int:
+        """Flush every transient object loaded in the TPM; how many there were. For the agent's
+        start only, when it is the TPM's one user: without a resource manager (swtpm,
+        ``/dev/tpm0``) a killed agent's AK and keys stay loaded, and after a kill or two the
+        TPM's 3 object slots are full. Through ``/dev/tpmrm0`` the kernel has already flushed
+        them, and the TPM lists only this connection's (none)."""
+        try:
+            _, data = self._ectx.get_capability(
+                TPM2_CAP.HANDLES, TPM2_HC.TRANSIENT_FIRST, MAX_TRANSIENT_HANDLES
+            )
+            handles = list(data.data.handles)
+            for handle in handles:
+                self._ectx.flush_context(self._ectx.tr_from_tpmpublic(handle))
+        except TSS2_Exception as e:
+            raise TPMError(f"cannot flush the TPM's stale transient objects: {e}") from e
+        return len(handles)
 
     def _recovering(self, op: Callable[[], _T]) -> _T:
         """``op()``; if the TPM answers that it lost its transient objects (it was restarted
