@@ -146,7 +146,12 @@ def test_a_host_detects_a_server_that_rewrote_its_log(
     with engine.begin() as conn:
         for table in ("audit_log", "audit_nodes", "audit_checkpoints"):
             conn.execute(sqlalchemy.text(f"DELETE FROM {table}"))  # noqa: S608 - fixed names
-        conn.execute(sqlalchemy.text("UPDATE audit_head SET size = 0, root = :r"), {"r": EMPTY})
+        conn.execute(
+            sqlalchemy.text(
+                "UPDATE audit_head SET size = 0, root = :r, frontier = :f, checkpoint_size = -1"
+            ),
+            {"r": EMPTY, "f": b""},
+        )
     engine.dispose()
     store = open_store(config)
     try:

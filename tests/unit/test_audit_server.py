@@ -180,7 +180,10 @@ def test_a_rewritten_history_is_not_consistent_with_a_kept_checkpoint(
         rows = [r[0] for r in conn.execute("SELECT entry FROM audit_log ORDER BY idx")]
         for table in ("audit_log", "audit_nodes", "audit_checkpoints", "audit"):
             conn.execute(f"DELETE FROM {table}")  # noqa: S608 - fixed names
-        conn.execute("UPDATE audit_head SET size = 0, root = ?", (bytes.fromhex(EMPTY),))
+        conn.execute(
+            "UPDATE audit_head SET size = 0, root = ?, frontier = x'', checkpoint_size = -1",
+            (bytes.fromhex(EMPTY),),
+        )
     store = signed_store(server)
     try:
         for raw in rows[:3] + rows[4:]:  # entry 3 gone

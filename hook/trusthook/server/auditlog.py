@@ -171,15 +171,49 @@ class Head:
     root: bytes
 
 
+# Built once: an append runs these four (and a checkpoint insert when one is due).
+_ADVANCE = (
+    update(audit_head)
+    .where(audit_head.c.id == _HEAD)
+    .values(size=audit_head.c.size + 1)
+    .returning(
+        audit_head.c.size,
+        audit_head.c.frontier,
+        audit_head.c.checkpoint_size,
+        audit_head.c.checkpoint_at,
+    )
+)
+_SET_HEAD = update(audit_head).where(audit_head.c.id == _HEAD)
+_INSERT_ENTRY = insert(audit_log)
+_INSERT_NODES = insert(audit_nodes)
+_INSERT_CHECKPOINT = insert(audit_checkpoints)
+
+
 def init_head(conn: Connection) -> None:
     """The head row of an empty log, if there is none."""
     if conn.execute(select(audit_head.c.id).where(audit_head.c.id == _HEAD)).first() is None:
-        conn.execute(insert(audit_head).values(id=_HEAD, size=0, root=EMPTY_ROOT))
+        conn.execute(
+            insert(audit_head).values(
+                id=_HEAD,
+                size=0,
+                root=EMPTY_ROOT,
+                frontier=b"",
+                checkpoint_size=-1,
+                checkpoint_at=0.0,
+            )
+        )
 
 
 def head(conn: Connection) -> Head:
-    row = conn.execute(select(audit_head).where(audit_head.c.id == _HEAD)).one()
+    row = conn.execute(
+        select(audit_head.c.size, audit_head.c.root).where(audit_head.c.id == _HEAD)
+    ).one()
     return Head(int(row.size), bytes(row.root))
+
+
+def _frontier(size: int, packed: bytes) -> Frontier:
+    hashes = tuple(packed[i : i + 32] for i in range(0, len(packed), 32))
+    return Frontier(size, hashes)
 
 
 def append(
@@ -193,40 +227,40 @@ def append(
 ) -> AuditEntry:
     """Append the entry of one audited event, in ``conn``'s transaction; sign a checkpoint
     if one is due and ``signer`` is given."""
-    size = conn.execute(
-        update(audit_head)
-        .where(audit_head.c.id == _HEAD)
-        .values(size=audit_head.c.size + 1)
-        .returning(audit_head.c.size)
-    ).scalar_one()
-    index = int(size) - 1
-    frontier = Frontier(index, tuple(ConnSource(conn).subtree_hashes(Frontier.spans(index))))
+    row = conn.execute(_ADVANCE).one()
+    index = int(row.size) - 1
+    frontier = _frontier(index, bytes(row.frontier))
     entry = entry_for(index, event_name, host_id, detail, now)
     frontier, nodes = frontier.append(entry.leaf_hash())
-    conn.execute(insert(audit_log).values(idx=index, at=now, entry=entry.canonical()))
+    conn.execute(_INSERT_ENTRY, {"idx": index, "at": now, "entry": entry.canonical()})
     conn.execute(
-        insert(audit_nodes),
+        _INSERT_NODES,
         [{"level": span.level, "position": span.position, "hash": h} for span, h in nodes],
     )
-    conn.execute(update(audit_head).where(audit_head.c.id == _HEAD).values(root=frontier.root()))
-    if signer is not None:
-        latest = conn.execute(
-            select(audit_checkpoints.c.size, audit_checkpoints.c.at)
-            .order_by(audit_checkpoints.c.size.desc())
-            .limit(1)
-        ).first()
-        if (
-            latest is None
-            or frontier.size - latest.size >= CHECKPOINT_ENTRIES
-            or now - latest.at >= CHECKPOINT_SECONDS
-        ):
-            _sign(conn, signer, Head(frontier.size, frontier.root()), now)
+    root = frontier.root()
+    checkpoint_size, checkpoint_at = int(row.checkpoint_size), float(row.checkpoint_at)
+    if signer is not None and (
+        checkpoint_size < 0
+        or frontier.size - checkpoint_size >= CHECKPOINT_ENTRIES
+        or now - checkpoint_at >= CHECKPOINT_SECONDS
+    ):
+        _sign(conn, signer, Head(frontier.size, root), now)
+        checkpoint_size, checkpoint_at = frontier.size, now
+    conn.execute(
+        _SET_HEAD,
+        {
+            "root": root,
+            "frontier": b"".join(frontier.hashes),
+            "checkpoint_size": checkpoint_size,
+            "checkpoint_at": checkpoint_at,
+        },
+    )
     return entry
 
 
 def _sign(conn: Connection, signer: NoteSigner, at: Head, now: float) -> str:
     note = sign_checkpoint(Checkpoint(origin=signer.name, size=at.size, root=at.root), signer)
-    conn.execute(insert(audit_checkpoints).values(size=at.size, at=now, note=note))
+    conn.execute(_INSERT_CHECKPOINT, {"size": at.size, "at": now, "note": note})
     return note
 
 

@@ -125,14 +125,18 @@ audit_nodes = Table(
     Column("position", BigInteger, primary_key=True, autoincrement=False),
     Column("hash", LargeBinary(32), nullable=False),
 )
-# One row (id 1): the log's size and root. Updating it first serializes appends (the index is
-# the size), on PostgreSQL across server processes.
+# One row (id 1): the log's size, root and frontier (the hashes of full_subtrees(0, size),
+# concatenated: what the next append needs), and the last checkpoint's size and time. Updating
+# it first serializes appends (the index is the size), on PostgreSQL across server processes.
 audit_head = Table(
     "audit_head",
     metadata,
     Column("id", Integer, primary_key=True, autoincrement=False),
     Column("size", BigInteger, nullable=False),
     Column("root", LargeBinary(32), nullable=False),
+    Column("frontier", LargeBinary, nullable=False),
+    Column("checkpoint_size", BigInteger, nullable=False),  # -1: none yet
+    Column("checkpoint_at", Float, nullable=False),
 )
 audit_checkpoints = Table(
     "audit_checkpoints",
