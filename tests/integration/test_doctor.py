@@ -84,7 +84,10 @@ def ready(swtpm: Swtpm, tmp_path: Path, ek_bundle: Path) -> Iterator[ReadyHost]:
         for engine, where in (
             ("docker", ["--config", str(etc / "daemon.json")]),
             ("containerd", ["--config", str(etc / "config.toml")]),
-            ("podman", ["--hooks-dir", str(etc / "hooks.d")]),
+            (
+                "podman",
+                ["--hooks-dir", str(etc / "hooks.d"), "--config", str(etc / "containers.conf")],
+            ),
         ):
             argv = ["runtime", "configure", "--runtime", engine, *where, "--shim-path", str(shim)]
             result = host.cli(*argv)
@@ -94,6 +97,8 @@ def ready(swtpm: Swtpm, tmp_path: Path, ek_bundle: Path) -> Iterator[ReadyHost]:
             f"docker={etc / 'daemon.json'}",
             "--engine-config",
             f"containerd={etc / 'config.toml'}",
+            "--engine-config",
+            f"podman={etc / 'containers.conf'}",
             "--hooks-dir",
             str(etc / "hooks.d"),
         ]

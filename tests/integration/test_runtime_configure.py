@@ -1,13 +1,15 @@
 """``trusthook runtime configure`` against the real engines: dockerd and containerd started
 with the files it wrote (copies of the engines' defaults and of configurations with other
 runtimes, comments and odd formatting, on temporary paths only) list the trusthook runtime;
-``systemctl reload docker``'s SIGHUP picks it up; containers run through it are measured;
-unconfigure gives the original back byte for byte and a second configure changes nothing."""
+``systemctl reload docker``'s SIGHUP picks it up; podman finds the hook through the
+containers.conf configure edited; containers run through it are measured; unconfigure gives
+the original back byte for byte and a second configure changes nothing."""
 
 from __future__ import annotations
 
 import contextlib
 import json
+import os
 import shutil
 import signal
 import subprocess
@@ -320,20 +322,70 @@ def test_containerd_loses_its_cri_plugin_when_only_trusthook_is_added(tmp_path: 
 def test_podman_runs_the_hook_configure_wrote(
     host: Host, busybox_rootfs: Path, tmp_path: Path
 ) -> None:
+    """podman told the hooks directory on its command line (``--hooks-dir``)."""
     with podman_cli(host, busybox_rootfs, tmp_path) as podman:
         hooks = tmp_path / "hooks.d"
         (hooks / "trusthook.json").unlink()
-        argv = ("runtime", "configure", "--runtime", "podman", "--hooks-dir", str(hooks))
-        result = host.cli(*argv)
+        conf = tmp_path / "etc" / "containers.conf"  # none: configure makes one, then removes it
+        where = ("--runtime", "podman", "--hooks-dir", str(hooks), "--config", str(conf))
+        result = host.cli("runtime", "configure", *where)
         assert result.returncode == 0, result.stderr
         run = [*podman, "run", "--rm", "--network", "none", *ULIMITS, PODMAN_IMAGE, "/bin/true"]
         assert subprocess.run(run, capture_output=True, check=False).returncode == 0
         assert len(host.snapshot()[0]) == 1
-        assert "unchanged" in host.cli(*argv).stdout
-        result = host.cli(
-            "runtime", "unconfigure", "--runtime", "podman", "--hooks-dir", str(hooks)
-        )
+        assert host.cli("runtime", "configure", *where).stdout.count("unchanged") == 2
+        result = host.cli("runtime", "unconfigure", *where)
         assert result.returncode == 0, result.stderr
-        assert list(hooks.iterdir()) == []
+        assert list(hooks.iterdir()) == [] and not conf.exists()
         assert subprocess.run(run, capture_output=True, check=False).returncode == 0
         assert len(host.snapshot()[0]) == 1  # no hook: not measured
+
+
+def without_hooks_dir(podman: list[str]) -> list[str]:
+    at = podman.index("--hooks-dir")
+    return podman[:at] + podman[at + 2 :]
+
+
+@pytest.mark.parametrize("fixture", ["containers-debian12.conf", "containers-hooks-dir.conf"])
+def test_podman_finds_the_hook_through_the_containers_conf_configure_edited(
+    host: Host, busybox_rootfs: Path, tmp_path: Path, fixture: str
+) -> None:
+    """podman with no ``--hooks-dir``, reading only the containers.conf ``CONTAINERS_CONF``
+    names: before configure its hooks_dir (podman's defaults where it sets none) leaves out the
+    temporary hooks directory and the hook there does not run; configure adds the directory
+    (Debian's file: with podman's defaults), and the container is measured; unconfigure gives
+    the file back byte for byte."""
+    with podman_cli(host, busybox_rootfs, tmp_path) as podman:
+        hooks = tmp_path / "hooks.d"
+        conf = tmp_path / "containers.conf"
+        original = (DATA / fixture).read_bytes()
+        conf.write_bytes(original)
+        env = {**os.environ, "CONTAINERS_CONF": str(conf)}
+        run = [
+            *without_hooks_dir(podman),
+            *("run", "--rm", "--network", "none", *ULIMITS, PODMAN_IMAGE, "/bin/true"),
+        ]
+
+        def records_after_a_run() -> int:
+            result = subprocess.run(run, capture_output=True, text=True, env=env, check=False)
+            assert result.returncode == 0, result.stderr
+            return len(host.snapshot()[0])
+
+        # podman_cli's hooks.d file is in place, but podman does not read its directory
+        assert records_after_a_run() == 0
+        (hooks / "trusthook.json").unlink()
+        where = ("--runtime", "podman", "--hooks-dir", str(hooks), "--config", str(conf))
+        result = host.cli("runtime", "configure", *where)
+        assert result.returncode == 0, result.stderr
+        assert f"(backup: {conf}.trusthook-backup)" in result.stdout
+        assert "now nothing to reload" in result.stdout
+        assert records_after_a_run() == 1
+        configured = conf.read_bytes()
+        assert host.cli("runtime", "configure", *where).stdout.count("unchanged") == 2
+        assert conf.read_bytes() == configured
+        result = host.cli("runtime", "unconfigure", *where)
+        assert result.returncode == 0, result.stderr
+        assert conf.read_bytes() == original
+        assert not (tmp_path / "containers.conf.trusthook-backup").exists()
+        assert list(hooks.iterdir()) == []
+        assert records_after_a_run() == 1  # no hook: not measured

@@ -97,7 +97,7 @@ def host(tmp_path: Path) -> Iterator[Callable[..., Report]]:
         files = {
             e: engine_files(
                 e,
-                config=None if e is Engine.PODMAN else tmp_path / "etc" / e.value,
+                config=tmp_path / "etc" / e.value,
                 hooks_dir=tmp_path / "hooks.d",
             )
             for e in Engine

@@ -1,7 +1,8 @@
 """``trusthook runtime configure``'s pure part (``hostsetup.engines``): each engine's file text
 in, new text out, on configurations copied from the engines' defaults (Debian 12's
-containerd package, ``containerd config default`` of containerd 1.6) and on ones with other
-runtimes, comments and odd formatting. The result parses to the old settings plus exactly
+containerd package and its /usr/share/containers/containers.conf, ``containerd config default``
+of containerd 1.6) and on ones with other runtimes, hooks directories, comments and odd
+formatting. The result parses to the old settings plus exactly
 trusthook's, unconfigure gives the original back, a second configure changes nothing, and a
 file that cannot be edited safely is refused."""
 
@@ -15,8 +16,9 @@ from typing import Any
 import pytest
 
 from trusthook.common.config import Config
-from trusthook.errors import ConflictError, EngineConfigError
+from trusthook.errors import ConflictError, EngineConfigError, UsageError
 from trusthook.hostsetup import tomledit
+from trusthook.hostsetup.containers_conf import PODMAN_HOOKS_DIRS, ContainersConf
 from trusthook.hostsetup.engines import (
     RUNTIMES,
     ContainerdToml,
@@ -33,6 +35,8 @@ SHIM = "/usr/local/bin/trusthook-runtime"
 HOOK = Path("/usr/local/bin/trusthook-hook")
 CONTAINERD_FILES = sorted(DATA.glob("containerd-*.toml"))
 DOCKER_FILES = sorted(DATA.glob("docker-*.json"))
+CONTAINERS_FILES = [p for p in sorted(DATA.glob("containers-*.conf")) if "broken" not in p.name]
+OWN_HOOKS = "/srv/trusthook/hooks.d"  # not one of podman's defaults
 
 
 def spec(*, default: bool = False, shim: str = SHIM) -> RuntimeSpec:
@@ -301,6 +305,204 @@ def test_docker_unconfigure_removes_a_hand_written_entry_too() -> None:
     assert left is not None and json.loads(left) == {"runtimes": {"crun": {"path": "/c"}}}
 
 
+# podman: containers.conf
+
+
+def hooks_dir_of(text: str) -> list[str] | None:
+    value = tomllib.loads(text).get("engine", {}).get("hooks_dir")
+    assert value is None or isinstance(value, list)
+    return value
+
+
+@pytest.mark.parametrize("path", CONTAINERS_FILES, ids=lambda p: p.name)
+@pytest.mark.parametrize("hooks", [PODMAN_HOOKS_DIRS[1], OWN_HOOKS])
+def test_containers_conf_gets_the_hooks_dir_and_nothing_else(path: Path, hooks: str) -> None:
+    original = path.read_text()
+    before = tomllib.loads(original)
+    fmt = ContainersConf(path.name, hooks_dir=hooks)
+    edit = fmt.configure(original, spec())
+    assert edit.text is not None
+    listed = hooks_dir_of(original)
+    if listed is None and hooks in PODMAN_HOOKS_DIRS:  # podman reads it already
+        assert edit.text == original and edit.notes == ()
+        return
+    after = tomllib.loads(edit.text)
+    wanted = [*(PODMAN_HOOKS_DIRS if listed is None else listed), hooks]
+    assert after["engine"].pop("hooks_dir") == wanted
+    before.get("engine", {}).pop("hooks_dir", None)
+    assert after == before  # every other key, [engine.runtimes] too
+    # every comment and every other line survives (a replaced line inside its marker)
+    kept = [line for line in original.splitlines() if line not in edit.text]
+    assert all("hooks_dir" in line or "hooks.d" in line for line in kept), kept
+    assert hooks in edit.notes[0]
+
+
+@pytest.mark.parametrize("path", CONTAINERS_FILES, ids=lambda p: p.name)
+@pytest.mark.parametrize("hooks", [PODMAN_HOOKS_DIRS[1], OWN_HOOKS])
+def test_containers_conf_unconfigure_restores_and_configure_twice_changes_nothing(
+    path: Path, hooks: str
+) -> None:
+    original = path.read_text()
+    fmt = ContainersConf(path.name, hooks_dir=hooks)
+    new = fmt.configure(original, spec()).text
+    assert new is not None
+    again = fmt.configure(new, spec())
+    assert again.text == new and again.notes == ()
+    assert fmt.unconfigure(new).text == original
+    assert fmt.unconfigure(original).text == original
+    assert (fmt.registration(new) is None) == (new == original)
+    assert fmt.registration(original) is None
+
+
+def test_containers_conf_multi_line_hooks_dir_becomes_one_line_and_comes_back() -> None:
+    original = (DATA / "containers-hooks-dir.conf").read_text()
+    new = ContainersConf(hooks_dir=OWN_HOOKS).configure(original, spec()).text
+    assert new is not None
+    at = new.index("hooks_dir = [")
+    assert new[at:].splitlines()[:4] == [
+        'hooks_dir = ["/usr/share/containers/oci/hooks.d", "/opt/nvidia/hooks.d",'
+        f' "{OWN_HOOKS}"]' + tomledit.EDITED + "hooks_dir = [",
+        tomledit.HIDDEN + '  "/usr/share/containers/oci/hooks.d",   # from packages',
+        tomledit.HIDDEN + '  "/opt/nvidia/hooks.d",',
+        tomledit.HIDDEN + "]",
+    ]
+
+
+def test_containers_conf_without_hooks_dir_gets_podmans_defaults_on_a_marked_line() -> None:
+    original = (DATA / "containers-debian12.conf").read_text()
+    edit = ContainersConf(hooks_dir=OWN_HOOKS).configure(original, spec())
+    assert edit.text is not None
+    [line] = [x for x in edit.text.splitlines() if x not in original.splitlines()]
+    dirs = ", ".join(f'"{d}"' for d in (*PODMAN_HOOKS_DIRS, OWN_HOOKS))
+    assert line == f"  hooks_dir = [{dirs}]" + tomledit.ADDED
+    assert edit.text.index(line) > edit.text.index("\n[engine]\n")
+    assert "podman's default directories" in edit.notes[0]
+
+
+def test_containers_conf_a_second_hooks_dir_is_added_and_one_unconfigure_undoes_both() -> None:
+    for name in ("containers-hooks-dir.conf", "containers-debian12.conf"):
+        original = (DATA / name).read_text()
+        first = ContainersConf(hooks_dir=OWN_HOOKS).configure(original, spec()).text
+        assert first is not None
+        second = ContainersConf(hooks_dir="/opt/other/hooks.d").configure(first, spec()).text
+        assert second is not None
+        listed = hooks_dir_of(second)
+        assert listed is not None and listed[-2:] == [OWN_HOOKS, "/opt/other/hooks.d"]
+        assert ContainersConf().unconfigure(second).text == original
+
+
+def test_containers_conf_already_listing_the_directory_is_left_alone() -> None:
+    original = (DATA / "containers-hooks-dir.conf").read_text()
+    for listed in ("/opt/nvidia/hooks.d", "/opt/nvidia/hooks.d/", "/opt/nvidia/./hooks.d"):
+        edit = ContainersConf(hooks_dir=listed).configure(original, spec())
+        assert edit.text == original and edit.notes == ()
+
+
+def test_containers_conf_missing_file() -> None:
+    """Left missing for a default directory; made, and removed again, for another."""
+    assert ContainersConf().configure(None, spec()).text is None
+    fmt = ContainersConf(hooks_dir=OWN_HOOKS)
+    new = fmt.configure(None, spec()).text
+    assert new is not None and new.startswith(tomledit.BEGIN)
+    assert tomllib.loads(new) == {"engine": {"hooks_dir": [*PODMAN_HOOKS_DIRS, OWN_HOOKS]}}
+    left = fmt.unconfigure(new).text
+    assert left == "" and fmt.empty(left)
+    assert fmt.unconfigure(None).text is None
+
+
+@pytest.mark.parametrize(
+    "original",
+    [
+        "# podman, defaults but for the log\n[containers]\nlog_size_max = 1024\n",
+        '[engine.runtimes]\ncrun = ["/usr/bin/crun"]\n',  # a sub-table, no [engine] header
+    ],
+)
+def test_containers_conf_without_an_engine_table_gets_one_in_the_block(original: str) -> None:
+    fmt = ContainersConf(hooks_dir=OWN_HOOKS)
+    new = fmt.configure(original, spec()).text
+    assert new is not None and new.startswith(original + "\n" + tomledit.BEGIN)
+    after = tomllib.loads(new)
+    assert after["engine"].pop("hooks_dir") == [*PODMAN_HOOKS_DIRS, OWN_HOOKS]
+    prune(after)
+    assert after == tomllib.loads(original)
+    assert fmt.unconfigure(new).text == original
+
+
+def test_containers_conf_crlf_lines_are_kept() -> None:
+    original = '[engine]\r\nhooks_dir = [\r\n  "/a",\r\n]\r\nnum_locks = 2048\r\n'
+    fmt = ContainersConf(hooks_dir=OWN_HOOKS)
+    new = fmt.configure(original, spec()).text
+    assert new is not None and "\n" not in new.replace("\r\n", "")
+    assert hooks_dir_of(new) == ["/a", OWN_HOOKS]
+    assert fmt.unconfigure(new).text == original
+
+
+def test_containers_conf_the_default_directory_added_where_hooks_dir_leaves_it_out() -> None:
+    original = '[engine]\nhooks_dir = ["/usr/share/containers/oci/hooks.d"]\n'
+    for named in (True, False):  # the default file, unnamed, is edited for the default dir
+        new = ContainersConf(named=named).configure(original, spec()).text
+        assert new is not None and hooks_dir_of(new) == list(PODMAN_HOOKS_DIRS)
+
+
+def test_containers_conf_an_empty_hooks_dir_gets_only_the_directory() -> None:
+    """``hooks_dir = []``: podman reads no hooks at all; configure adds only its own."""
+    new = ContainersConf().configure("[engine]\nhooks_dir = []\n", spec()).text
+    assert new is not None and hooks_dir_of(new) == [PODMAN_HOOKS_DIRS[1]]
+
+
+def test_containers_conf_an_unnamed_file_is_not_edited_for_a_directory_of_ones_own() -> None:
+    """The default containers.conf is edited for another --hooks-dir only when named."""
+    fmt = ContainersConf("/etc/containers/containers.conf", hooks_dir=OWN_HOOKS, named=False)
+    with pytest.raises(UsageError, match="name the containers.conf your podman reads"):
+        fmt.configure(None, spec())
+    with pytest.raises(UsageError, match="--config"):
+        fmt.configure((DATA / "containers-hooks-dir.conf").read_text(), spec())
+    listed = f'[engine]\nhooks_dir = ["{OWN_HOOKS}"]\n'
+    assert fmt.configure(listed, spec()).text == listed  # nothing to change: accepted
+
+
+def test_containers_conf_unparseable_is_refused() -> None:
+    text = (DATA / "containers-broken.conf").read_text()
+    fmt = ContainersConf("containers.conf", hooks_dir=OWN_HOOKS)
+    with pytest.raises(EngineConfigError, match="containers.conf is not valid TOML"):
+        fmt.configure(text, spec())
+    with pytest.raises(EngineConfigError, match="containers.conf is not valid TOML"):
+        fmt.unconfigure(text)
+    with pytest.raises(EngineConfigError, match="not valid TOML"):
+        fmt.registration(text)
+
+
+@pytest.mark.parametrize(
+    ("text", "says"),
+    [
+        ('[engine]\nhooks_dir = "/etc/containers/oci/hooks.d"\n', "expected a list"),
+        ("[engine]\nhooks_dir = [1]\n", "expected a list"),
+        ('engine = "podman"\n', "'engine' is a str, expected a table"),
+    ],
+)
+def test_containers_conf_refuses_what_podman_would_not_read(text: str, says: str) -> None:
+    with pytest.raises(EngineConfigError, match=says):
+        ContainersConf(hooks_dir=OWN_HOOKS).configure(text, spec())
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        'engine.hooks_dir = ["/a"]\n',  # dotted keys: no [engine] header
+        'engine = { hooks_dir = ["/a"] }\n',  # inline
+        '[containers]\nlabel = """\n[engine]\n"""\n',  # a header inside a string
+    ],
+)
+def test_containers_conf_refuses_a_layout_it_cannot_edit_line_by_line(text: str) -> None:
+    with pytest.raises(EngineConfigError, match="add this by hand"):
+        ContainersConf(hooks_dir=OWN_HOOKS).configure(text, spec())
+
+
+def test_containers_conf_refuses_a_block_that_never_ends() -> None:
+    with pytest.raises(EngineConfigError, match="never ends"):
+        ContainersConf().unconfigure("[engine]\n" + tomledit.BEGIN + "\n")
+
+
 # trusthook's own files
 
 
@@ -358,3 +560,26 @@ def test_set_key_adds_a_marked_line_after_the_header() -> None:
     assert text == '[a]\n    y = "v"' + tomledit.ADDED + "\n    x = 1\n[b]\n"
     assert tomllib.loads(text) == {"a": {"x": 1, "y": "v"}, "b": {}}
     assert tomledit.remove_marked(text) == ("[a]\n    x = 1\n[b]\n", True)
+
+
+def test_set_key_replaces_a_multi_line_value_and_restores_it() -> None:
+    original = '[a]\n  k = [  # first\n    "x",\n  ]\n  j = 2\n[b]\n'
+    lines = tomledit.lines_of(original)
+    assert tomledit.key_span(lines, 0, "k") == (1, 4)
+    tomledit.set_key(lines, 0, "k", ["x", "y"])
+    text = "".join(lines)
+    assert tomllib.loads(text) == {"a": {"k": ["x", "y"], "j": 2}, "b": {}}
+    assert text.count(tomledit.HIDDEN) == 2
+    assert tomledit.remove_marked(text) == (original, True)
+
+
+def test_key_span_finds_quoted_keys_and_not_prefixes() -> None:
+    lines = tomledit.lines_of("[a]\n  kk = 1\n  k.x = 2\n  'k' = [\n 3]\n")
+    assert tomledit.key_span(lines, 0, "k") == (3, 5)
+    assert tomledit.key_span(lines, 0, "kk") == (1, 2)
+    assert tomledit.key_span(lines, 0, "x") is None
+
+
+def test_value_text_of_a_list_is_a_toml_array() -> None:
+    text = tomledit.value_text(["/a", 'b"c'])
+    assert tomllib.loads(f"k = {text}") == {"k": ["/a", 'b"c']}

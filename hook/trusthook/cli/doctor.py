@@ -22,10 +22,10 @@ def _engine_configs(values: list[str]) -> dict[Engine, Path]:
             engine = Engine(name)
         except ValueError:
             engine = None
-        if not eq or not path or engine is None or engine is Engine.PODMAN:
+        if not eq or not path or engine is None:
             raise UsageError(
                 f"--engine-config: got {value!r}, expected ENGINE=PATH with ENGINE one of"
-                " docker, containerd, crio (podman's file is in --hooks-dir)"
+                " docker, containerd, podman (its containers.conf), crio"
             )
         configs[engine] = Path(path)
     return configs

@@ -289,9 +289,9 @@ def _add_setup(sub: Any) -> None:
         cmd.add_argument(
             "--config",
             metavar="PATH",
-            help="the engine's file: daemon.json, config.toml or the CRI-O drop-in"
-            " (default: /etc/docker/daemon.json, /etc/containerd/config.toml,"
-            " /etc/crio/crio.conf.d/50-trusthook.conf)",
+            help="the engine's file: daemon.json, config.toml, containers.conf or the CRI-O"
+            " drop-in (default: /etc/docker/daemon.json, /etc/containerd/config.toml,"
+            " /etc/containers/containers.conf, /etc/crio/crio.conf.d/50-trusthook.conf)",
         )
         cmd.add_argument(
             "--hooks-dir",

@@ -4,13 +4,13 @@ refusal touches nothing; each file is then replaced atomically (``common.files``
 mode.
 
 Backups (docs/deploy.md): before configure first adds trusthook to a file of the engine's
-(``daemon.json``, ``config.toml``), the file as it was is kept in ``FILE.trusthook-backup``;
-while the file names trusthook that backup is kept as it is. Unconfigure takes trusthook out
-again; when the file is still what configure made of the backup (nothing else changed since),
-the backup itself is put back, byte for byte, and removed. A file configure created (there
-was none) is removed again when nothing but trusthook's settings was in it. trusthook's own
-files (the CRI-O drop-in, the hooks.d file) get no backup: configure refuses to replace a file
-that is not trusthook's.
+(``daemon.json``, ``config.toml``, podman's ``containers.conf``), the file as it was is kept in
+``FILE.trusthook-backup``; while the file names trusthook that backup is kept as it is.
+Unconfigure takes trusthook out again; when the file is still what configure made of the backup
+(nothing else changed since), the backup itself is put back, byte for byte, and removed. A file
+configure created (there was none) is removed again when nothing but trusthook's settings was
+in it. trusthook's own files (the CRI-O drop-in, the hooks.d file) get no backup: configure
+refuses to replace a file that is not trusthook's.
 """
 
 from __future__ import annotations
@@ -25,8 +25,9 @@ from pathlib import Path
 
 from trusthook.common.config import Config
 from trusthook.common.files import sync_directory, write_atomic
-from trusthook.errors import EngineConfigError, TrusthookError, UsageError
+from trusthook.errors import EngineConfigError, TrusthookError
 from trusthook.hostsetup.choices import Engine
+from trusthook.hostsetup.containers_conf import ContainersConf
 from trusthook.hostsetup.engines import (
     ContainerdToml,
     CrioDropIn,
@@ -40,6 +41,7 @@ DEFAULT_CONFIG = {
     Engine.DOCKER: Path("/etc/docker/daemon.json"),
     Engine.CONTAINERD: Path("/etc/containerd/config.toml"),
     Engine.CRIO: Path("/etc/crio/crio.conf.d/50-trusthook.conf"),
+    Engine.PODMAN: Path("/etc/containers/containers.conf"),
 }
 HOOKS_DIR = Path("/etc/containers/oci/hooks.d")  # podman's and CRI-O's (where hooks_dir says)
 HOOKS_FILE = "trusthook.json"
@@ -49,7 +51,7 @@ RELOAD = {
     Engine.DOCKER: "systemctl reload docker (dockerd re-reads its runtimes on SIGHUP)",
     Engine.CONTAINERD: "systemctl restart containerd",
     Engine.CRIO: "systemctl restart crio",
-    Engine.PODMAN: "nothing to reload: podman reads hooks.d at every command",
+    Engine.PODMAN: "nothing to reload: podman reads containers.conf and hooks.d at every command",
 }
 # dockerd 20.10's reload keeps a default-runtime the file no longer names, and with the
 # runtime itself gone it crashes: taking trusthook out as the default needs a restart
@@ -76,13 +78,11 @@ def engine_files(
     engine: Engine, *, config: Path | None = None, hooks_dir: Path | None = None
 ) -> list[EngineFile]:
     """The files configure changes for ``engine``: its configuration (``config``, else the
-    default path) and, for podman and CRI-O, the hooks.d file in ``hooks_dir``. A symlink is
-    followed: the file it points to is the one changed."""
-    if engine is Engine.PODMAN and config is not None:
-        raise UsageError(
-            "--config: podman has no configuration file to edit; --hooks-dir DIR says where"
-            " its hooks.d file goes"
-        )
+    default path) and, for podman and CRI-O, the hooks.d file in ``hooks_dir``. podman's
+    configuration is its ``containers.conf``, listed after the hooks.d file: configure writes
+    the hook before it makes podman read the directory it is in. A symlink is followed: the
+    file it points to is the one changed (a hooks directory is named in containers.conf as
+    given)."""
     files: list[EngineFile] = []
     if engine is not Engine.PODMAN:
         path = _real(config or DEFAULT_CONFIG[engine])
@@ -90,6 +90,11 @@ def engine_files(
     if engine in (Engine.PODMAN, Engine.CRIO):
         path = _real((hooks_dir or HOOKS_DIR) / HOOKS_FILE)
         files.append(EngineFile(HooksJson(str(path)), path))
+    if engine is Engine.PODMAN:
+        path = _real(config or DEFAULT_CONFIG[engine])
+        directory = os.path.abspath(hooks_dir or HOOKS_DIR)
+        fmt = ContainersConf(str(path), hooks_dir=directory, named=config is not None)
+        files.append(EngineFile(fmt, path))
     return files
 
 
@@ -230,9 +235,9 @@ def _made_from(fmt: Format, backup: str, current: str) -> bool:
     ``current`` registers): then nothing else changed since, and the backup is the file
     without trusthook, byte for byte."""
     found = fmt.registration(current)
-    if found is None or not found.program:
+    if found is None:
         return False
-    spec = RuntimeSpec(shim=found.program, hook={}, default=found.default)
+    spec = RuntimeSpec(shim=found.program or "", hook={}, default=found.default)
     try:
         redone = fmt.configure(backup, spec).text
     except TrusthookError:  # the backup no longer parses, or names another trusthook

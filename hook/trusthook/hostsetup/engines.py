@@ -8,6 +8,8 @@ Each file is one ``Format``:
 - ``ContainerdToml``: containerd's ``config.toml``, version 2: the CRI plugin's runtime
   ``trusthook`` (``io.containerd.runc.v2`` with ``options.BinaryName = SHIM``), edited as text
   (``tomledit``) so comments and layout survive, then checked by parsing the result.
+- ``containers_conf.ContainersConf``: podman's ``containers.conf``, its ``[engine] hooks_dir``
+  (in a module of its own, with the TOML helpers here).
 - ``CrioDropIn``: CRI-O's drop-in ``crio.conf.d/50-trusthook.conf``, trusthook's own file.
 - ``HooksJson``: the hooks.d file podman and CRI-O run OCI hooks from, trusthook's own file,
   the same content as ``oci-config/hooks.d/trusthook.json``.
@@ -217,7 +219,7 @@ class DaemonJson:
 # containerd: config.toml, version 2
 
 
-def _toml(text: str, where: str) -> dict[str, Any]:
+def parse_toml(text: str, where: str) -> dict[str, Any]:
     try:
         return tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
@@ -235,11 +237,33 @@ def _get(data: Mapping[str, Any], path: tuple[str, ...]) -> Any:
     return node
 
 
-def _put(data: dict[str, Any], path: tuple[str, ...], value: Any) -> None:
+def put(data: dict[str, Any], path: tuple[str, ...], value: Any) -> None:
     node = data
     for key in path[:-1]:
         node = node.setdefault(key, {})
     node[path[-1]] = value
+
+
+def check_edit(where: str, new: str, expected: dict[str, Any], snippet: str) -> None:
+    """A line-level edit's result must parse to exactly the old settings plus trusthook's."""
+    try:
+        got = tomllib.loads(new)
+    except tomllib.TOMLDecodeError as e:
+        got = {"error": str(e)}
+    if got != expected:
+        raise EngineConfigError(
+            f"{where} is laid out in a way trusthook cannot edit line by line (a table"
+            " defined with dotted keys or inline?); trusthook changed nothing; add this by"
+            f" hand:\n{snippet}"
+        )
+
+
+def unmark(text: str, where: str) -> tuple[str, bool]:
+    """``tomledit.remove_marked``, its ValueError a refusal."""
+    try:
+        return tomledit.remove_marked(text)
+    except ValueError as e:
+        raise EngineConfigError(f"{where}: {e}; trusthook changed nothing") from None
 
 
 @dataclass(frozen=True)
@@ -265,7 +289,7 @@ class ContainerdToml:
 
     def configure(self, text: str | None, spec: RuntimeSpec) -> Edit:
         original = text or ""
-        data = _toml(original, self.what)
+        data = parse_toml(original, self.what)
         self._check_version(data)
         runtimes = _get(data, RUNTIMES)
         if runtimes is not None and not isinstance(runtimes, dict):
@@ -280,14 +304,14 @@ class ContainerdToml:
         if NAME not in runtimes:
             if not runtimes:  # a runtimes table replaces the built-in runc: spell it out
                 tables.append(((*RUNTIMES, "runc"), {"runtime_type": RUNC_V2}))
-                _put(expected, (*RUNTIMES, "runc"), {"runtime_type": RUNC_V2})
+                put(expected, (*RUNTIMES, "runc"), {"runtime_type": RUNC_V2})
                 notes.append("containerd's built-in runtime 'runc' written out (it would be lost)")
             options: dict[str, str | bool | int] = {"BinaryName": spec.shim}
             if _get(runtimes, ("runc", "options", "SystemdCgroup")) is True:
                 options["SystemdCgroup"] = True  # the kubelet's cgroup driver applies to all
             tables.append(((*RUNTIMES, NAME), {"runtime_type": RUNC_V2}))
             tables.append(((*RUNTIMES, NAME, "options"), options))
-            _put(expected, (*RUNTIMES, NAME), {"runtime_type": RUNC_V2, "options": options})
+            put(expected, (*RUNTIMES, NAME), {"runtime_type": RUNC_V2, "options": options})
             notes.append(f"runtime {NAME!r} ({RUNC_V2}) runs {spec.shim}")
         else:
             self._check_existing(runtimes[NAME], spec.shim)
@@ -299,7 +323,7 @@ class ContainerdToml:
                 tables.insert(0, (CONTAINERD, {"default_runtime_name": NAME}))
             else:
                 tomledit.set_key(lines, header, "default_runtime_name", NAME)
-            _put(expected, (*CONTAINERD, "default_runtime_name"), NAME)
+            put(expected, (*CONTAINERD, "default_runtime_name"), NAME)
             was = f" (was {previous!r})" if previous is not None else ""
             notes.append(f"default_runtime_name is {NAME!r}{was}")
         if not notes:
@@ -307,7 +331,7 @@ class ContainerdToml:
         new = "".join(lines)
         if tables or top:
             new = tomledit.append_block(new, tomledit.block(tables, top))
-        self._check_result(new, expected, tomledit.block(tables, top))
+        check_edit(self.what, new, expected, tomledit.block(tables, top))
         return Edit(text=new, notes=tuple(notes))
 
     def _check_existing(self, existing: object, shim: str) -> None:
@@ -322,28 +346,12 @@ class ContainerdToml:
             " configure again"
         )
 
-    def _check_result(self, new: str, expected: dict[str, Any], snippet: str) -> None:
-        """The edited text must parse to exactly the old settings plus trusthook's."""
-        try:
-            got = tomllib.loads(new)
-        except tomllib.TOMLDecodeError as e:
-            got = {"error": str(e)}
-        if got != expected:
-            raise EngineConfigError(
-                f"{self.what} is laid out in a way trusthook cannot edit line by line (a table"
-                " defined with dotted keys or inline?); trusthook changed nothing; add this by"
-                f" hand:\n{snippet}"
-            )
-
     def unconfigure(self, text: str | None) -> Edit:
         if text is None:
             return Edit(text=None)
-        data = _toml(text, self.what)
-        try:
-            new, found = tomledit.remove_marked(text)
-        except ValueError as e:
-            raise EngineConfigError(f"{self.what}: {e}; trusthook changed nothing") from None
-        after = _toml(new, self.what) if found else data
+        data = parse_toml(text, self.what)
+        new, found = unmark(text, self.what)
+        after = parse_toml(new, self.what) if found else data
         if _get(after, (*RUNTIMES, NAME)) is not None or (
             _get(after, (*CONTAINERD, "default_runtime_name")) == NAME
         ):
@@ -362,7 +370,7 @@ class ContainerdToml:
         return not text.strip()
 
     def registration(self, text: str) -> Registration | None:
-        data = _toml(text, self.what)
+        data = parse_toml(text, self.what)
         runtime = _get(data, (*RUNTIMES, NAME))
         if not isinstance(runtime, dict):
             return None
@@ -422,7 +430,7 @@ class CrioDropIn:
         return False
 
     def registration(self, text: str) -> Registration | None:
-        data = _toml(text, self.what)
+        data = parse_toml(text, self.what)
         runtime = _get(data, ("crio", "runtime", "runtimes", NAME))
         if not isinstance(runtime, dict):
             return None
