@@ -116,7 +116,7 @@ class ServerClient:
             raise ServerRefusedError(f"attestation server answer is over {MAX_ANSWER_BYTES} bytes")
         try:
             data = json.loads(raw) if raw else {}
-        except ValueError:
+        except (ValueError, RecursionError):  # RecursionError: "[" nested 100000 deep
             data = None
         if response.status >= 400:
             message = _error_message(data) or f"HTTP {response.status} {response.reason}"

@@ -214,7 +214,13 @@ def check_ak_public(ak_public: bytes) -> AttestationKey:
         )
     modulus, exponent = _rsa_numbers(area)
     name = int(TPM2_ALG.SHA256).to_bytes(2, "big") + hashlib.sha256(area.marshal()).digest()
-    key = rsa.RSAPublicNumbers(exponent, modulus).public_key()
+    try:
+        key = rsa.RSAPublicNumbers(exponent, modulus).public_key()
+    except ValueError as e:  # an even modulus or exponent, an exponent below 3
+        raise EnrollmentError(
+            f"AK RSA key got exponent {exponent} and modulus {_fingerprint(modulus)}, expected"
+            f" a valid RSA public key ({e})"
+        ) from e
     return AttestationKey(public=ak_public, name=name, rsa_key=key)
 
 
@@ -295,7 +301,11 @@ def _unmarshal_public(data: bytes, what: str) -> TPM2B_PUBLIC:
         )
     # tpm2-pytss does not check the TPM2B size field against the area it frames; the TPM
     # name is over the area as re-marshaled, so refuse anything that does not round-trip.
-    if bytes(public.marshal()) != data:
+    try:
+        again = bytes(public.marshal())
+    except TSS2_Exception as e:  # it unmarshals values it refuses to marshal (bad selectors)
+        raise EnrollmentError(f"{what} is malformed: it does not marshal again ({e})") from e
+    if again != data:
         raise EnrollmentError(
             f"{what} is not canonically marshaled: its size field got"
             f" {int.from_bytes(data[:2], 'big')}, expected {used - 2}"

@@ -43,11 +43,16 @@ def _strict_b64(text: str, what: str) -> bytes:
 
 
 def check_key_name(name: str, what: str = "key name") -> None:
-    """Key names are non-empty, without Unicode spaces, '+' or control characters."""
-    bad = next((c for c in name if c.isspace() or c == "+" or ord(c) < 0x20), None)
+    """Key names are non-empty UTF-8, without Unicode spaces, '+' or control characters."""
+    bad = next(
+        (c for c in name if c.isspace() or c == "+" or ord(c) < 0x20 or 0xD800 <= ord(c) < 0xE000),
+        None,
+    )
     if not name or bad is not None:
         got = "nothing" if not name else f"{name[:40]!r} (holding {bad!r})"
-        raise AuditLogError(f"{what} got {got}, expected no spaces, '+' or control characters")
+        raise AuditLogError(
+            f"{what} got {got}, expected no spaces, '+', control characters or lone surrogates"
+        )
 
 
 def key_id(name: str, public_key: bytes) -> bytes:

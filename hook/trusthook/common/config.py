@@ -21,6 +21,7 @@ DEFAULT_CONFIG_PATH = Path("/etc/trusthook/config.toml")
 CONFIG_ENV = "TRUSTHOOK_CONFIG"
 HASHER_ENV = "TRUSTHOOK_HASHER"
 HASHERS = ("auto", "native", "python")
+_INT64 = range(-(1 << 63), 1 << 63)
 
 
 class Mode(Enum):
@@ -171,10 +172,30 @@ def read_toml(path: Path, what: str) -> dict[str, Any]:
         raise
     except OSError as e:
         raise ConfigError(f"cannot read {what} {path}: {e.strerror}") from e
+    return parse_toml(raw, f"{what} {path}")
+
+
+def parse_toml(raw: bytes, what: str) -> dict[str, Any]:
+    """The TOML document in ``raw``; ConfigError naming ``what`` if it is not one, or if it
+    holds an integer beyond 64 bits (TOML 1.0 asks for the error; Python would carry it on
+    into every message and conversion)."""
     try:
-        return tomllib.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, tomllib.TOMLDecodeError) as e:
-        raise ConfigError(f"{what} {path} is not valid TOML: {e}") from e
+        document = tomllib.loads(raw.decode("utf-8"))
+    except (ValueError, RecursionError) as e:  # bad UTF-8 or TOML, a huge decimal, too deep
+        raise ConfigError(f"{what} is not valid TOML: {e}") from e
+    pending: list[object] = [document]
+    while pending:  # iterative: the document may be as deep as tomllib could nest it
+        value = pending.pop()
+        if isinstance(value, dict):
+            pending.extend(value.values())
+        elif isinstance(value, list):
+            pending.extend(value)
+        elif isinstance(value, int) and not _INT64.start <= value < _INT64.stop:
+            raise ConfigError(
+                f"{what} is not valid TOML: got an integer of {value.bit_length()} bits,"
+                " expected 64-bit integers"
+            )
+    return document
 
 
 def _load_file(path: str | Path | None, env: Mapping[str, str]) -> Config:

@@ -2,7 +2,8 @@
 
 Numbers follow RFC 8785 section 3.2.2.3 (ECMAScript ``Number.prototype.toString``): integers
 are exact below 2**53 in magnitude; larger integers and all floats are rendered as the IEEE 754
-double nearest to them, exactly as JCS requires.
+double nearest to them, exactly as JCS requires. Values nested deeper than ``MAX_DEPTH``
+are refused (``CanonicalizationError``), as a lone surrogate or a NaN is.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from typing import Any
 from trusthook.errors import CanonicalizationError
 
 _LITERALS = {None: "null", True: "true", False: "false"}
+MAX_DEPTH = 128  # arrays and objects nested deeper have no canonical form here (recursion)
 
 
 def _string(s: str) -> str:
@@ -66,16 +68,16 @@ def _as_double(value: int) -> float:
         ) from None
 
 
-def _array(value: list[Any] | tuple[Any, ...], out: list[str]) -> None:
+def _array(value: list[Any] | tuple[Any, ...], out: list[str], depth: int) -> None:
     out.append("[")
     for i, item in enumerate(value):
         if i:
             out.append(",")
-        _encode(item, out)
+        _encode(item, out, depth)
     out.append("]")
 
 
-def _object(value: dict[Any, Any], out: list[str]) -> None:
+def _object(value: dict[Any, Any], out: list[str], depth: int) -> None:
     for key in value:
         if not isinstance(key, str):
             raise CanonicalizationError(f"object key {key!r} is not a string")
@@ -86,11 +88,11 @@ def _object(value: dict[Any, Any], out: list[str]) -> None:
             out.append(",")
         out.append(_string(key))
         out.append(":")
-        _encode(value[key], out)
+        _encode(value[key], out, depth)
     out.append("}")
 
 
-def _encode(value: Any, out: list[str]) -> None:
+def _encode(value: Any, out: list[str], depth: int) -> None:
     if value is None or isinstance(value, bool):
         out.append(_LITERALS[value])
     elif isinstance(value, int):
@@ -99,10 +101,12 @@ def _encode(value: Any, out: list[str]) -> None:
         out.append(_number(value))
     elif isinstance(value, str):
         out.append(_string(value))
+    elif isinstance(value, list | tuple | dict) and depth >= MAX_DEPTH:
+        raise CanonicalizationError(f"value is nested deeper than {MAX_DEPTH} arrays or objects")
     elif isinstance(value, list | tuple):
-        _array(value, out)
+        _array(value, out, depth + 1)
     elif isinstance(value, dict):
-        _object(value, out)
+        _object(value, out, depth + 1)
     else:
         raise CanonicalizationError(f"{type(value).__name__} is not a JSON type")
 
@@ -110,5 +114,5 @@ def _encode(value: Any, out: list[str]) -> None:
 def canonicalize(value: Any) -> bytes:
     """The RFC 8785 canonical UTF-8 bytes of a parsed JSON value."""
     out: list[str] = []
-    _encode(value, out)
+    _encode(value, out, 0)
     return "".join(out).encode("utf-8")

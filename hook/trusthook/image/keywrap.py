@@ -112,10 +112,20 @@ def recipient_algs(annotation: str, what: str) -> list[str]:
         try:
             obj = json.loads(doc)
             protected = json.loads(base64.urlsafe_b64decode(obj["protected"] + "=="))
-            headers = [r.get("header", {}) for r in obj.get("recipients", [obj])]
-        except (ValueError, KeyError, TypeError, AttributeError) as e:
+        except (ValueError, RecursionError, KeyError, TypeError) as e:
             raise ImageCryptError(f"{what}: a wrapped key is not JWE JSON: {e}") from None
-        algs += [str(h.get("alg") or protected.get("alg")) for h in headers]
+        recipients = obj.get("recipients", [obj])
+        if (
+            not isinstance(protected, dict)
+            or not isinstance(recipients, list)
+            or not all(isinstance(r, dict) for r in recipients)
+            or not all(isinstance(r.get("header", {}), dict) for r in recipients)
+        ):
+            raise ImageCryptError(
+                f"{what}: a wrapped key is not JWE JSON: got a protected header, recipients or"
+                " recipient header that is not an object, expected objects"
+            )
+        algs += [str(r.get("header", {}).get("alg") or protected.get("alg")) for r in recipients]
     return algs
 
 

@@ -85,14 +85,31 @@ class GzipReader(io.RawIOBase):
                 return out
 
 
+class ZstdReader(io.RawIOBase):
+    """zstd (one or more frames) decompressed in bounded reads; corrupt data is refused. A
+    stream cut short ends silently (zstandard does not tell): the diff_id check refuses it."""
+
+    def __init__(self, source: TarSource) -> None:
+        self._reader = zstandard.ZstdDecompressor().stream_reader(
+            cast(IO[bytes], source), read_size=CHUNK, read_across_frames=True
+        )
+
+    def readable(self) -> bool:
+        return True
+
+    def read(self, n: int = -1, /) -> bytes:
+        try:
+            return self._reader.read(CHUNK if n < 0 else n)
+        except zstandard.ZstdError as e:
+            raise ImageError(f"layer: the zstd stream is corrupt: {e}") from None
+
+
 def decompressing(source: TarSource, compression: str) -> TarSource:
     """``source`` decompressed as ``compression`` (none, gzip or zstd)."""
     if compression == "gzip":
         return GzipReader(source)
     if compression == "zstd":
-        return zstandard.ZstdDecompressor().stream_reader(
-            cast(IO[bytes], source), read_size=CHUNK, read_across_frames=True
-        )
+        return ZstdReader(source)
     return source
 
 

@@ -41,9 +41,9 @@ NETNS_PLACEHOLDER = "{netns}"
 DOCKER_SETKEY = "libnetwork-setkey"
 DOCKERD_PID_PLACEHOLDER = "{dockerd-pid}"
 CONTROLLER_ID_PLACEHOLDER = "{controller-id}"
-_DOCKERD_EXE = re.compile(r"/proc/([1-9][0-9]*)/exe")
+_DOCKERD_EXE = re.compile(r"/proc/([1-9][0-9]{0,9})/exe")  # a pid, not a 5000-digit number
 _CONTROLLER_ID = re.compile(r"[0-9a-f]{12}|[0-9a-f]{64}")
-_CATEGORY = re.compile(r"c([0-9]+)(?:\.c([0-9]+))?")
+_CATEGORY = re.compile(r"c([0-9]{1,9})(?:\.c([0-9]{1,9}))?")  # MCS has c0 to c1023
 
 
 def _obj(value: Any) -> Mapping[str, Any]:

@@ -15,6 +15,7 @@ from trusthook.errors import ConfigError
 
 _HEX32 = re.compile(r"[0-9a-f]{64}")
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,62}")
+_PCR_KEY = re.compile(r"[0-9]{1,2}")  # ASCII: str.isdigit() takes "²", which int() refuses
 ANY_PROFILE = "any"  # launch_profiles = ["any"]: every launch profile, an explicit opt-in
 
 
@@ -93,7 +94,7 @@ def _parse_group(name: str, body: Any, container_pcr: int, where: str) -> Expect
     check_table(body, f"groups.{name}", {"pcrs": dict}, where)
     golden: dict[int, frozenset[bytes]] = {}
     for key, listed in body.get("pcrs", {}).items():
-        if not key.isdigit() or not 0 <= int(key) <= 23 or int(key) == container_pcr:
+        if not _PCR_KEY.fullmatch(key) or not 0 <= int(key) <= 23 or int(key) == container_pcr:
             raise ConfigError(
                 f"groups.{name}.pcrs{where}: key {key!r} must be a boot PCR 0..23 other than"
                 f" the container PCR {container_pcr}"

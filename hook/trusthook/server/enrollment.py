@@ -14,6 +14,7 @@ from dataclasses import replace
 from datetime import datetime, timedelta
 
 from cryptography import x509
+from cryptography.exceptions import UnsupportedAlgorithm
 
 from trusthook.attest.appraise import HostState
 from trusthook.attest.identity import (
@@ -354,7 +355,13 @@ def _check_csr(pem: str) -> None:
         csr = x509.load_pem_x509_csr(pem.encode())
     except ValueError as e:
         raise RequestError(f"csr is not a PEM certificate signing request ({e})") from None
-    if not csr.is_signature_valid:
+    try:
+        valid = csr.is_signature_valid  # reads the key: a malformed or unknown one raises
+    except (ValueError, UnsupportedAlgorithm) as e:
+        raise RequestError(
+            f"csr's public key cannot be read ({e}); expected an EC or RSA key"
+        ) from None
+    if not valid:
         raise RequestError("csr's signature does not verify")
 
 

@@ -4,6 +4,7 @@ evidence, report host trust. The HTTP layer (``app``) maps its errors to status 
 from __future__ import annotations
 
 import logging
+import re
 import secrets
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -43,6 +44,7 @@ from trusthook.server.trust import HELD_CHECKS, Epoch, carry_hold, epoch_of
 
 log = logging.getLogger(__name__)
 NONCE_BYTES = 32
+_PCR_INDEX = re.compile(r"[0-9]{1,2}")  # ASCII digits: str.isdigit() takes "²", int() not
 OPERATOR_PREFIX = "operator:"
 _SAVE_ATTEMPTS = 5
 
@@ -361,7 +363,7 @@ def _operator_only(caller: HostRecord | None, what: str) -> None:
 def _evidence(req: api.AttestationRequest) -> Evidence:
     values: dict[int, bytes] = {}
     for key, text in req.pcrs.items():
-        if not key.isdigit() or not 0 <= int(key) <= 23:
+        if not _PCR_INDEX.fullmatch(key) or not 0 <= int(key) <= 23:
             raise RequestError(f"pcrs: key {key[:8]!r} is not a PCR index 0..23")
         try:
             value = bytes.fromhex(text)
