@@ -3,17 +3,20 @@ fresh Debian 12 root made by mmdebstrap from this machine's own apt mirror, run 
 agent on a swtpm of the host's loopback), then removed and purged. docs/deploy.md, "Debian
 package", is the spec.
 
-The root is a chroot with /proc, /sys and /dev mounted in a private mount namespace of each
-command (``unshare --mount``), so nothing is ever mounted in the host's namespace and the
-namespace's mounts end with the command. systemd is installed in the root but not running, as
-in an image build: the maintainer scripts must cope, and ``systemd-analyze verify`` checks the
-units there. One root serves the whole session; mmdebstrap makes it (20-40 s) while
-scripts/build-deb builds the package.
+The root is a chroot (bind-mounted on itself, for runc) with /proc, /sys, /sys/fs/cgroup and
+/dev mounted in a private mount namespace of each command (``unshare --mount``), so nothing is
+ever mounted in the host's namespace and the namespace's mounts end with the command. systemd
+is installed in the root but not running, as in an image build: the maintainer scripts must
+cope, and ``systemd-analyze verify`` checks the units there. One root serves the whole session;
+mmdebstrap makes it (20-40 s) while scripts/build-deb builds the package, as a tarball kept
+between runs in ``ROOT_CACHE`` (keyed by mmdebstrap's arguments and the apt sources; a week at
+most): later runs only extract it.
 """
 
 from __future__ import annotations
 
 import gzip
+import hashlib
 import json
 import os
 import re
@@ -21,6 +24,7 @@ import shutil
 import subprocess
 import tempfile
 import time
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -96,13 +100,21 @@ MMDEBSTRAP = (
     "--skip=cleanup/apt/lists",
     "--quiet",
 )
+# mmdebstrap's tarballs, outside the repository; an entry is written under a temporary name and
+# renamed once complete, so a partial one is never taken.
+ROOT_CACHE = Path(os.environ.get("XDG_CACHE_HOME") or "/var/cache") / "trusthook-tests"
+ROOT_CACHE_DAYS = 7  # then the apt lists kept in the root are too old to trust
+TAR_EXTRACT = ("tar", "--numeric-owner", "--xattrs", "--xattrs-include=*", "-xpf")
 UNSHARE = ("unshare", "--mount", "--propagation", "private", "--")
-# Mounts made inside the command's own mount namespace (unshare), gone when it exits.
+# Mounts made inside the command's own mount namespace (unshare), gone when it exits. The root
+# is a mount point of its own, as runc needs to make it rslave; the cgroup trees are for runc.
 MOUNT_AND_CHROOT = """set -e
 root=$1; shift
+mount --bind "$root" "$root"
 mount -t proc proc "$root/proc"
 mount -t sysfs sysfs "$root/sys"
 mount --rbind /dev "$root/dev"
+mount --rbind /sys/fs/cgroup "$root/sys/fs/cgroup"
 exec chroot "$root" "$@"
 """
 
@@ -110,6 +122,7 @@ exec chroot "$root" "$@"
 @dataclass(frozen=True)
 class DebianRoot:
     path: Path
+    cached: bool = False  # extracted from ROOT_CACHE: apt's lists may be days old
 
     def run(
         self, *argv: str, stdin: str | None = None, env: dict[str, str] | None = None
@@ -165,31 +178,81 @@ class Bootstrap:
     root: Path
     process: subprocess.Popen[bytes]
     log: Path
+    cache: Path
+    partial: Path | None  # the tarball mmdebstrap writes, if the cache has none to extract
+
+    def finish(self) -> None:
+        """The root, once ``process`` is done: mmdebstrap's tarball renamed into the cache and
+        extracted; a cached one that does not extract is removed, and made anew."""
+        code = self.process.wait(timeout=600)
+        if self.partial is None:
+            if code == 0:
+                return
+            # Never a mount under the root here: tar makes none.
+            subprocess.run(["rm", "-rf", "--one-file-system", str(self.root)], check=True)
+            self.cache.unlink(missing_ok=True)
+            partial = partial_name(self.cache)
+            try:
+                result = subprocess.run(
+                    mmdebstrap_argv(partial), capture_output=True, text=True, check=False
+                )
+                assert result.returncode == 0, (result.stdout + result.stderr)[-4000:]
+                os.rename(partial, self.cache)
+            finally:
+                partial.unlink(missing_ok=True)
+        else:
+            assert code == 0, self.log.read_text()[-4000:]
+            os.rename(self.partial, self.cache)
+        self.root.mkdir()
+        subprocess.run([*TAR_EXTRACT, str(self.cache), "-C", str(self.root)], check=True)
+
+
+def mmdebstrap_argv(tarball: Path) -> list[str]:
+    """mmdebstrap writing the root as a tarball, in a mount namespace of its own: the /proc,
+    /sys and /dev that it mounts in the root cannot outlive it, even if it is killed."""
+    return [*UNSHARE, *MMDEBSTRAP, "--format=tar", "bookworm", str(tarball), *machine_sources()]
+
+
+def root_cache_entry() -> Path:
+    key = json.dumps([MMDEBSTRAP, "--format=tar", "bookworm", machine_sources()]).encode()
+    return ROOT_CACHE / f"debian12-{hashlib.sha256(key).hexdigest()[:16]}.tar"
+
+
+def partial_name(cache: Path) -> Path:
+    return cache.with_name(f"{cache.name}.{uuid.uuid4().hex}.partial")
 
 
 @pytest.fixture(scope="session")
 def bootstrap() -> Iterator[Bootstrap]:
-    for tool in ("mmdebstrap", "unshare", "chroot"):
+    for tool in ("mmdebstrap", "unshare", "chroot", "tar"):
         if shutil.which(tool) is None:
             pytest.fail(f"{tool} is missing: run scripts/setup")
     scratch = Path(tempfile.mkdtemp(prefix="trusthook-debian12-"))
     log = scratch / "mmdebstrap.log"
+    root = scratch / "root"
+    ROOT_CACHE.mkdir(parents=True, exist_ok=True)
+    cache = root_cache_entry()
+    fresh = cache.is_file() and time.time() - cache.stat().st_mtime < ROOT_CACHE_DAYS * 86400
+    partial: Path | None = None
+    if fresh:
+        root.mkdir()
+        argv = [*TAR_EXTRACT, str(cache), "-C", str(root)]
+    else:
+        partial = partial_name(cache)
+        argv = mmdebstrap_argv(partial)
     try:
         with log.open("wb") as out:
-            # In a mount namespace of its own too: the /proc, /sys and /dev that mmdebstrap
-            # mounts in the root cannot outlive it, even if it is killed.
             process = subprocess.Popen(
-                [*UNSHARE, *MMDEBSTRAP, "bookworm", str(scratch / "root"), *machine_sources()],
-                stdin=subprocess.DEVNULL,
-                stdout=out,
-                stderr=subprocess.STDOUT,
+                argv, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT
             )
         try:
-            yield Bootstrap(scratch / "root", process, log)
+            yield Bootstrap(root, process, log, cache, partial)
         finally:
             if process.poll() is None:
                 process.terminate()
             process.wait(timeout=60)
+            if partial is not None:
+                partial.unlink(missing_ok=True)
     finally:
         # Never remove a tree with something mounted in it: it would reach the host's /dev,
         # /proc or /sys. Every mount was made in another namespace, so none should be here.
@@ -201,9 +264,8 @@ def bootstrap() -> Iterator[Bootstrap]:
 @pytest.fixture(scope="session")
 def debian_root(bootstrap: Bootstrap) -> DebianRoot:
     """A fresh Debian 12 root (minbase and systemd), one for the session."""
-    code = bootstrap.process.wait(timeout=600)
-    assert code == 0, bootstrap.log.read_text()[-4000:]
-    return DebianRoot(bootstrap.root)
+    bootstrap.finish()
+    return DebianRoot(bootstrap.root, cached=bootstrap.partial is None)
 
 
 @pytest.fixture(scope="session")
@@ -242,6 +304,8 @@ def installed(debian_root: DebianRoot, deb: Path) -> DebianRoot:
     shutil.copy(deb, debian_root.inside("/tmp"))
     no_fsync = "Dpkg::Options::=--force-unsafe-io"  # the root is thrown away
     apt = ("apt-get", "install", "-y", "-q", "--no-install-recommends", "-o", no_fsync)
+    if debian_root.cached:
+        debian_root.ok("apt-get", "update", "-q")
     debian_root.ok(*apt, f"/tmp/{deb.name}", "runc")
     os.unlink(debian_root.inside(f"/tmp/{deb.name}"))
     return debian_root
@@ -421,12 +485,18 @@ def test_units_and_configs(installed: DebianRoot) -> None:
 
 def test_agent_records_a_launch(installed: DebianRoot, tmp_path: Path) -> None:
     """The packaged agent on a swtpm (on the host's loopback, which the chroot shares) measures
-    a bundle for the packaged hook, and ``trusthook log verify`` replays the record."""
+    a real container that the packaged shim starts with runc (a static busybox that exits 0),
+    and ``trusthook log verify`` replays the record."""
     root = installed
     bundle = root.inside("/tmp/bundle")
     (bundle / "rootfs" / "bin").mkdir(parents=True)
-    (bundle / "rootfs" / "bin" / "app").write_text("#!/bin/sh\necho hello\n")
+    shutil.copy("/bin/busybox", bundle / "rootfs" / "bin" / "busybox")
     root.ok("runc", "spec", "--bundle", "/tmp/bundle")
+    spec = json.loads((bundle / "config.json").read_text())
+    spec["process"].update(terminal=False, args=["/bin/busybox", "true"])
+    (bundle / "config.json").write_text(json.dumps(spec))
+    container = f"trusthook-test-{uuid.uuid4().hex[:12]}"
+    runc = ("--root", f"/run/runc-{container}")
     with Swtpm(tmp_path / "swtpm") as tpm:
         root.inside("/tmp/agent.toml").write_text(f'[tpm]\ntcti = "{tpm.tcti}"\n')
         cli = ("trusthook", "--trusthook-config", "/tmp/agent.toml")
@@ -447,17 +517,39 @@ def test_agent_records_a_launch(installed: DebianRoot, tmp_path: Path) -> None:
                 assert agent.poll() is None, log.read_text()
                 assert time.monotonic() < deadline, log.read_text()
                 time.sleep(0.1)
-            state = {"ociVersion": "1.0.2", "id": "c1", "status": "creating", "pid": 1}
-            root.ok("trusthook-hook", stdin=json.dumps({**state, "bundle": "/tmp/bundle"}))
+            # runc cannot pivot_root in a chroot; --keep, so that the delete below is checked.
+            started = root.run(
+                "trusthook-runtime",
+                *runc,
+                "run",
+                "--no-pivot",
+                "--keep",
+                "--bundle",
+                "/tmp/bundle",
+                container,
+            )
+            assert started.returncode == 0, started.stdout + started.stderr + log.read_text()
             shown = root.ok(*cli, "log", "show")
             root.ok(*cli, "log", "verify")
         finally:
             agent.terminate()
             agent.wait(timeout=30)
+            root.run("runc", *runc, "delete", "--force", container)
+    assert not root.inside(f"/run/runc-{container}/{container}").exists()
+    root.inside(f"/run/runc-{container}").rmdir()
+    # The shim wrote its hook into the bundle for runc.
+    hooks = json.loads((bundle / "config.json").read_text())["hooks"]["createRuntime"]
+    assert [h["path"] for h in hooks] == ["/usr/bin/trusthook-hook"]
     measured = json.loads(root.ok("trusthook", "measure", "/tmp/bundle/rootfs", "--json"))
-    assert re.search(r"^  container  c1  \(createRuntime, ", shown, re.M), shown
+    assert re.findall(r"^  container  (\S+)  \(createRuntime, ", shown, re.M) == [container]
     assert f"  rootfs     {measured['rootfs_digest']} (" in shown
-    assert list(root.inside("/var/lib/trusthook/eventlog").glob("*.cel.jsonl"))
+    records = [
+        line
+        for path in root.inside("/var/lib/trusthook/eventlog").glob("*.cel.jsonl")
+        for line in path.read_text().splitlines()
+        if container in line
+    ]
+    assert len(records) == 1, records
 
 
 def test_remove_then_purge(installed: DebianRoot, deb: Path) -> None:
