@@ -182,6 +182,40 @@ def test_docker_reload_picks_up_the_default_runtime_and_measures(
     assert "trusthook" not in info["Runtimes"] and info["DefaultRuntime"] == "runc"
 
 
+def test_docker_runs_runtime_trusthook_with_every_other_setting_kept(
+    host: Host, busybox_rootfs: Path, tmp_path: Path
+) -> None:
+    """A fleet's daemon.json (another runtime, registry mirrors, log options): configure adds
+    trusthook and keeps the rest; dockerd started with it reports them all, and ``docker run
+    --runtime trusthook`` is measured."""
+    original = (DATA / "docker-fleet.json").read_bytes()
+    daemon = tmp_path / "daemon.json"
+    daemon.write_bytes(original)
+    wrapper = runtime_wrapper(host.config_path, tmp_path / "trusthook-runtime")
+    configure(host.config_path, "docker", daemon, "--shim-path", str(wrapper))
+    kept = json.loads(daemon.read_text())
+    assert {k: v for k, v in kept.items() if k != "runtimes"} == {
+        k: v for k, v in json.loads(original).items() if k != "runtimes"
+    }
+    assert set(kept["runtimes"]) == {"nvidia", "trusthook"}
+    with dockerd_with(daemon, tmp_path / "dockerd.log") as (cmd, _):
+        info = docker_info(cmd)
+        assert {"nvidia", "trusthook", "runc"} <= set(info["Runtimes"])
+        assert info["DefaultRuntime"] == "runc"
+        assert info["LoggingDriver"] == "json-file"
+        assert "https://mirror.example.internal/" in info["RegistryConfig"]["Mirrors"]
+        tar = _tar(busybox_rootfs, tmp_path / "busybox.tar")
+        subprocess.run([*cmd, "import", str(tar), DOCKER_IMAGE], check=True, capture_output=True)
+        run = [*cmd, "run", "--rm", "--network", "none", "--runtime", "trusthook", DOCKER_IMAGE]
+        result = subprocess.run(
+            [*run, "/bin/echo", "hello"], check=False, capture_output=True, text=True
+        )
+        assert result.returncode == 0, result.stderr
+        assert len(host.snapshot()[0]) == 1
+    unconfigure(host.config_path, "docker", daemon)
+    assert daemon.read_bytes() == original
+
+
 def test_docker_reload_takes_out_a_runtime_that_is_not_the_default(tmp_path: Path) -> None:
     daemon = tmp_path / "daemon.json"
     daemon.write_bytes((DATA / "docker-compact.json").read_bytes())
