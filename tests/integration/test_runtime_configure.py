@@ -15,14 +15,13 @@ import signal
 import subprocess
 import tempfile
 import time
-import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.support.dockerd import DOCKER_ROOT, START_TIMEOUT, runtime_wrapper
+from tests.support.dockerd import dockerd_with, runtime_wrapper
 from trusthook._devenv.child import spawn, stop, wait_ready
 
 from .conftest import BIN, Host
@@ -66,51 +65,6 @@ def wait_for(condition: Callable[[], bool], what: str, timeout: float = 30.0) ->
 
 
 # Docker
-
-
-@contextlib.contextmanager
-def dockerd_with(daemon_json: Path, log_path: Path) -> Iterator[tuple[list[str], Any]]:
-    """dockerd (as tests/support/dockerd.py starts it: its own data, exec root, pidfile and
-    socket, no iptables, no bridge) with ``daemon_json`` as its configuration file; the docker
-    command line and the process."""
-    root = DOCKER_ROOT / uuid.uuid4().hex[:8]
-    root.mkdir(parents=True)
-    sock = root / "docker.sock"
-    proc = spawn(
-        [
-            "dockerd",
-            "--data-root",
-            str(root / "data"),
-            "--exec-root",
-            str(root / "exec"),
-            "--pidfile",
-            str(root / "docker.pid"),
-            "--host",
-            f"unix://{sock}",
-            "--iptables=false",
-            "--bridge=none",
-            "--config-file",
-            str(daemon_json),
-        ],
-        log_path,
-    )
-    cmd = ["docker", "--host", f"unix://{sock}"]
-    try:
-        wait_ready(
-            proc,
-            lambda: (
-                subprocess.run([*cmd, "info"], capture_output=True, check=False).returncode == 0
-            ),
-            what="dockerd",
-            log_path=log_path,
-            timeout=START_TIMEOUT,
-            poll=0.25,
-        )
-        yield cmd, proc
-    finally:
-        stop(proc, timeout=60)
-        subprocess.run(["umount", "-R", "-l", str(root / "data")], check=False, capture_output=True)
-        subprocess.run(["rm", "-rf", "--one-file-system", str(root)], check=False)
 
 
 def docker_info(cmd: list[str]) -> dict[str, Any]:

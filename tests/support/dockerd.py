@@ -30,13 +30,27 @@ def runtime_wrapper(config_path: Path, path: Path) -> Path:
 
 @contextlib.contextmanager
 def dockerd(config_path: Path, log_path: Path) -> Iterator[list[str]]:
-    """Start dockerd; yield the ``docker`` command line that talks to it."""
+    """Start dockerd with trusthook-runtime (``config_path``) as runtime "trusthook"; yield the
+    ``docker`` command line that talks to it."""
     root = DOCKER_ROOT / uuid.uuid4().hex[:8]
     root.mkdir(parents=True)
     wrapper = runtime_wrapper(config_path, root / "trusthook-runtime")
-    (root / "daemon.json").write_text(
-        json.dumps({"runtimes": {"trusthook": {"path": str(wrapper)}}})
-    )
+    daemon_json = root / "daemon.json"
+    daemon_json.write_text(json.dumps({"runtimes": {"trusthook": {"path": str(wrapper)}}}))
+    with dockerd_with(daemon_json, log_path, root) as (cmd, _):
+        yield cmd
+
+
+@contextlib.contextmanager
+def dockerd_with(
+    daemon_json: Path, log_path: Path, root: Path | None = None
+) -> Iterator[tuple[list[str], subprocess.Popen[bytes]]]:
+    """Start dockerd with ``daemon_json`` as its configuration file, its data, exec root,
+    pidfile and socket under ``root`` (default: a new directory), removed afterwards; yield the
+    ``docker`` command line and the process."""
+    if root is None:
+        root = DOCKER_ROOT / uuid.uuid4().hex[:8]
+        root.mkdir(parents=True)
     sock = root / "docker.sock"
     proc = spawn(
         [
@@ -52,7 +66,7 @@ def dockerd(config_path: Path, log_path: Path) -> Iterator[list[str]]:
             "--iptables=false",
             "--bridge=none",
             "--config-file",
-            str(root / "daemon.json"),
+            str(daemon_json),
         ],
         log_path,
     )
@@ -68,7 +82,7 @@ def dockerd(config_path: Path, log_path: Path) -> Iterator[list[str]]:
             timeout=START_TIMEOUT,
             poll=0.25,
         )
-        yield cmd
+        yield cmd, proc
     finally:
         stop(proc, timeout=60)
         subprocess.run(["umount", "-R", "-l", str(root / "data")], check=False, capture_output=True)
