@@ -12,6 +12,10 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+
 from tests.integration.conftest import AttestServer, Host
 from trusthook.agent.logstore import LogStore, read_boot_id
 from trusthook.agent.serverclient import ServerClient, tls_context
@@ -127,3 +131,24 @@ class Forger:
             body = self.evidence(self.challenge(client))
             alter(body)
             return client.post("/v1/attestations", body, signed=True)
+
+
+def begin_enrollment(tcti: str, server: AttestServer) -> tuple[ServerClient, Body]:
+    """Start an enrollment with the TPM at ``tcti`` as the agent does, without an agent; the
+    open client (the caller closes it) and the server's challenge."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    csr = (
+        x509.CertificateSigningRequestBuilder()
+        .subject_name(x509.Name([]))
+        .sign(key, hashes.SHA256())
+    )
+    with Tpm(tcti) as tpm:
+        request = {
+            "hostname": "mallory",
+            "ek_certificate": b64(tpm.ek_certificate()),
+            "ek_public": b64(tpm.ek_public()),
+            "ak_public": b64(tpm.ak_public()),
+            "csr": csr.public_bytes(serialization.Encoding.PEM).decode(),
+        }
+    client = ServerClient(server.url, tls_context(server.ca_cert))
+    return client, client.post("/v1/enrollments", request)

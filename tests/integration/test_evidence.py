@@ -18,15 +18,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives import serialization
 from tpm2_pytss import ESAPI, ESYS_TR
 
 from tests.integration.attesting import (
     Body,
     Forger,
     b64,
+    begin_enrollment,
     enroll,
     host_client,
     now,
@@ -320,22 +319,8 @@ def test_client_without_certificate(forger: Forger, tmp_path: Path) -> None:
 
 
 def test_wrong_credential_activation_answer(swtpm: Swtpm, attest_server: AttestServer) -> None:
-    key = ec.generate_private_key(ec.SECP256R1())
-    csr = (
-        x509.CertificateSigningRequestBuilder()
-        .subject_name(x509.Name([]))
-        .sign(key, hashes.SHA256())
-    )
-    with Tpm(swtpm.tcti) as tpm:
-        request = {
-            "hostname": "mallory",
-            "ek_certificate": b64(tpm.ek_certificate()),
-            "ek_public": b64(tpm.ek_public()),
-            "ak_public": b64(tpm.ak_public()),
-            "csr": csr.public_bytes(serialization.Encoding.PEM).decode(),
-        }
-    with ServerClient(attest_server.url, tls_context(attest_server.ca_cert)) as client:
-        challenge = client.post("/v1/enrollments", request)
+    client, challenge = begin_enrollment(swtpm.tcti, attest_server)
+    with client:
         path = f"/v1/enrollments/{challenge['enrollment_id']}/activation"
         with pytest.raises(ServerRefusedError, match="not in the same TPM"):
             client.post(path, {"secret": b64(os.urandom(32)), "request_key": NO_KEY})

@@ -15,11 +15,9 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from tests.integration.attesting import Body, Forger, b64, enroll, host_client
+from tests.integration.attesting import Body, Forger, b64, begin_enrollment, enroll, host_client
 from tests.integration.conftest import AttestServer, Host
 from tests.softtpm import ecc_public, ecdsa_signature
 from trusthook._devenv.swtpm import Swtpm
@@ -126,26 +124,6 @@ def post_raw(forger: Forger, path: str, raw: bytes, signature: bytes) -> tuple[i
 SECRET = b"S" * 32
 
 
-def begin(swtpm: Swtpm, server: AttestServer) -> tuple[ServerClient, Body]:
-    """Start an enrollment as the agent does; the open client and the challenge."""
-    key = ec.generate_private_key(ec.SECP256R1())
-    csr = (
-        x509.CertificateSigningRequestBuilder()
-        .subject_name(x509.Name([]))
-        .sign(key, hashes.SHA256())
-    )
-    with Tpm(swtpm.tcti) as tpm:
-        request = {
-            "hostname": "mallory",
-            "ek_certificate": b64(tpm.ek_certificate()),
-            "ek_public": b64(tpm.ek_public()),
-            "ak_public": b64(tpm.ak_public()),
-            "csr": csr.public_bytes(serialization.Encoding.PEM).decode(),
-        }
-    client = ServerClient(server.url, tls_context(server.ca_cert))
-    return client, client.post("/v1/enrollments", request)
-
-
 def activate(swtpm: Swtpm, challenge: Body, qualifying: bytes, *, swap: bool = False) -> Body:
     with Tpm(swtpm.tcti, release_secret=SECRET) as tpm:
         secret = tpm.activate_credential(
@@ -171,7 +149,7 @@ def activate(swtpm: Swtpm, challenge: Body, qualifying: bytes, *, swap: bool = F
 def test_an_uncertified_request_key_is_refused_at_enrollment(
     swtpm: Swtpm, attest_server: AttestServer, qualifying: Any, swap: bool, message: str
 ) -> None:
-    client, challenge = begin(swtpm, attest_server)
+    client, challenge = begin_enrollment(swtpm.tcti, attest_server)
     with client:
         path = f"/v1/enrollments/{challenge['enrollment_id']}/activation"
         body = activate(swtpm, challenge, qualifying(challenge["enrollment_id"]), swap=swap)
@@ -183,7 +161,7 @@ def test_a_certified_request_key_passes_to_admission(
     swtpm: Swtpm, attest_server: AttestServer
 ) -> None:
     """The same exchange done right gets past the key check, to the operator's queue."""
-    client, challenge = begin(swtpm, attest_server)
+    client, challenge = begin_enrollment(swtpm.tcti, attest_server)
     with client:
         path = f"/v1/enrollments/{challenge['enrollment_id']}/activation"
         body = activate(swtpm, challenge, enrollment_qualifying(challenge["enrollment_id"]))
