@@ -9,17 +9,19 @@ from __future__ import annotations
 import base64
 import threading
 from pathlib import Path
+from typing import Any
 
 import pytest
 import sqlalchemy
 
 from tests.integration.attesting import enroll, host_client
-from tests.integration.conftest import AttestServer, Host, fresh_database, make_server
+from tests.integration.conftest import AttestServer, Host, fresh_database, make_server, runc
 from tests.support.postgres import Postgres
 from trusthook.agent.serverclient import ServerClient
 from trusthook.audit import (
     AuditEntry,
     Bundle,
+    EventType,
     VerifierKey,
     open_checkpoint,
     verify_bundle,
@@ -127,6 +129,38 @@ def test_hosts_read_checkpoints_and_consistency_and_operators_read_entries(
 
 def b64(text: str) -> bytes:
     return base64.b64decode(text)
+
+
+def test_each_verified_launch_is_one_entry(
+    host: Host, attest_server: AttestServer, bundle_factory: Any
+) -> None:
+    """A launch becomes a ``launched`` entry when an appraisal verifies its log record: once,
+    with what was measured and the verdict; a later attestation adds no copy of it."""
+    enroll(host, attest_server)
+    names = []
+    for n in range(2):
+        bundle = bundle_factory(hooks={"createRuntime": [host.hook_entry()]})
+        names.append(f"audit-{n}-{bundle.name}")
+        assert runc("run", "--bundle", str(bundle), names[-1]).returncode == 0
+    assert host.cli("attest").returncode == 0
+    assert host.cli("attest").returncode == 0
+    records, _ = host.snapshot()
+    key = load_signer(Paths(load_server_config(attest_server.config_path).state_dir).audit_key)
+    with ServerClient(attest_server.url, attest_server.operator()) as operator:
+        note = operator.get("/v1/audit/checkpoint")["checkpoint"]
+        size = open_checkpoint(note, key.verifier_key).checkpoint.size
+        raw = operator.get(f"/v1/audit/entries?start=0&end={size}")["entries"]
+    entries = [AuditEntry.from_json(e) for e in raw]
+    launched = [e for e in entries if e.event is EventType.LAUNCHED]
+    assert [e.detail["container"] for e in launched] == names
+    for entry, record in zip(launched, records, strict=True):
+        assert entry.detail["recnum"] == record.recnum
+        assert entry.detail["rootfs_digest"] == record.event.rootfs_digest
+        assert entry.detail["launch_profile"] == record.event.launch_profile_digest
+        assert entry.detail["trusted"] is True
+        assert entry.subject.id == launched[0].subject.id
+    verdicts = [e.index for e in entries if e.event is EventType.ATTESTED]
+    assert verdicts[-2] < launched[0].index < launched[1].index < verdicts[-1]
 
 
 def test_a_host_detects_a_server_that_rewrote_its_log(

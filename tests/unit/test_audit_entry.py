@@ -108,6 +108,17 @@ def test_deep_and_long_entries_refused() -> None:
         _attested(long="x" * 70000).canonical()
 
 
+LAUNCH = {
+    "container": "web-1",
+    "image": None,
+    "rootfs_digest": "sha256:aa",
+    "config_digest": "sha256:bb",
+    "launch_profile": "sha256:cc",
+    "recnum": 0,
+    "trusted": True,
+}
+
+
 @pytest.mark.parametrize(
     ("event", "kind", "detail"),
     [
@@ -117,6 +128,7 @@ def test_deep_and_long_entries_refused() -> None:
         (EventType.POLICY_VERSION, SubjectKind.SERVER, {"version": 3, "digest": "sha256:cd"}),
         (EventType.OPERATOR_ACTION, SubjectKind.OPERATOR, {"action": "approve", "host": "5f"}),
         (EventType.ENROLLMENT_REFUSED, SubjectKind.HOST, {"check": "ek", "message": "unknown"}),
+        (EventType.LAUNCHED, SubjectKind.HOST, LAUNCH),
     ],
 )
 def test_each_event_with_its_detail(event: EventType, kind: SubjectKind, detail: Any) -> None:
@@ -124,6 +136,27 @@ def test_each_event_with_its_detail(event: EventType, kind: SubjectKind, detail:
         index=3, moment=MOMENT, event=event, subject=Subject(kind=kind, id="a"), detail=detail
     )
     assert AuditEntry.from_json(entry.to_json()) == entry
+
+
+def test_a_launch_names_its_container_and_record() -> None:
+    for missing in ("container", "recnum"):
+        detail = {k: v for k, v in LAUNCH.items() if k != missing}
+        with pytest.raises(AuditLogError, match=f"detail.{missing}"):
+            AuditEntry.at(
+                index=3,
+                moment=MOMENT,
+                event=EventType.LAUNCHED,
+                subject=Subject(kind=SubjectKind.HOST, id="a"),
+                detail=detail,
+            )
+    with pytest.raises(AuditLogError, match="subject"):
+        AuditEntry.at(
+            index=3,
+            moment=MOMENT,
+            event=EventType.LAUNCHED,
+            subject=Subject(kind=SubjectKind.WORKLOAD, id="a"),
+            detail=LAUNCH,
+        )
 
 
 def test_policy_version_must_be_an_integer_not_a_boolean() -> None:

@@ -39,6 +39,7 @@ class EventType(StrEnum):
     ENROLLMENT_REFUSED = "enrollment_refused"
     REQUEST_REFUSED = "request_refused"
     ATTESTED = "attested"
+    LAUNCHED = "launched"
     RELEASED = "released"
     RELEASE_REFUSED = "release_refused"
     POLICY_VERSION = "policy_version"
@@ -70,6 +71,16 @@ _HOST_OR_WORKLOAD = frozenset({SubjectKind.HOST, SubjectKind.WORKLOAD})
 _RULES: Mapping[EventType, _Rule] = MappingProxyType(
     {
         EventType.ATTESTED: _Rule(_HOST, (("trusted", bool), ("reasons", list))),
+        EventType.LAUNCHED: _Rule(
+            _HOST,
+            (
+                ("container", str),
+                ("rootfs_digest", str),
+                ("config_digest", str),
+                ("launch_profile", str),
+                ("recnum", int),
+            ),
+        ),
         EventType.ENROLLMENT_REFUSED: _Rule(_HOST, (("check", str), ("message", str))),
         EventType.REQUEST_REFUSED: _Rule(_HOST, (("check", str), ("message", str))),
         EventType.RELEASED: _Rule(_HOST_OR_WORKLOAD, (("image", str),)),

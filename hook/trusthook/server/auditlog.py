@@ -39,6 +39,7 @@ from trusthook.audit import (
     open_checkpoint,
     sign_checkpoint,
 )
+from trusthook.common.eventlog import Record
 from trusthook.common.files import write_new
 from trusthook.errors import AuditLogError, ConfigError, NotFoundError
 from trusthook.server.schema import audit_checkpoints, audit_head, audit_log, audit_nodes
@@ -62,6 +63,7 @@ _EVENTS: Mapping[str, EventType] = {
     "enrollment_refused": EventType.ENROLLMENT_REFUSED,
     "attested": EventType.ATTESTED,
     "refused": EventType.ATTESTED,
+    "launched": EventType.LAUNCHED,
     "request_refused": EventType.REQUEST_REFUSED,
     "released": EventType.RELEASED,
     "release_refused": EventType.RELEASE_REFUSED,
@@ -109,6 +111,25 @@ def _portable(value: object) -> object:
     if isinstance(value, list | tuple):
         return [_portable(v) for v in value]
     return value
+
+
+def launch_detail(record: Record, *, trusted: bool) -> dict[str, Any]:
+    """The ``launched`` entry's detail for one event-log record the appraisal verified;
+    ``trusted``: that appraisal's verdict."""
+    event = record.event
+    return {
+        "container": event.container_id,
+        "image": event.image_reference,
+        "image_digest": event.image_digest,
+        "rootfs_digest": event.rootfs_digest,
+        "config_digest": event.config_digest,
+        "launch_profile": event.launch_profile_digest,
+        "recnum": record.recnum,
+        "stage": event.stage,
+        "host_time": event.time,
+        "boot_id": event.boot_id,
+        "trusted": trusted,
+    }
 
 
 def entry_for(

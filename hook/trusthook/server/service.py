@@ -21,7 +21,7 @@ from trusthook.attest.requestkey import check_request_signature
 from trusthook.attest.verdict import Reason
 from trusthook.common.clock import iso_from_timestamp
 from trusthook.common.digest import sha256_of
-from trusthook.common.eventlog import parse_record
+from trusthook.common.eventlog import Record, parse_record
 from trusthook.errors import (
     AttestationError,
     AuthError,
@@ -197,6 +197,7 @@ class ServerService:
         for _ in range(_SAVE_ATTEMPTS):
             reasons: tuple[Reason, ...]
             epoch = epoch_of(host.state)
+            launches: Sequence[Record] = ()
             if refused is not None:
                 reasons, state = (refused,), None
             else:
@@ -208,6 +209,8 @@ class ServerService:
                     state=host.state,
                 )
                 reasons, state = appraisal.reasons, appraisal.state
+                if state is not None:  # the log continues the verified one: these are new
+                    launches = evidence.events
                 if any(r.check in HELD_CHECKS for r in reasons):
                     epoch = self._quoted_epoch(host, nonce, evidence) or epoch
             reasons, held = carry_hold(
@@ -217,7 +220,7 @@ class ServerService:
             updated = host.with_verdict(
                 state=state, reasons=reasons, held=held, now=now, valid_until=valid_until
             )
-            if self._store.save_verdict(host, updated):
+            if self._store.save_verdict(host, updated, launches):
                 level = logging.INFO if not reasons else logging.WARNING
                 log.log(level, "host %s: %s", host.host_id[:16], _summary(reasons))
                 break

@@ -17,7 +17,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import replace
 from typing import Any
@@ -37,6 +37,7 @@ from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
 from trusthook.attest.verdict import Reason
 from trusthook.audit import AuditEntry, Bundle, NoteSigner
+from trusthook.common.eventlog import Record
 from trusthook.errors import ConfigError, StorageError
 from trusthook.server import auditlog
 from trusthook.server.admission import Admission, AdmissionState
@@ -417,8 +418,11 @@ class Store:
                 )
         return None
 
-    def save_verdict(self, old: HostRecord, new: HostRecord) -> bool:
-        """Store ``new`` (``old.with_verdict(...)``) if the host is still at ``old.version``;
+    def save_verdict(
+        self, old: HostRecord, new: HostRecord, launches: Sequence[Record] = ()
+    ) -> bool:
+        """Store ``new`` (``old.with_verdict(...)``) if the host is still at ``old.version``,
+        with the audit entries of its verdict and of the ``launches`` the appraisal verified;
         False if another attestation, an enrollment or an operator came first."""
         state = new.state
         with self._tx() as conn:
@@ -445,7 +449,11 @@ class Store:
                 return False
             detail = {"reasons": [r.to_json() for r in new.reasons]}
             event_name = "attested" if new.trusted else "refused"
-            self._audit(conn, old.host_id, event_name, detail, new.last_attestation or 0.0)
+            at = new.last_attestation or 0.0
+            self._audit(conn, old.host_id, event_name, detail, at)
+            for record in launches:
+                launch = auditlog.launch_detail(record, trusted=new.trusted)
+                self._audit(conn, old.host_id, "launched", launch, at)
         return True
 
     # audit
