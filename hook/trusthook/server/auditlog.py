@@ -20,7 +20,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Connection, func, insert, select, tuple_, update
+from sqlalchemy import Connection, and_, bindparam, func, insert, or_, select, text, update
 
 from trusthook.audit import (
     EMPTY_ROOT,
@@ -42,7 +42,7 @@ from trusthook.audit import (
 from trusthook.common.eventlog import Record
 from trusthook.common.files import write_new
 from trusthook.errors import AuditLogError, ConfigError, NotFoundError
-from trusthook.server.schema import audit_checkpoints, audit_head, audit_log, audit_nodes
+from trusthook.server.schema import audit, audit_checkpoints, audit_head, audit_log, audit_nodes
 
 CHECKPOINT_ENTRIES = 100
 CHECKPOINT_SECONDS = 60.0
@@ -170,9 +170,18 @@ class ConnSource:
         if not spans:
             return ()
         keys = [(s.level, s.position) for s in spans]
+        by_level: dict[int, list[int]] = {}
+        for level, position in keys:
+            by_level.setdefault(level, []).append(position)
+        # One primary-key lookup per level: SQLite plans a row-value IN list as a full scan.
         rows = self._conn.execute(
             select(audit_nodes.c.level, audit_nodes.c.position, audit_nodes.c.hash).where(
-                tuple_(audit_nodes.c.level, audit_nodes.c.position).in_(keys)
+                or_(
+                    *(
+                        and_(audit_nodes.c.level == level, audit_nodes.c.position.in_(positions))
+                        for level, positions in by_level.items()
+                    )
+                )
             )
         ).all()
         found = {(r.level, r.position): bytes(r.hash) for r in rows}
@@ -192,11 +201,24 @@ class Head:
     root: bytes
 
 
-# Built once: an append runs these four (and a checkpoint insert when one is due).
+@dataclass(frozen=True, slots=True)
+class Event:
+    """One audited decision as the store names it: a row of the host's history and an entry
+    of the log."""
+
+    name: str
+    host_id: str
+    detail: Mapping[str, Any]
+
+
+# Built once. An append is two statements whatever the number of events (and a checkpoint
+# insert when one is due): advance the head, returning its frontier; then write the history
+# rows, the entries, the completed subtrees and the new head (_WRITE_POSTGRESQL: one
+# data-modifying statement, one round trip; elsewhere four executemany).
 _ADVANCE = (
     update(audit_head)
     .where(audit_head.c.id == _HEAD)
-    .values(size=audit_head.c.size + 1)
+    .values(size=audit_head.c.size + bindparam("count"))
     .returning(
         audit_head.c.size,
         audit_head.c.frontier,
@@ -205,9 +227,32 @@ _ADVANCE = (
     )
 )
 _SET_HEAD = update(audit_head).where(audit_head.c.id == _HEAD)
+_INSERT_HISTORY = insert(audit)
 _INSERT_ENTRY = insert(audit_log)
 _INSERT_NODES = insert(audit_nodes)
 _INSERT_CHECKPOINT = insert(audit_checkpoints)
+_WRITE_POSTGRESQL = text(
+    """
+    WITH history AS (
+        INSERT INTO audit (at, host_id, event, detail)
+        SELECT :at, h, e, d
+        FROM unnest(CAST(:h_host AS text[]), CAST(:h_event AS text[]), CAST(:h_detail AS text[]))
+            AS t(h, e, d)
+    ), entries AS (
+        INSERT INTO audit_log (idx, at, entry)
+        SELECT i, :at, e FROM unnest(CAST(:e_idx AS bigint[]), CAST(:e_entry AS bytea[])) AS t(i, e)
+    ), nodes AS (
+        INSERT INTO audit_nodes (level, position, hash)
+        SELECT l, p, h
+        FROM unnest(CAST(:n_level AS integer[]), CAST(:n_position AS bigint[]),
+                    CAST(:n_hash AS bytea[])) AS t(l, p, h)
+    )
+    UPDATE audit_head
+    SET root = :root, frontier = :frontier, checkpoint_size = :checkpoint_size,
+        checkpoint_at = :checkpoint_at
+    WHERE id = :head
+    """
+)
 
 
 def init_head(conn: Connection) -> None:
@@ -238,26 +283,20 @@ def _frontier(size: int, packed: bytes) -> Frontier:
 
 
 def append(
-    conn: Connection,
-    *,
-    event_name: str,
-    host_id: str,
-    detail: Mapping[str, Any],
-    now: float,
-    signer: NoteSigner | None,
-) -> AuditEntry:
-    """Append the entry of one audited event, in ``conn``'s transaction; sign a checkpoint
-    if one is due and ``signer`` is given."""
-    row = conn.execute(_ADVANCE).one()
-    index = int(row.size) - 1
-    frontier = _frontier(index, bytes(row.frontier))
-    entry = entry_for(index, event_name, host_id, detail, now)
-    frontier, nodes = frontier.append(entry.leaf_hash())
-    conn.execute(_INSERT_ENTRY, {"idx": index, "at": now, "entry": entry.canonical()})
-    conn.execute(
-        _INSERT_NODES,
-        [{"level": span.level, "position": span.position, "hash": h} for span, h in nodes],
-    )
+    conn: Connection, events: Sequence[Event], *, now: float, signer: NoteSigner | None
+) -> list[AuditEntry]:
+    """Append ``events`` (their history rows and log entries, in order) in ``conn``'s
+    transaction; sign a checkpoint if one is due and ``signer`` is given."""
+    row = conn.execute(_ADVANCE, {"count": len(events)}).one()
+    first = int(row.size) - len(events)
+    frontier = _frontier(first, bytes(row.frontier))
+    entries: list[AuditEntry] = []
+    nodes: list[tuple[Span, bytes]] = []
+    for offset, event in enumerate(events):
+        entry = entry_for(first + offset, event.name, event.host_id, event.detail, now)
+        frontier, completed = frontier.append(entry.leaf_hash())
+        entries.append(entry)
+        nodes.extend(completed)
     root = frontier.root()
     checkpoint_size, checkpoint_at = int(row.checkpoint_size), float(row.checkpoint_at)
     if signer is not None and (
@@ -267,16 +306,48 @@ def append(
     ):
         _sign(conn, signer, Head(frontier.size, root), now)
         checkpoint_size, checkpoint_at = frontier.size, now
+    head_values = {
+        "root": root,
+        "frontier": b"".join(frontier.hashes),
+        "checkpoint_size": checkpoint_size,
+        "checkpoint_at": checkpoint_at,
+    }
+    histories = [json.dumps(dict(event.detail)) for event in events]
+    if conn.dialect.name == "postgresql":
+        conn.execute(
+            _WRITE_POSTGRESQL,
+            {
+                "at": now,
+                "h_host": [event.host_id for event in events],
+                "h_event": [event.name for event in events],
+                "h_detail": histories,
+                "e_idx": [entry.index for entry in entries],
+                "e_entry": [entry.canonical() for entry in entries],
+                "n_level": [span.level for span, _ in nodes],
+                "n_position": [span.position for span, _ in nodes],
+                "n_hash": [h for _, h in nodes],
+                "head": _HEAD,
+                **head_values,
+            },
+        )
+        return entries
     conn.execute(
-        _SET_HEAD,
-        {
-            "root": root,
-            "frontier": b"".join(frontier.hashes),
-            "checkpoint_size": checkpoint_size,
-            "checkpoint_at": checkpoint_at,
-        },
+        _INSERT_HISTORY,
+        [
+            {"at": now, "host_id": event.host_id, "event": event.name, "detail": history}
+            for event, history in zip(events, histories, strict=True)
+        ],
     )
-    return entry
+    conn.execute(
+        _INSERT_ENTRY,
+        [{"idx": entry.index, "at": now, "entry": entry.canonical()} for entry in entries],
+    )
+    conn.execute(
+        _INSERT_NODES,
+        [{"level": span.level, "position": span.position, "hash": h} for span, h in nodes],
+    )
+    conn.execute(_SET_HEAD, head_values)
+    return entries
 
 
 def _sign(conn: Connection, signer: NoteSigner, at: Head, now: float) -> str:

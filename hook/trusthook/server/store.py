@@ -24,9 +24,11 @@ from typing import Any
 
 from sqlalchemy import (
     Connection,
+    case,
     create_engine,
     delete,
     event,
+    func,
     insert,
     inspect,
     select,
@@ -41,6 +43,7 @@ from trusthook.common.eventlog import Record
 from trusthook.errors import ConfigError, StorageError
 from trusthook.server import auditlog
 from trusthook.server.admission import Admission, AdmissionState
+from trusthook.server.metrics import HostCount
 from trusthook.server.records import AuditEvent, HostRecord, OperatorCert, PendingEnrollment
 from trusthook.server.schema import (
     HOSTS,
@@ -48,6 +51,7 @@ from trusthook.server.schema import (
     admission_values,
     admissions,
     audit,
+    audit_head,
     enrollments,
     host_of,
     host_values,
@@ -449,11 +453,15 @@ class Store:
                 return False
             detail = {"reasons": [r.to_json() for r in new.reasons]}
             event_name = "attested" if new.trusted else "refused"
+            events = [auditlog.Event(event_name, old.host_id, detail)]
+            events.extend(
+                auditlog.Event(
+                    "launched", old.host_id, auditlog.launch_detail(r, trusted=new.trusted)
+                )
+                for r in launches
+            )
             at = new.last_attestation or 0.0
-            self._audit(conn, old.host_id, event_name, detail, at)
-            for record in launches:
-                launch = auditlog.launch_detail(record, trusted=new.trusted)
-                self._audit(conn, old.host_id, "launched", launch, at)
+            auditlog.append(conn, events, now=at, signer=self._log_signer)
         return True
 
     # audit
@@ -469,19 +477,8 @@ class Store:
     ) -> None:
         """Record an event: a row of the host's history and an entry of the audit log, in the
         transaction of the change it records."""
-        conn.execute(
-            insert(audit).values(
-                at=now, host_id=host_id, event=event_name, detail=json.dumps(detail)
-            )
-        )
-        auditlog.append(
-            conn,
-            event_name=event_name,
-            host_id=host_id,
-            detail=detail,
-            now=now,
-            signer=self._log_signer,
-        )
+        events = [auditlog.Event(event_name, host_id, detail)]
+        auditlog.append(conn, events, now=now, signer=self._log_signer)
 
     def audit_key(self) -> str:
         """The audit log's verifier key (``name+keyid+key``), or "" without the log key."""
@@ -540,3 +537,37 @@ class Store:
             AuditEvent(at=r.at, host_id=r.host_id, event=r.event, detail=json.loads(r.detail))
             for r in reversed(rows)
         ]
+
+    # metrics
+
+    def metrics_snapshot(self, now: float) -> tuple[list[HostCount], int]:
+        """What the metrics' gauges read at scrape time (server/metrics.py), in one
+        transaction: the hosts counted by group and by what their trust status at ``now``
+        depends on, and the audit log's size. One row per combination, not per host."""
+        columns = (
+            func.coalesce(admissions.c.host_group, "").label("grp"),
+            case((admissions.c.state == AdmissionState.ADMITTED.value, 1), else_=0).label("adm"),
+            case((hosts.c.trusted, 1), else_=0).label("tru"),
+            case((hosts.c.valid_until < now, 1), else_=0).label("exp"),
+            case((hosts.c.last_attestation.is_(None), 0), else_=1).label("att"),
+        )
+        query = (
+            select(*columns, func.count().label("n"))
+            .select_from(hosts.outerjoin(admissions, admissions.c.ek_sha256 == hosts.c.host_id))
+            .group_by(*columns)  # by label: the bound ``now`` is written once
+        )
+        with self._tx() as conn:
+            rows = conn.execute(query).all()
+            size = conn.execute(select(audit_head.c.size)).scalar()
+        counts = [
+            HostCount(
+                group=r.grp,
+                admitted=bool(r.adm),
+                trusted=bool(r.tru),
+                expired=bool(r.exp),
+                attested=bool(r.att),
+                hosts=int(r.n),
+            )
+            for r in rows
+        ]
+        return counts, int(size or 0)
