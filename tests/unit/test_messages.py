@@ -19,6 +19,7 @@ from trusthook.common.eventlog import LaunchEvent, Record
 from trusthook.common.jsonread import FROM_AGENT, Message
 from trusthook.common.messages import (
     ActivationRequest,
+    AgentHealth,
     AttestationRequest,
     AuditCheckpointAnswer,
     AuditProofAnswer,
@@ -85,6 +86,16 @@ records = st.builds(
     event=events,
 )
 
+counts = st.integers(min_value=0, max_value=2**62)
+agent_healths = st.builds(
+    AgentHealth,
+    pid=counts,
+    started_at=text,
+    rss_bytes=counts,
+    cpu_ms=counts,
+    open_fds=counts,
+    threads=counts,
+)
 MESSAGES: dict[type[Message], st.SearchStrategy[Any]] = {
     EnrollmentChallenge: st.builds(
         EnrollmentChallenge,
@@ -121,8 +132,12 @@ MESSAGES: dict[type[Message], st.SearchStrategy[Any]] = {
     EnrollResult: st.builds(EnrollResult, host_id=text, server=text, reenrolled=st.booleans()),
     Enrollment: enrollments,
     LastAttempt: last_attempts,
+    AgentHealth: agent_healths,
     StatusResult: st.builds(
-        StatusResult, enrollment=st.none() | enrollments, attempt=st.none() | last_attempts
+        StatusResult,
+        enrollment=st.none() | enrollments,
+        attempt=st.none() | last_attempts,
+        agent=st.none() | agent_healths,
     ),
     SnapshotResult: st.builds(
         SnapshotResult,
@@ -452,7 +467,7 @@ def wire(message: Message, **changes: object) -> dict[str, Any]:
         (
             StatusResult,
             {"enrolled": False, "enrollment": None, "error": "boom"},
-            "got member 'error', expected only enrolled, enrollment, last_attempt",
+            "got member 'error', expected only agent, enrolled, enrollment, last_attempt",
         ),
         (
             StatusResult,

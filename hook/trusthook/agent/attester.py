@@ -27,6 +27,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
+from trusthook.agent.metrics import AgentMetrics
 from trusthook.agent.serverclient import ServerClient, tls_context
 from trusthook.agent.writer import MeasuredLog
 from trusthook.attest.requestkey import enrollment_qualifying
@@ -53,6 +54,7 @@ from trusthook.common.messages import (
     ReleaseResponse,
     StatusResult,
 )
+from trusthook.common.protocol import OP_ATTEST
 from trusthook.errors import (
     AuditLogError,
     AuditVerificationError,
@@ -60,6 +62,7 @@ from trusthook.errors import (
     ServerRefusedError,
     ServerUnavailableError,
     StateError,
+    TPMError,
     TrusthookError,
 )
 from trusthook.image.envelope import associated_data, open_sealed
@@ -104,9 +107,11 @@ class Attester:
         state_dir: Path,
         boot_id: str,
         interval: float,
+        metrics: AgentMetrics | None = None,
         timeout: float = 30.0,
         clock: Callable[[], datetime] = utc_now,
     ) -> None:
+        self._metrics = metrics if metrics is not None else AgentMetrics()
         self._log = log
         self._dir = state_dir / "attest"
         self._boot_id = boot_id
@@ -245,8 +250,10 @@ class Attester:
             try:
                 verdict, audit = self._exchange(enrollment)
             except TrusthookError as e:
+                self._metrics.attest_failed(e)
                 self._save_attempt(started, None, str(e))
                 raise
+            self._metrics.attested(verdict, None if audit is None else audit.error is not None)
             self._save_attempt(started, verdict, None, audit)
             return verdict
 
@@ -256,6 +263,18 @@ class Attester:
 
         Holding the exchange lock from the record to the answer keeps the record among the
         evidence's new records (no periodic attestation can verify it in between)."""
+        try:
+            keys = self._release(manifest, image, launch)
+        except ServerRefusedError:
+            self._metrics.release("refused")
+            raise
+        except TrusthookError:
+            self._metrics.release("failed")
+            raise
+        self._metrics.release("released")
+        return keys
+
+    def _release(self, manifest: bytes, image: str, launch: LaunchEvent) -> dict[str, bytes]:
         with self._lock:
             enrollment = self.enrollment()
             if enrollment is None:
@@ -398,6 +417,8 @@ class Attester:
                 log.warning("attestation failed, retrying in %.1fs: %s", delay, e)
                 continue
             except TrusthookError as e:
+                if isinstance(e, TPMError):  # a request's are counted by the service
+                    self._metrics.tpm_error(OP_ATTEST)
                 log.error("attestation failed: %s", e)
                 failures, delay = 0, self._interval
                 continue

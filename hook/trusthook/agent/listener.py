@@ -8,10 +8,14 @@ import os
 import socket
 import socketserver
 import stat
+import time
 from pathlib import Path
+from typing import Any
 
+from trusthook.agent.metrics import AgentMetrics
 from trusthook.agent.service import AgentService
 from trusthook.common.jsonobject import parse_object
+from trusthook.common.protocol import OP_HOOK
 from trusthook.common.wire import ERROR, MAX_MESSAGE_BYTES, OK, peer_uid, read_to_eof
 from trusthook.errors import ServiceError, TrusthookError
 
@@ -29,10 +33,24 @@ class _Handler(socketserver.BaseRequestHandler):
     def handle(self) -> None:
         sock: socket.socket = self.request
         sock.settimeout(self.server.io_timeout)
+        self.op: object = None
         try:
             sock.sendall(self._respond(sock))
         except OSError as e:
             log.warning("client connection failed: %s", e)
+            return
+        if self.op == OP_HOOK:
+            accepted: float = self.client_address  # AgentServer.get_request
+            self.server.metrics.hook_answered(time.monotonic() - accepted)
+
+    def _launched(self, result: dict[str, Any] | None) -> None:
+        """Count a hook request's outcome: refused (an error answer: the container does not
+        start), unmeasured (audit mode let it start) or measured."""
+        if self.op == OP_HOOK:
+            unmeasured = result is not None and "unmeasured" in result
+            self.server.metrics.launch(
+                "refused" if result is None else "unmeasured" if unmeasured else "measured"
+            )
 
     def _respond(self, sock: socket.socket) -> bytes:
         limit = MAX_MESSAGE_BYTES + MAX_HEADER_BYTES
@@ -50,17 +68,20 @@ class _Handler(socketserver.BaseRequestHandler):
         except ValueError as e:
             log.warning("malformed request: %s", e)
             return _error(str(e))
-        op = header.get("op")
+        op = self.op = header.get("op")
         try:
             result = self.server.service.handle(header, body)
         except TrusthookError as e:
             level = logging.ERROR if isinstance(e, ServiceError) else logging.WARNING
             log.log(level, "%s failed: %s", op, e)
+            self._launched(None)
             return _error(str(e))
         except Exception as e:  # outermost point for one request: answer, never drop it
             log.exception("%s failed unexpectedly", op)
+            self._launched(None)
             return _error(f"internal error in the trusthook agent ({type(e).__name__}: {e})")
         log.debug("%s ok", op)
+        self._launched(result)
         return OK + b"\n" + json.dumps(result, separators=(",", ":")).encode()
 
 
@@ -71,8 +92,16 @@ class AgentServer(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
     daemon_threads = False  # server_close() waits for in-flight launches
     allow_reuse_address = False
 
-    def __init__(self, path: Path, service: AgentService, *, io_timeout: float = 30.0) -> None:
+    def __init__(
+        self,
+        path: Path,
+        service: AgentService,
+        *,
+        metrics: AgentMetrics | None = None,
+        io_timeout: float = 30.0,
+    ) -> None:
         self.service = service
+        self.metrics = metrics if metrics is not None else AgentMetrics()
         self.io_timeout = io_timeout
         _prepare_socket_path(path)
         old_umask = os.umask(0o177)
@@ -81,6 +110,12 @@ class AgentServer(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
         finally:
             os.umask(old_umask)
         os.chmod(path, 0o600)
+
+    def get_request(self) -> tuple[socket.socket, float]:
+        """Accept a connection. A unix socket's peer has no address: in its place goes the
+        moment the connection was accepted, which a hook's round trip is timed from."""
+        sock, _ = self.socket.accept()
+        return sock, time.monotonic()
 
 
 def _prepare_socket_path(path: Path) -> None:

@@ -17,6 +17,7 @@ from trusthook.agent.imagepolicy import load_policy
 from trusthook.agent.launch import EncryptedLaunch
 from trusthook.agent.listener import AgentServer
 from trusthook.agent.logstore import LogStore, read_boot_id
+from trusthook.agent.metrics import AgentMetrics, Textfile
 from trusthook.agent.service import AgentService
 from trusthook.agent.tpm import RELEASE_SECRET_SIZE, Tpm
 from trusthook.agent.writer import MeasuredLog
@@ -65,6 +66,27 @@ def release_secret(path: Path) -> bytes:
     return secret
 
 
+def _start_threads(
+    server: AgentServer,
+    attester: Attester,
+    metrics: AgentMetrics,
+    textfile: Path | None,
+    stop: threading.Event,
+) -> list[threading.Thread]:
+    """The socket's, the attester's and (``[agent] metrics_textfile``) the metrics textfile
+    writer's threads, started."""
+    threads = [
+        threading.Thread(target=server.serve_forever, name="agent-socket"),
+        threading.Thread(target=attester.run, args=(stop,), name="attester"),
+    ]
+    if textfile is not None:
+        writer = Textfile(textfile, metrics)
+        threads.append(threading.Thread(target=writer.run, args=(stop,), name="metrics"))
+    for thread in threads:
+        thread.start()
+    return threads
+
+
 def run_agent(config: Config) -> None:
     """Serve until SIGTERM or SIGINT."""
     hasher = select_hasher(config.hasher, threads=config.hash_threads or None)
@@ -84,11 +106,13 @@ def run_agent(config: Config) -> None:
                     log.warning("event log repaired: %s", note)
             except LogDivergedError as e:  # serve on: attestation shows the break, launches fail
                 log.error("event log diverges from PCR %d: %s", config.pcr, e)
+            metrics = AgentMetrics()
             attester = Attester(
                 log=measured,
                 state_dir=config.state_dir,
                 boot_id=boot_id,
                 interval=config.attest_interval,
+                metrics=metrics,
                 timeout=config.attest_timeout,
             )
             launch = EncryptedLaunch(
@@ -105,9 +129,12 @@ def run_agent(config: Config) -> None:
                 launch=launch,
                 boot_id=boot_id,
                 measure_rootfs=hasher.measure_rootfs,
+                metrics=metrics,
                 audit=config.mode is Mode.AUDIT,
             )
-            server = AgentServer(config.socket, service, io_timeout=config.hook_timeout)
+            server = AgentServer(
+                config.socket, service, metrics=metrics, io_timeout=config.hook_timeout
+            )
             stop = threading.Event()
 
             def on_signal(signum: int, _frame: FrameType | None) -> None:
@@ -116,10 +143,7 @@ def run_agent(config: Config) -> None:
 
             signal.signal(signal.SIGTERM, on_signal)
             signal.signal(signal.SIGINT, on_signal)
-            thread = threading.Thread(target=server.serve_forever, name="agent-socket")
-            thread.start()
-            attesting = threading.Thread(target=attester.run, args=(stop,), name="attester")
-            attesting.start()
+            threads = _start_threads(server, attester, metrics, config.metrics_textfile, stop)
             log.info(
                 "listening on %s (PCR %d, log %s, %s hasher)",
                 config.socket,
@@ -133,8 +157,9 @@ def run_agent(config: Config) -> None:
             finally:
                 _notify_systemd("STOPPING=1")
                 server.shutdown()
-                thread.join()
-                attesting.join()
+                metrics.changed.set()  # ends the textfile writer's wait
+                for thread in threads:
+                    thread.join()
                 server.server_close()
                 config.socket.unlink(missing_ok=True)
     finally:

@@ -12,6 +12,7 @@ from pathlib import Path
 from trusthook.common.config import Config
 from trusthook.common.jsonread import FROM_AGENT
 from trusthook.common.messages import (
+    AgentHealth,
     EnrollParams,
     EnrollResult,
     HostStatus,
@@ -59,12 +60,23 @@ def attest(args: argparse.Namespace, config: Config) -> int:
     return _print_verdict(verdict)
 
 
+def _health(health: AgentHealth) -> str:
+    """The agent's own health in one line."""
+    return (
+        f"pid {health.pid} since {health.started_at}: {health.rss_bytes / (1 << 20):.1f} MiB"
+        f" resident, {health.cpu_ms / 1000:.2f} s CPU, {health.open_fds} open files,"
+        f" {health.threads} threads"
+    )
+
+
 def status(args: argparse.Namespace, config: Config) -> int:
     status = StatusResult.from_json(
         call(str(config.socket), OP_STATUS, timeout=config.hook_timeout)
     )
     if args.json:
         print(json.dumps(status.to_json(), indent=2))
+    elif status.agent is not None:
+        print(f"agent     {_health(status.agent)}")
     if status.enrollment is None:
         if not args.json:
             print("not enrolled: run 'trusthook enroll --server URL --server-ca FILE'")

@@ -49,6 +49,7 @@ class Config:
     attest_timeout: float = 30.0  # seconds for one exchange with the attestation server
     image_policy: Path = Path("/etc/trusthook/image-policy.toml")  # docs/images.md
     image_roots: Path = Path("/run/trusthook/roots")  # the shim's per-container tmpfs roots
+    metrics_textfile: Path | None = None  # node_exporter textfile (docs/metrics.md); None: off
 
     @property
     def hook_args(self) -> list[str]:
@@ -60,7 +61,13 @@ class Config:
 Schema = Mapping[str, type | tuple[type, ...]]
 _SCHEMA: dict[str, Schema] = {
     "tpm": {"tcti": str, "pcr": int},
-    "agent": {"socket": str, "state_dir": str, "hasher": str, "hash_threads": int},
+    "agent": {
+        "socket": str,
+        "state_dir": str,
+        "hasher": str,
+        "hash_threads": int,
+        "metrics_textfile": str,
+    },
     "hook": {"mode": str, "timeout": (int, float)},
     "runtime": {"path": str, "hook": str},
     "attestation": {"interval": (int, float), "timeout": (int, float)},
@@ -126,6 +133,14 @@ def parse_config(data: Mapping[str, Any], *, source: Path | None = None) -> Conf
     hash_threads = agent.get("hash_threads", 0)
     if not 0 <= hash_threads <= 1024:
         raise ConfigError(f"agent.hash_threads{where}: got {hash_threads}, expected 0..1024")
+    textfile = agent.get("metrics_textfile", "")
+    if textfile and (
+        not textfile.startswith("/") or not textfile.endswith(".prom") or "\0" in textfile
+    ):
+        raise ConfigError(
+            f"agent.metrics_textfile{where}: got {textfile!r}, expected an absolute path ending"
+            " in .prom (node_exporter's textfile collector reads only those), or empty for none"
+        )
     return Config(
         tcti=tpm.get("tcti", Config.tcti),
         pcr=pcr,
@@ -141,6 +156,7 @@ def parse_config(data: Mapping[str, Any], *, source: Path | None = None) -> Conf
         attest_timeout=float(attestation.get("timeout", Config.attest_timeout)),
         image_policy=Path(images.get("policy", Config.image_policy)),
         image_roots=Path(images.get("roots", Config.image_roots)),
+        metrics_textfile=Path(textfile) if textfile else None,
     )
 
 

@@ -533,16 +533,57 @@ class LastAttempt(Message):
         return {"last_attempt": self.last_attempt, **verdict, "error": self.error, **audit}
 
 
+_COUNT = range(1 << 63)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AgentHealth(Message):
+    """The agent process's own health, read (psutil) when ``status`` is asked: the ``agent``
+    member of the status."""
+
+    NOUN = "agent health"
+    SOURCE = FROM_AGENT
+
+    pid: int
+    started_at: str
+    rss_bytes: int  # resident memory
+    cpu_ms: int  # user + system CPU time since it started
+    open_fds: int
+    threads: int
+
+    @classmethod
+    def _read(cls, fields: Fields) -> Self:
+        return cls(
+            pid=fields.integer("pid", _COUNT),
+            started_at=fields.text("started_at"),
+            rss_bytes=fields.integer("rss_bytes", _COUNT),
+            cpu_ms=fields.integer("cpu_ms", _COUNT),
+            open_fds=fields.integer("open_fds", _COUNT),
+            threads=fields.integer("threads", _COUNT),
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "pid": self.pid,
+            "started_at": self.started_at,
+            "rss_bytes": self.rss_bytes,
+            "cpu_ms": self.cpu_ms,
+            "open_fds": self.open_fds,
+            "threads": self.threads,
+        }
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class StatusResult(Message):
-    """The ``status`` result: the enrollment and, once the agent has attested, the last
-    attempt's members alongside."""
+    """The ``status`` result: the enrollment, once the agent has attested the last attempt's
+    members alongside, and the agent's own health (absent from an agent that reports none)."""
 
     NOUN = "status"
     SOURCE = FROM_AGENT
 
     enrollment: Enrollment | None
     attempt: LastAttempt | None
+    agent: AgentHealth | None = None
 
     @property
     def enrolled(self) -> bool:
@@ -559,13 +600,15 @@ class StatusResult(Message):
             got = "null" if enrollment is None else "an object"
             raise fields.refuse("enrollment", got, expected)
         attempt = LastAttempt._read(fields) if fields.has("last_attempt") else None
-        return cls(enrollment=enrollment, attempt=attempt)
+        agent = fields.nested("agent", AgentHealth) if fields.has("agent") else None
+        return cls(enrollment=enrollment, attempt=attempt, agent=agent)
 
     def to_json(self) -> dict[str, Any]:
         return {
             "enrolled": self.enrolled,
             "enrollment": None if self.enrollment is None else self.enrollment.to_json(),
             **({} if self.attempt is None else self.attempt.to_json()),
+            **({} if self.agent is None else {"agent": self.agent.to_json()}),
         }
 
 
