@@ -24,7 +24,7 @@ from trusthook.agent.tpm import Quote, Tpm
 from trusthook.attest.appraise import Evidence, Expectations, HostState, appraise
 from trusthook.attest.identity import check_ak_public
 from trusthook.attest.tpmwire import parse_quote_info
-from trusthook.common.eventlog import LaunchEvent, Record, extend
+from trusthook.common.eventlog import Identity, LaunchEvent, Record, extend
 
 TARGET_PER_CORE = 2500
 PCRS = (*range(8), 23)
@@ -52,6 +52,8 @@ def _event(n: int) -> LaunchEvent:
         stage="createRuntime",
         time="2026-11-28T00:00:00.000000Z",
         boot_id="bench-boot",
+        identity=Identity(workload=f"bench/w{n % 1000}"),
+        encrypted=False,
     )
 
 

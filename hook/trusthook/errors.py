@@ -87,6 +87,10 @@ class UnsafeLayerError(ImageError):
     """A layer tar holds an entry that would escape the root or that the policy forbids."""
 
 
+class PolicyError(InputError):
+    """A policy manifest that is not one (``FILE:LINE: what is wrong``), or an unknown version."""
+
+
 class AuditLogError(InputError):
     """An audit entry, signed note, verifier key, checkpoint or bundle is malformed."""
 

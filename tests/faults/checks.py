@@ -18,8 +18,7 @@ from tests.faults.rig import (
     transient_objects,
     unmount,
 )
-from trusthook.agent.launch import RELEASE_STAGE
-from trusthook.common.eventlog import verify_against_pcr
+from trusthook.common.eventlog import RELEASE_STAGE, verify_against_pcr
 from trusthook.errors import EventLogError
 from trusthook.startpath.bundle import HOOK_STAGE
 

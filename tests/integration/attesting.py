@@ -55,14 +55,20 @@ def restart_attested(host: Host) -> dict[str, Any]:
     return status
 
 
-def enroll(host: Host, server: AttestServer, *extra: str, group: str = "lab") -> str:
+def enroll(
+    host: Host,
+    server: AttestServer,
+    *extra: str,
+    group: str = "lab",
+    attributes: dict[str, str] | None = None,
+) -> str:
     """Enroll ``host`` as an operator lets it in: the server queues an EK it does not know,
-    the operator approves it into ``group``, and the host enrolls again."""
+    the operator approves it into ``group`` with ``attributes``, and the host enrolls again."""
     argv = ("enroll", "--server", server.url, "--server-ca", str(server.ca_cert), *extra)
     result = host.cli(*argv)
     queued = NEW_EK_PENDING.search(result.stderr)
     if result.returncode == 1 and queued:
-        server.approve(queued.group(1), group)
+        server.approve(queued.group(1), group, attributes)
         result = host.cli(*argv)
     assert result.returncode == 0, result.stderr
     return result.stdout

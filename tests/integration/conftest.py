@@ -296,14 +296,16 @@ class AttestServer:
         key, cert = operator_certificate(self.process.config, name, out)
         return tls_context(self.ca_cert, cert, key)
 
-    def approve(self, host_id: str, group: str) -> None:
-        """The operator admits the pending host into ``group`` (trusthook server hosts
-        approve), on the server's database."""
+    def approve(self, host_id: str, group: str, attributes: dict[str, str] | None = None) -> None:
+        """The operator admits the pending host into ``group`` with ``attributes`` (trusthook
+        server hosts approve), on the server's database."""
         config = load_server_config(self.config_path)
         store = Store(config.database_url)
         try:
             decided = Decision(by="the tests' operator", reason="", now=time.time())
-            HostAdmin(config, store).approve(host_id, group=group, attributes={}, decision=decided)
+            HostAdmin(config, store).approve(
+                host_id, group=group, attributes=attributes or {}, decision=decided
+            )
         finally:
             store.dispose()
 

@@ -160,6 +160,34 @@ def test_an_encrypted_image_runs_after_attestation_and_leaves_no_plaintext(scene
     scene.assert_no_plaintext()
 
 
+def test_keys_go_only_to_a_host_inside_the_workloads_placement(scene: Scene) -> None:
+    """With a policy manifest in force, the launch must be a workload of it, on a host whose
+    admission attributes satisfy its placement: refused naming the selector, released once
+    the operator tags the host into place (trusthook server hosts tag)."""
+    config = str(scene.server.config_path)
+    policy = scene.tmp / "policy.toml"
+    policy.write_text(
+        'format = 1\n[[workload]]\nname = "shop/secret"\n'
+        f'images = ["{scene.image}"]\nencryption = "required"\ngroups = ["lab"]\n'
+        'placement = ["region = eu-1"]\nviolation = "audit"\n'
+    )
+    _cli("server", "policy", "apply", str(policy), "--config", config)
+    result = scene.run(scene.bundle(["/bin/cat", "/app/secret.txt"]))
+    assert result.returncode != 0
+    assert "placement 'region = eu-1': the host's region is not set" in result.stderr
+    assert "its keys are not released (policy version 1)" in result.stderr
+    assert [event for event, _ in scene.audit()] == ["release_refused"]
+    scene.assert_no_plaintext()
+    (view,) = json.loads(_cli("server", "hosts", "list", "--json", "--config", config))
+    host_id = view["admission"]["ek_sha256"]
+    _cli("server", "hosts", "tag", host_id, "region=eu-1", "--reason", "racked", "--config", config)
+    result = scene.run(scene.bundle(["/bin/cat", "/app/secret.txt"]))
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.encode() == SECRET
+    assert [event for event, _ in scene.audit()] == ["release_refused", "released"]
+    assert '"policy_version": 1' in scene.audit()[-1][1]
+
+
 def test_the_release_policy_refuses_an_image_it_does_not_name(scene: Scene) -> None:
     scene.release_rules([("sha256:" + "1" * 64, ["lab"], [])])
     result = scene.run(scene.bundle(["/bin/cat", "/app/secret.txt"]))

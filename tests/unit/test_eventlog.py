@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import contextlib
 import json
+from dataclasses import replace
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
 from trusthook.common.eventlog import (
+    Identity,
     LaunchEvent,
     Record,
     extend,
@@ -104,7 +106,9 @@ def test_altered_content_is_named() -> None:
             lambda d: d["content"].update(rootfs_entries="3"),
             "content.rootfs_entries has the wrong type",
         ),
-        (lambda d: d["content"].update(version=2), "content version 2"),
+        (lambda d: d["content"].update(version=3), "content version 3, expected 1 or 2"),
+        (lambda d: d["content"].update(version=True), "content version True"),
+        (lambda d: d["content"].update(version=2), "content has fields"),  # v2 has two more
         (lambda d: d["content"].update(image={"reference": 1, "digest": None}), "content.image"),
     ],
 )
@@ -112,6 +116,53 @@ def test_malformed_records_are_refused(mutate: object, message: str) -> None:
     data = log(1)[0].to_json()
     mutate(data)  # type: ignore[operator]
     with pytest.raises(EventLogError, match=f"^line 7: .*{message}"):
+        parse_line(json.dumps(data).encode(), "line 7")
+
+
+def v2(**identity: object) -> dict[str, object]:
+    data = Record.for_event(
+        recnum=0,
+        pcr=23,
+        event=replace(event(), identity=Identity(workload="shop/web"), encrypted=True),
+    ).to_json()
+    data["content"]["identity"].update(identity)
+    return data
+
+
+def test_version_2_carries_the_identity_and_version_1_still_reads() -> None:
+    k8s = replace(
+        event(), identity=Identity(kubernetes=("shop", "web-5d8f", "web")), encrypted=False
+    )
+    record = Record.for_event(recnum=0, pcr=23, event=k8s)
+    assert record.to_json()["content"]["version"] == 2
+    assert record.to_json()["content"]["identity"] == {
+        "workload": None,
+        "kubernetes": {"namespace": "shop", "pod": "web-5d8f", "container": "web"},
+    }
+    assert parse_line(record.to_line(), "x") == record
+    old = log(1)[0]  # written by a version 1 agent: read, and its digest still its own
+    assert old.to_json()["content"]["version"] == 1
+    assert parse_line(old.to_line(), "x").event.digest() == old.digest
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        (v2(workload=7), "identity.workload must be a string or null"),
+        (v2(kubernetes={"namespace": "a", "pod": "b"}), "identity.kubernetes must be"),
+        (v2(kubernetes=["a", "b", "c"]), "identity.kubernetes must be"),
+        (v2(extra=None), "content.identity must be"),
+    ],
+)
+def test_malformed_identities_are_refused(data: dict[str, object], message: str) -> None:
+    with pytest.raises(EventLogError, match=f"^line 7: .*{message}"):
+        parse_line(json.dumps(data).encode(), "line 7")
+
+
+def test_encrypted_must_be_a_boolean() -> None:
+    data = v2()
+    data["content"]["encrypted"] = 1  # type: ignore[index]
+    with pytest.raises(EventLogError, match="content.encrypted has the wrong type"):
         parse_line(json.dumps(data).encode(), "line 7")
 
 

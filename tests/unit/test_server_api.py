@@ -40,6 +40,7 @@ def test_openapi_document_in_docs_is_what_the_server_serves(tmp_path: Path) -> N
     paths = json.loads(served)["paths"]
     assert set(paths) == {
         "/v1/health",
+        "/metrics",
         "/v1/enrollments",
         "/v1/enrollments/{enrollment_id}/activation",
         "/v1/nonces",
@@ -51,6 +52,13 @@ def test_openapi_document_in_docs_is_what_the_server_serves(tmp_path: Path) -> N
         "/v1/audit/consistency",
         "/v1/audit/entries",
         "/v1/audit/inclusion",
+        "/v1/audit/report",
+        "/v1/hosts/{host_id}/launches",
+        "/v1/workloads",
+        "/v1/workloads/{name}",
+        "/v1/kubernetes/scheduler/filter",
+        "/v1/kubernetes/scheduler/prioritize",
+        "/v1/kubernetes/admission",
     }
 
 

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
+import re
 import tomllib
 from pathlib import Path
 
 from trusthook.agent.imagepolicy import parse_policy
 from trusthook.common.config import Config, parse_config
+from trusthook.server.app import openapi_document
 from trusthook.server.config import ServerConfig, parse_server_config
 from trusthook.startpath.hook import HookArgs
 
@@ -79,3 +81,19 @@ def test_example_server_config_parses() -> None:
     )
     assert config.expectations("lab").pcrs == (0, 7, 23)
     assert [r.groups for r in config.releases] == [frozenset({"lab"})]
+
+
+def test_kubernetes_stanzas_name_the_servers_routes() -> None:
+    """The scheduler extender's urlPrefix + verbs and the webhook's url are routes the server
+    serves (no YAML parser is a dependency: the values are read from their lines)."""
+    paths = json.loads(openapi_document())["paths"]
+    scheduler = (OCI_CONFIG / "kube-scheduler-config.yaml").read_text()
+    prefix = re.search(r'urlPrefix: "https://[^/]+(/[^"]+)"', scheduler)
+    verbs = re.findall(r'(?:filterVerb|prioritizeVerb): "([a-z]+)"', scheduler)
+    assert prefix is not None and verbs == ["filter", "prioritize"]
+    assert all(f"{prefix[1]}/{verb}" in paths for verb in verbs)
+    assert "nodeCacheCapable: true" in scheduler and "ignorable: false" in scheduler
+    webhook = (OCI_CONFIG / "validating-webhook.yaml").read_text()
+    url = re.search(r'url: "https://[^/]+(/[^"]+)"', webhook)
+    assert url is not None and url[1] in paths
+    assert 'admissionReviewVersions: ["v1"]' in webhook and "failurePolicy: Fail" in webhook

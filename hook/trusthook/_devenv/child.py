@@ -17,10 +17,13 @@ from trusthook.errors import ServiceError
 LOG_TAIL = 2000  # characters of a child's log quoted when it dies while starting
 
 
-def spawn(argv: list[str], log_path: Path) -> subprocess.Popen[bytes]:
-    """Start ``argv`` with its stdout and stderr appended to ``log_path``."""
+def spawn(
+    argv: list[str], log_path: Path, env: dict[str, str] | None = None
+) -> subprocess.Popen[bytes]:
+    """Start ``argv`` (with ``env``: that environment) with its stdout and stderr appended to
+    ``log_path``."""
     with open(log_path, "ab") as log:
-        return subprocess.Popen(argv, stdout=log, stderr=log)
+        return subprocess.Popen(argv, stdout=log, stderr=log, env=env)
 
 
 def wait_ready(

@@ -27,7 +27,7 @@ from trusthook.agent.attester import Attester
 from trusthook.agent.imagepolicy import ImagePolicy
 from trusthook.agent.writer import MeasuredLog
 from trusthook.common.digest import digest_string
-from trusthook.common.eventlog import LaunchEvent, Record
+from trusthook.common.eventlog import RELEASE_STAGE, LaunchEvent, Record
 from trusthook.common.jcs import canonicalize
 from trusthook.common.oci import IMAGE_LAYOUT_ANNOTATION, IMAGE_REF_ANNOTATION
 from trusthook.errors import BundleError, PolicyRefusedError
@@ -39,7 +39,6 @@ from trusthook.measure.walk import RootfsMeasurement
 from trusthook.startpath.bundle import HOOK_STAGE
 
 log = logging.getLogger(__name__)
-RELEASE_STAGE = "release"
 REFUSED = "refusing to decrypt"
 NS_GET_NSTYPE = 0xB703  # linux/nsfs.h: _IO(0xb7, 0x3), the type of a namespace file
 CLONE_NEWNET = 0x40000000

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 from collections.abc import Callable
@@ -10,12 +11,20 @@ from typing import Any
 
 from trusthook.agent.attester import Attester
 from trusthook.agent.launch import EncryptedLaunch, image_annotations
+from trusthook.agent.metrics import AgentMetrics
 from trusthook.agent.writer import MeasuredLog
 from trusthook.common.clock import iso, utc_now
 from trusthook.common.digest import digest_string
 from trusthook.common.eventlog import LaunchEvent
 from trusthook.common.messages import EnrollParams, SnapshotResult
-from trusthook.common.oci import ContainerState, image_of, parse_state, read_config, rootfs_path
+from trusthook.common.oci import (
+    ContainerState,
+    identity_of,
+    image_of,
+    parse_state,
+    read_config,
+    rootfs_path,
+)
 from trusthook.common.protocol import (
     OP_ATTEST,
     OP_ENROLL,
@@ -25,7 +34,7 @@ from trusthook.common.protocol import (
     PROTOCOL_VERSION,
 )
 from trusthook.common.wire import STAGES
-from trusthook.errors import RequestError, TrusthookError
+from trusthook.errors import RequestError, TPMError, TrusthookError
 from trusthook.measure.profile import config_digest, launch_profile_digest
 from trusthook.measure.walk import RootfsMeasurement
 
@@ -43,9 +52,11 @@ class AgentService:
         launch: EncryptedLaunch,
         boot_id: str,
         measure_rootfs: Callable[[str | os.PathLike[str]], RootfsMeasurement],
+        metrics: AgentMetrics | None = None,
         audit: bool = False,
         clock: Callable[[], datetime] = utc_now,
     ) -> None:
+        self._metrics = metrics if metrics is not None else AgentMetrics()
         self._log = log
         self._attester = attester
         self._launch = launch
@@ -55,6 +66,13 @@ class AgentService:
         self._clock = clock
 
     def handle(self, request: dict[str, Any], body: bytes) -> dict[str, Any]:
+        try:
+            return self._dispatch(request, body)
+        except TPMError:
+            self._metrics.tpm_error(request.get("op"))
+            raise
+
+    def _dispatch(self, request: dict[str, Any], body: bytes) -> dict[str, Any]:
         version = request.get("version")
         if type(version) is not int or version != PROTOCOL_VERSION:
             raise RequestError(
@@ -77,7 +95,8 @@ class AgentService:
         if op == OP_ATTEST:
             return self._attester.attest().to_json()
         if op == OP_STATUS:
-            return self._attester.status().to_json()
+            status = self._attester.status()
+            return dataclasses.replace(status, agent=self._metrics.health()).to_json()
         ops = (OP_HOOK, OP_SNAPSHOT, OP_ENROLL, OP_ATTEST, OP_STATUS)
         raise RequestError(f"unknown op {op!r}; expected one of {', '.join(ops)}")
 
@@ -103,6 +122,8 @@ class AgentService:
         except TrusthookError as e:
             if self._encrypted(state):
                 raise
+            if isinstance(e, TPMError):  # answered, not raised: counted here
+                self._metrics.tpm_error(OP_HOOK)
             log.warning("audit mode: container %s starts unmeasured: %s", state.id, e)
             return {"unmeasured": str(e)}
 
@@ -125,6 +146,8 @@ class AgentService:
         rootfs = self._measure_rootfs(root)
         image_ref, image_digest = image_of(state.annotations)
         event = LaunchEvent(
+            identity=identity_of(state.annotations),
+            encrypted=encrypted is not None,
             container_id=container_id,
             bundle=bundle,
             image_reference=image_ref,

@@ -35,6 +35,7 @@ class EventType(StrEnum):
     HOST_REJECTED = "host_rejected"
     HOST_REVOKED = "host_revoked"
     HOST_CLEARED = "host_cleared"
+    HOST_TAGGED = "host_tagged"
     ENROLLED = "enrolled"
     ENROLLMENT_REFUSED = "enrollment_refused"
     REQUEST_REFUSED = "request_refused"

@@ -83,6 +83,8 @@ def _add_server(sub: Any) -> None:
         _with_config(_command(sv, name, f"server:{name}", text))
     _command(sv, "openapi", "server:openapi", "print the OpenAPI document of the server's API")
     _add_hosts(sv)
+    _add_policy(sv)
+    _add_workloads(sv)
     _add_operator_cert(sv)
     keys = sv.add_parser("keys", help="the image key-encryption keys").add_subparsers(
         dest="keys_command", required=True
@@ -131,6 +133,18 @@ def _add_hosts(sv: Any) -> None:
             help="an attribute of the host, e.g. location=dc1 (repeat)",
         )
         cmd.add_argument("--reason", default="", help="why (recorded and audited)")
+    tag = _with_config(
+        _command(
+            hosts,
+            "tag",
+            "server:hosts_tag",
+            "set or remove an admitted host's attributes (its location and tags), audited",
+        )
+    )
+    tag.add_argument("host", help=HOST_HELP)
+    tag.add_argument("attribute", nargs="*", metavar="KEY=VALUE", help="set, e.g. region=eu-1")
+    tag.add_argument("--remove", action="append", default=[], metavar="KEY", help="remove (repeat)")
+    tag.add_argument("--reason", required=True, help="why (recorded and audited)")
     for name, text in (
         ("reject", "refuse a pending host"),
         ("revoke", "revoke a host: its certificate, trust and releases end now"),
@@ -151,6 +165,55 @@ def _add_hosts(sv: Any) -> None:
         _with_config(_command(hosts, name, f"server:hosts_{name}", text)).add_argument(
             "--json", action="store_true"
         )
+
+
+def _add_policy(sv: Any) -> None:
+    policy = sv.add_parser(
+        "policy", help="the workload policy manifest (docs/policy.md): check, apply, versions"
+    ).add_subparsers(dest="policy_command", required=True)
+    check = _command(
+        policy, "check", "policy:check", "check a manifest; name the line of anything wrong"
+    )
+    check.add_argument("file", metavar="FILE")
+    apply = _with_config(
+        _command(policy, "apply", "policy:apply", "make a manifest the next policy version")
+    )
+    apply.add_argument("file", metavar="FILE")
+    apply.add_argument("--reason", default="", help="why (recorded and audited)")
+    show = _with_config(
+        _command(policy, "show", "policy:show", "print the policy in force (or a version)")
+    )
+    diff = _with_config(
+        _command(
+            policy,
+            "diff",
+            "policy:diff",
+            "compare a manifest with the policy in force (or a version); exit 1 if they differ",
+        )
+    )
+    diff.add_argument("file", metavar="FILE")
+    for cmd in (show, diff):
+        cmd.add_argument("--version", type=int, metavar="N", help="this version instead")
+    show.add_argument("--json", action="store_true", help="the parsed manifest and its version")
+    history = _with_config(
+        _command(policy, "history", "policy:history", "every version: when, by whom, why")
+    )
+    history.add_argument("--json", action="store_true")
+
+
+def _add_workloads(sv: Any) -> None:
+    wl = sv.add_parser(
+        "workloads", help="workloads: where their instances ran, compliant or not, moves"
+    ).add_subparsers(dest="workloads_command", required=True)
+    listed = _with_config(
+        _command(wl, "list", "workloads:list", "every workload: instances, hosts, compliance")
+    )
+    listed.add_argument("--json", action="store_true")
+    show = _with_config(
+        _command(wl, "show", "workloads:show", "one workload's lineage: creations and moves")
+    )
+    show.add_argument("name")
+    show.add_argument("--json", action="store_true")
 
 
 def _add_operator_cert(sv: Any) -> None:
@@ -275,6 +338,59 @@ def _add_audit(sub: Any) -> None:
     k.add_argument("--config", required=True, metavar="FILE", help="server config (TOML)")
 
 
+def _add_report(sub: Any) -> None:
+    r = _command(
+        sub,
+        "report",
+        "report:report",
+        "a compliance report (html, json, csv) computed from verified audit-log entries",
+    )
+    source = r.add_mutually_exclusive_group(required=True)
+    source.add_argument(
+        "--config",
+        metavar="FILE",
+        help="server config (TOML): export the period's bundle from the server's database,"
+        " verify it and write it beside OUT",
+    )
+    source.add_argument(
+        "--bundle", metavar="FILE", help="an exported audit bundle: verify it offline, no server"
+    )
+    r.add_argument("--key", metavar="VKEY", help="with --bundle: the log's verifier key")
+    r.add_argument(
+        "--trusted-checkpoint",
+        metavar="FILE",
+        help="with --bundle: a checkpoint kept from before: the bundle's log must extend it",
+    )
+    r.add_argument("--since", metavar="TIME", help="from this RFC 3339 time on (inclusive)")
+    r.add_argument("--until", metavar="TIME", help="up to this RFC 3339 time (exclusive)")
+    r.add_argument(
+        "--workload",
+        metavar="W",
+        help="only this workload (its image reference, else image digest) and the hosts it ran on",
+    )
+    r.add_argument(
+        "--validity",
+        type=float,
+        metavar="SECONDS",
+        help="a trusted verdict counts this long, then the host is stale (default with"
+        " --config: the server's [attestation] validity; with --bundle: until the next verdict)",
+    )
+    r.add_argument(
+        "--history-since",
+        dest="history",
+        metavar="TIME",
+        help="with --config: export from this earlier time, so that each host's group,"
+        " location and trust at the start of the period are known",
+    )
+    r.add_argument(
+        "--bundle-out",
+        metavar="FILE",
+        help="with --config: where to write the bundle (default: OUT.bundle.json)",
+    )
+    r.add_argument("--format", choices=("html", "json", "csv"), default="html")
+    r.add_argument("out", metavar="OUT", help="the report to write (not overwritten)")
+
+
 def _add_setup(sub: Any) -> None:
     engines = choice_values(Engine)
     rt = sub.add_parser(
@@ -340,5 +456,6 @@ def build_parser(description: str | None) -> argparse.ArgumentParser:
     _add_server(sub)
     _add_image(sub)
     _add_audit(sub)
+    _add_report(sub)
     _add_setup(sub)
     return p

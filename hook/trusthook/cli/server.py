@@ -174,6 +174,21 @@ def hosts_approve(args: argparse.Namespace, _config_: Config) -> int:
     return 0
 
 
+def hosts_tag(args: argparse.Namespace, _config_: Config) -> int:
+    if not args.attribute and not args.remove:
+        raise UsageError("hosts tag: give KEY=VALUE to set or --remove KEY")
+    with _admin(args) as admin:
+        admission = admin.tag(
+            args.host,
+            attributes=parse_attributes(args.attribute),
+            remove=args.remove,
+            decision=_decision(args, required=True),
+        )
+    shown = " ".join(f"{k}={v}" for k, v in sorted(admission.attributes.items()))
+    print(f"tagged: host {admission.ek_sha256}: {shown or 'no attributes'}")
+    return 0
+
+
 def hosts_reject(args: argparse.Namespace, _config_: Config) -> int:
     with _admin(args) as admin:
         admission = admin.reject(args.host, decision=_decision(args, required=True))

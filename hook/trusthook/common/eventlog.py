@@ -16,8 +16,12 @@ from trusthook.common.jcs import canonicalize
 from trusthook.errors import EventLogError
 
 CONTENT_TYPE = "trusthook_launch"
-CONTENT_VERSION = 1
+CONTENT_VERSION = 2  # what this agent writes; readers take 1 too (no identity, no encrypted)
+_READ_VERSIONS = frozenset({1, 2})
 PCR_SIZE = 32
+# The stage of the record an encrypted-image launch makes before its keys are released: its
+# root is still empty (docs/images.md §7); the launch's own record follows, with the root.
+RELEASE_STAGE = "release"
 _RECORD_KEYS = {"recnum", "pcr", "digests", "content_type", "content"}
 _CONTENT_FIELDS: dict[str, type | tuple[type, ...]] = {
     "version": int,
@@ -33,6 +37,46 @@ _CONTENT_FIELDS: dict[str, type | tuple[type, ...]] = {
     "boot_id": str,
 }
 _IMAGE_FIELDS = {"reference", "digest"}
+_V2_FIELDS: dict[str, type | tuple[type, ...]] = {"identity": dict, "encrypted": bool}
+_IDENTITY_FIELDS = {"workload", "kubernetes"}
+_KUBERNETES_FIELDS = ("namespace", "pod", "container")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Identity:
+    """What the engine said the launch is (docs/policy.md §3): an explicit workload name
+    (the ``org.trusthook.workload`` annotation) and the Kubernetes pod and container, each
+    if given. Labels, not evidence: the server's policy decides what they may claim."""
+
+    workload: str | None = None
+    kubernetes: tuple[str, str, str] | None = None  # (namespace, pod, container)
+
+    def to_content(self) -> dict[str, Any]:
+        kubernetes = None
+        if self.kubernetes is not None:
+            kubernetes = dict(zip(_KUBERNETES_FIELDS, self.kubernetes, strict=True))
+        return {"workload": self.workload, "kubernetes": kubernetes}
+
+    @classmethod
+    def from_content(cls, content: object, where: str) -> Identity:
+        if not isinstance(content, dict) or set(content) != _IDENTITY_FIELDS:
+            raise EventLogError(f"{where}: content.identity must be {{workload, kubernetes}}")
+        workload, kubernetes = content["workload"], content["kubernetes"]
+        if workload is not None and not isinstance(workload, str):
+            raise EventLogError(f"{where}: content.identity.workload must be a string or null")
+        if kubernetes is None:
+            return cls(workload=workload)
+        if (
+            not isinstance(kubernetes, dict)
+            or set(kubernetes) != set(_KUBERNETES_FIELDS)
+            or not all(isinstance(kubernetes[k], str) for k in _KUBERNETES_FIELDS)
+        ):
+            raise EventLogError(
+                f"{where}: content.identity.kubernetes must be {{namespace, pod, container}}"
+                " strings or null"
+            )
+        namespace, pod, container = (kubernetes[k] for k in _KUBERNETES_FIELDS)
+        return cls(workload=workload, kubernetes=(namespace, pod, container))
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -50,10 +94,21 @@ class LaunchEvent:
     stage: str
     time: str
     boot_id: str
+    identity: Identity | None = None  # None: a version 1 record, which had none
+    encrypted: bool | None = None  # whether the root was decrypted from an encrypted image
 
     def to_content(self) -> dict[str, Any]:
+        content = self._content_v1()
+        if self.identity is None and self.encrypted is None:
+            return content  # a version 1 record as it was written
+        content["version"] = CONTENT_VERSION
+        content["identity"] = (self.identity or Identity()).to_content()
+        content["encrypted"] = bool(self.encrypted)
+        return content
+
+    def _content_v1(self) -> dict[str, Any]:
         return {
-            "version": CONTENT_VERSION,
+            "version": 1,
             "container_id": self.container_id,
             "bundle": self.bundle,
             "image": {"reference": self.image_reference, "digest": self.image_digest},
@@ -68,19 +123,21 @@ class LaunchEvent:
 
     @classmethod
     def from_content(cls, content: Mapping[str, Any], where: str) -> LaunchEvent:
-        if set(content) != set(_CONTENT_FIELDS):
+        version = content.get("version")
+        if type(version) is not int or version not in _READ_VERSIONS:
+            raise EventLogError(f"{where}: content version {version!r}, expected 1 or 2")
+        fields = _CONTENT_FIELDS if version == 1 else {**_CONTENT_FIELDS, **_V2_FIELDS}
+        if set(content) != set(fields):
             raise EventLogError(
-                f"{where}: content has fields {sorted(content)}, expected {sorted(_CONTENT_FIELDS)}"
+                f"{where}: content has fields {sorted(content)}, expected {sorted(fields)}"
             )
-        for key, kind in _CONTENT_FIELDS.items():
-            if not isinstance(content[key], kind) or isinstance(content[key], bool):
+        for key, kind in fields.items():
+            if not isinstance(content[key], kind) or (
+                kind is not bool and isinstance(content[key], bool)
+            ):
                 raise EventLogError(f"{where}: content.{key} has the wrong type")
         if content["rootfs_entries"] < 0:
             raise EventLogError(f"{where}: content.rootfs_entries is negative")
-        if content["version"] != CONTENT_VERSION:
-            raise EventLogError(
-                f"{where}: content version {content['version']}, expected {CONTENT_VERSION}"
-            )
         image = content["image"]
         if set(image) != _IMAGE_FIELDS or not all(
             v is None or isinstance(v, str) for v in image.values()
@@ -98,6 +155,8 @@ class LaunchEvent:
             stage=content["stage"],
             time=content["time"],
             boot_id=content["boot_id"],
+            identity=None if version == 1 else Identity.from_content(content["identity"], where),
+            encrypted=None if version == 1 else content["encrypted"],
         )
 
     def digest(self) -> bytes:

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from trusthook.common.eventlog import Identity
 from trusthook.common.jsonobject import parse_object
 from trusthook.errors import BundleError, StateError
 
@@ -26,6 +27,18 @@ IMAGE_REFERENCE_ANNOTATIONS = (
     "io.containerd.image.name",
 )
 IMAGE_DIGEST_ANNOTATIONS = ("org.opencontainers.image.digest", "io.kubernetes.cri-o.ImageRef")
+# Who a launch is (docs/policy.md §3): an explicit workload name, else the Kubernetes pod and
+# container, as CRI-O and then containerd's CRI annotate them.
+WORKLOAD_ANNOTATION = "org.trusthook.workload"
+KUBERNETES_ANNOTATIONS = (
+    ("io.kubernetes.pod.namespace", "io.kubernetes.pod.name", "io.kubernetes.container.name"),
+    (
+        "io.kubernetes.cri.sandbox-namespace",
+        "io.kubernetes.cri.sandbox-name",
+        "io.kubernetes.cri.container-name",
+    ),
+)
+CRI_CONTAINER_TYPE = "io.kubernetes.cri.container-type"
 # An encrypted image to decrypt at start: an OCI layout on the host and a ref (docs/images.md).
 IMAGE_LAYOUT_ANNOTATION = "org.trusthook.image.layout"
 IMAGE_REF_ANNOTATION = "org.trusthook.image.ref"
@@ -107,6 +120,21 @@ def rootfs_path(bundle: str | os.PathLike[str], config: Mapping[str, Any]) -> Pa
     if ".." in Path(path).parts:
         raise BundleError(f"root.path {path!r} of bundle {bundle} contains '..'; refusing it")
     return Path(bundle, path)
+
+
+def identity_of(annotations: Mapping[str, str]) -> Identity:
+    """What the engine's annotations say the launch is (docs/policy.md §3): the explicit
+    workload annotation, and the Kubernetes pod and container as CRI-O or containerd's CRI
+    name them (a pod's sandbox container is ``POD``, as CRI-O names it)."""
+    workload = annotations.get(WORKLOAD_ANNOTATION) or None
+    for namespace_key, pod_key, container_key in KUBERNETES_ANNOTATIONS:
+        namespace, pod = annotations.get(namespace_key), annotations.get(pod_key)
+        if namespace and pod:
+            container = annotations.get(container_key) or (
+                "POD" if annotations.get(CRI_CONTAINER_TYPE) == "sandbox" else ""
+            )
+            return Identity(workload=workload, kubernetes=(namespace, pod, container))
+    return Identity(workload=workload)
 
 
 def image_of(annotations: Mapping[str, str]) -> tuple[str | None, str | None]:

@@ -10,7 +10,7 @@ or a host changed in between is a ConflictError (run the command again).
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -146,6 +146,45 @@ class HostAdmin:
         self._check_group(group)
         admission = self._in(self.resolve(ref), AdmissionState.PENDING, "approve")
         return self._admitted(admission, group, attributes, decision, "approved")
+
+    def tag(
+        self,
+        ref: str,
+        *,
+        attributes: Mapping[str, str],
+        remove: Sequence[str],
+        decision: Decision,
+    ) -> Admission:
+        """Set ``attributes`` and remove the keys ``remove`` of an admitted host's attributes
+        (its location and tags, docs/policy.md §4), audited. The host's next appraisals and
+        releases use them."""
+        admission = self._in(self.resolve(ref), AdmissionState.ADMITTED, "tag")
+        for key in remove:
+            if key not in admission.attributes:
+                raise UsageError(f"--remove {key}: the host has no attribute {key!r}")
+            if key in attributes:
+                raise UsageError(f"--remove {key}: the same command also sets it")
+        merged = {
+            k: v for k, v in {**admission.attributes, **attributes}.items() if k not in remove
+        }
+        if merged == dict(admission.attributes):
+            raise ConflictError(f"host {admission.ek_sha256} already has exactly these attributes")
+        tagged = replace(
+            admission,
+            attributes=merged,
+            decided_by=decision.by,
+            decided_at=decision.now,
+            reason=decision.reason,
+            version=admission.version + 1,
+        )
+        if not self._store.change_admission(
+            tagged, event="tagged", detail=_detail(tagged), now=decision.now
+        ):
+            raise ConflictError(
+                f"host {admission.ek_sha256} changed meanwhile; see 'trusthook server hosts show"
+                f" {admission.ek_sha256[:16]}' and run this again"
+            )
+        return tagged
 
     def reject(self, ref: str, *, decision: Decision) -> Admission:
         """Refuse a pending host: its enrollments are refused until an operator admits it."""

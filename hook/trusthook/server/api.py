@@ -155,6 +155,73 @@ class HostList(_Body):
     hosts: list[HostStatus]
 
 
+class LaunchBody(_Body):
+    """One launch a verified appraisal saw, and its compliance with the policy in force then
+    (docs/policy.md §5)."""
+
+    host_id: str
+    hostname: str
+    boot_id: str
+    recnum: int
+    container: str
+    identity: str | None = Field(description="the workload identity its annotations gave")
+    workload: str | None = Field(description="the manifest's workload it is; null: none")
+    image: str | None
+    image_digest: str | None
+    rootfs_digest: str
+    launch_profile: str
+    encrypted: bool | None
+    compliant: bool | None = Field(description="null: no policy had been applied")
+    reasons: list[ReasonBody] = Field(description="why it is not compliant")
+    policy_version: int | None
+    move: str | None = Field(
+        description="its place in its identity's lineage: origin, same_host, verified,"
+        " tampered, disallowed (docs/policy.md §7); null: none"
+    )
+    at: str = Field(description="when the server verified it")
+
+
+class LaunchList(_Body):
+    launches: list[LaunchBody] = Field(description="newest first")
+
+
+class WorkloadSummary(_Body):
+    name: str
+    in_policy: bool = Field(description="whether the policy in force names this workload")
+    instances: int
+    non_compliant: int
+    hosts: list[str] = Field(description="the host ids it was launched on, first launch first")
+    first_seen: str | None
+    last_seen: str | None
+
+
+class WorkloadList(_Body):
+    policy_version: int | None
+    workloads: list[WorkloadSummary]
+
+
+class LineageBody(_Body):
+    """How one identity of the workload was created: its first compliant launch."""
+
+    identity: str
+    host_id: str
+    hostname: str
+    image_digest: str | None
+    rootfs_digest: str
+    launch_profile: str
+    created_at: str
+    moves: dict[str, int] = Field(description="its later launches by kind (docs/policy.md §7)")
+
+
+class WorkloadDetail(_Body):
+    summary: WorkloadSummary
+    lineages: list[LineageBody]
+    policy: dict[str, Any] | None = Field(
+        description="the workload as the policy in force defines it (docs/policy.md §2)"
+    )
+    instances: list[LaunchBody] = Field(description="oldest first")
+
+
 class AuditCheckpoint(_Body):
     checkpoint: str = Field(
         description="the signed checkpoint of the whole log (C2SP signed note, docs/audit.md §5)"

@@ -19,9 +19,11 @@ from typing import Annotated, Any
 
 from fastapi import Depends, FastAPI, Header, Query, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
+from starlette.concurrency import run_in_threadpool
 
 from trusthook.attest.requestkey import SIGNATURE_HEADER
+from trusthook.common.metrics import CONTENT_TYPE
 from trusthook.errors import (
     AdmissionError,
     AttestationError,
@@ -36,6 +38,7 @@ from trusthook.errors import (
 from trusthook.server import api
 from trusthook.server.ca import CertificateAuthority
 from trusthook.server.config import ServerConfig
+from trusthook.server.metrics import RequestMetrics, ServerMetrics, route_of
 from trusthook.server.records import HostRecord
 from trusthook.server.service import ServerService, SignedRequest
 from trusthook.server.store import Store
@@ -69,8 +72,29 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
 }
 
 
+_METRICS: dict[int | str, dict[str, Any]] = {
+    200: {
+        "content": {CONTENT_TYPE.partition(";")[0]: {"schema": {"type": "string"}}},
+        "description": "the metrics, Prometheus text exposition format 0.0.4 (docs/metrics.md)",
+    }
+}
+
+
 def _error(status: int, check: str, message: str) -> JSONResponse:
     return JSONResponse({"error": {"check": check, "message": message}}, status_code=status)
+
+
+def _answer(exc: TrusthookError) -> tuple[int, str, str]:
+    """The status code, check and message ``exc`` is answered with; a 5xx is logged."""
+    if isinstance(exc, AttestationError | AdmissionError):  # named by the check it failed
+        return 403, exc.check, exc.message
+    for kind, status, check in _STATUS:
+        if isinstance(exc, kind):
+            if status >= 500:
+                log.error("%s", exc)
+            return status, check, str(exc)
+    log.error("unexpected %s: %s", type(exc).__name__, exc)
+    return 500, "internal", f"internal error ({type(exc).__name__})"
 
 
 class BodyLimit:
@@ -131,8 +155,12 @@ async def _signed(
     )
 
 
-def create_app(service: ServerService, *, max_body: int) -> FastAPI:
-    """The ASGI application; ``max_body`` bounds every request body."""
+def create_app(  # noqa: PLR0915 - every route is defined here, over one service
+    service: ServerService, *, max_body: int, metrics: ServerMetrics | None = None
+) -> FastAPI:
+    """The ASGI application; ``max_body`` bounds every request body. ``metrics`` counts what
+    it answers and serves /metrics (without one: its own, with no gauges)."""
+    metrics = metrics if metrics is not None else ServerMetrics()
     app = FastAPI(
         title="trusthook attestation server",
         version="1",
@@ -143,16 +171,10 @@ def create_app(service: ServerService, *, max_body: int) -> FastAPI:
     )
 
     @app.exception_handler(TrusthookError)
-    async def _trusthook_error(_request: Request, exc: TrusthookError) -> JSONResponse:
-        if isinstance(exc, AttestationError | AdmissionError):  # named by the check it failed
-            return _error(403, exc.check, exc.message)
-        for kind, status, check in _STATUS:
-            if isinstance(exc, kind):
-                if status >= 500:
-                    log.error("%s", exc)
-                return _error(status, check, str(exc))
-        log.error("unexpected %s: %s", type(exc).__name__, exc)
-        return _error(500, "internal", f"internal error ({type(exc).__name__})")
+    async def _trusthook_error(request: Request, exc: TrusthookError) -> JSONResponse:
+        status, check, message = _answer(exc)
+        metrics.error_answered(route_of(request.scope), status, check)
+        return _error(status, check, message)
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(_request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -178,6 +200,15 @@ def create_app(service: ServerService, *, max_body: int) -> FastAPI:
     async def health() -> dict[str, str]:
         """Liveness: answers without touching the database."""
         return {"status": "ok"}
+
+    @app.get("/metrics", tags=["server"], response_class=Response, responses=_METRICS)
+    async def scrape(caller: Caller) -> Response:
+        """Prometheus metrics, text exposition format 0.0.4 (docs/metrics.md): this process's
+        counters and latencies, and host and audit-log gauges read from the database now. For
+        operator certificates only (Prometheus scrapes with one); a host's is refused (403)."""
+        if caller is not None:
+            raise AuthError("metrics are for operator certificates, not hosts")
+        return Response(metrics.exposition(datetime.now(UTC).timestamp()), media_type=CONTENT_TYPE)
 
     @app.post("/v1/enrollments", status_code=201, tags=["enrollment"])
     async def begin_enrollment(body: api.EnrollmentRequest) -> api.EnrollmentChallenge:
@@ -205,14 +236,15 @@ def create_app(service: ServerService, *, max_body: int) -> FastAPI:
         """Appraise a quote and the event-log records since the last verified one; answers
         the host's new status (a refused appraisal is a status with reasons, not an error).
         The request must carry its request-key signature (403 ``request_signature``)."""
-        return service.attest(host, body, signed)
+        return metrics.attested(service.attest(host, body, signed))
 
     @app.post("/v1/releases", tags=["keys"])
     async def release(host: Host, body: api.ReleaseRequest, signed: Signed) -> api.ReleaseResponse:
         """Release an encrypted image's layer keys, sealed to the host's TPM release key, when
         the evidence is trusted, includes this launch and the release policy allows it. The
         request must carry its request-key signature (403 ``request_signature``)."""
-        return service.release(host, body, signed)
+        with metrics.releasing():
+            return service.release(host, body, signed)
 
     @app.get("/v1/hosts", tags=["trust"])
     async def hosts(caller: Caller) -> api.HostList:
@@ -224,6 +256,24 @@ def create_app(service: ServerService, *, max_body: int) -> FastAPI:
         """One host's trust status: trusted or not, why, since when, valid until when. A host
         reads only its own, without the golden values (operators see expected and got)."""
         return service.host_status(caller, host_id)
+
+    @app.get("/v1/hosts/{host_id}/launches", tags=["workloads"])
+    async def host_launches(host_id: str, caller: Caller) -> api.LaunchList:
+        """A host's latest launches (at most 200, newest first), each with its compliance with
+        the policy manifest then in force. A host reads only its own."""
+        return service.host_launches(caller, host_id)
+
+    @app.get("/v1/workloads", tags=["workloads"])
+    async def workloads(caller: Caller) -> api.WorkloadList:
+        """Every workload of the policy in force or of a launch: instances, hosts, compliance
+        (operators only)."""
+        return service.workloads(caller)
+
+    @app.get("/v1/workloads/{name:path}", tags=["workloads"])
+    async def workload(name: str, caller: Caller) -> api.WorkloadDetail:
+        """One workload: its policy and every instance, where it ran and whether it complied
+        (operators only). Workload names may contain '/'."""
+        return service.workload(caller, name)
 
     @app.get("/v1/audit/checkpoint", tags=["audit"])
     async def audit_checkpoint(caller: Caller) -> api.AuditCheckpoint:
@@ -253,8 +303,104 @@ def create_app(service: ServerService, *, max_body: int) -> FastAPI:
         """RFC 9162 inclusion proof of entry ``index`` in the tree of ``size`` (operators)."""
         return service.audit_inclusion(caller, index, size)
 
+    _add_report_route(app, service, caller)
+    _add_kubernetes_routes(app, service, caller)
+
     app.add_middleware(BodyLimit, limit=max_body)
+    app.add_middleware(RequestMetrics, metrics=metrics)  # outermost: it times the 413s too
     return app
+
+
+async def _json_body(request: Request, what: str) -> Any:
+    try:
+        return json.loads(await request.body())
+    except (ValueError, RecursionError):
+        raise RequestError(f"{what}: the request body is not JSON") from None
+
+
+def _add_kubernetes_routes(
+    app: FastAPI,
+    service: ServerService,
+    caller: Callable[[Request], Awaitable[HostRecord | None]],
+) -> None:
+    """The kube-scheduler extender (v1) and the validating admission webhook
+    (admission.k8s.io/v1), for operator certificates (docs/kubernetes.md). Their bodies are
+    Kubernetes' own wire formats, read and written as the Go types marshal them."""
+    Caller = Annotated[HostRecord | None, Depends(caller)]
+    wire: dict[str, Any] = {"content": {"application/json": {}}}
+
+    @app.post(
+        "/v1/kubernetes/scheduler/filter", tags=["kubernetes"], openapi_extra={"requestBody": wire}
+    )
+    async def scheduler_filter(request: Request, caller: Caller) -> dict[str, Any]:
+        """Extender ``filter``: ``ExtenderArgs`` in, ``ExtenderFilterResult`` out. A node is
+        kept when it is an enrolled, trusted host inside the groups and placement of the
+        pod's workloads; each other node is in ``FailedNodes`` (untrusted: may change) or
+        ``FailedAndUnresolvableNodes`` (the policy or no trusthook host) with its reason."""
+        return service.kubernetes_filter(caller, await _json_body(request, "ExtenderArgs"))
+
+    @app.post(
+        "/v1/kubernetes/scheduler/prioritize",
+        tags=["kubernetes"],
+        openapi_extra={"requestBody": wire},
+    )
+    async def scheduler_prioritize(request: Request, caller: Caller) -> list[dict[str, Any]]:
+        """Extender ``prioritize``: ``ExtenderArgs`` in, ``HostPriorityList`` out (10 for a
+        node the filter keeps, else 0)."""
+        return service.kubernetes_prioritize(caller, await _json_body(request, "ExtenderArgs"))
+
+    @app.post("/v1/kubernetes/admission", tags=["kubernetes"], openapi_extra={"requestBody": wire})
+    async def admission_review(request: Request, caller: Caller) -> dict[str, Any]:
+        """Validating admission webhook: ``AdmissionReview`` in and out. A pod is refused when
+        a container's image is no workload of the policy manifest (or not the pinned digest
+        its workload lists), or when no trusted host satisfies its workloads' placement."""
+        return service.kubernetes_review(caller, await _json_body(request, "AdmissionReview"))
+
+
+def _add_report_route(
+    app: FastAPI,
+    service: ServerService,
+    caller: Callable[[Request], Awaitable[HostRecord | None]],
+) -> None:
+    """``GET /v1/audit/report`` (docs/reports.md)."""
+    Caller = Annotated[HostRecord | None, Depends(caller)]
+
+    @app.get(
+        "/v1/audit/report",
+        tags=["audit"],
+        response_class=Response,
+        responses={
+            200: {
+                "description": "the report (docs/reports.md)",
+                "content": {"text/html": {}, "application/json": {}, "text/csv": {}},
+            }
+        },
+    )
+    async def audit_report(
+        caller: Caller,
+        since: Annotated[str | None, Query(description="RFC 3339 time, inclusive")] = None,
+        until: Annotated[str | None, Query(description="RFC 3339 time, exclusive")] = None,
+        workload: Annotated[
+            str | None, Query(max_length=1024, description="only this workload")
+        ] = None,
+        form: Annotated[
+            str, Query(alias="format", pattern="^(html|json|csv)$", description="html, json, csv")
+        ] = "html",
+    ) -> Response:
+        """A compliance report of [since, until) as ``trusthook report --config`` makes it,
+        from the period's audit entries exported and verified now (operators only). Computed
+        on a worker thread: it reads and verifies every entry of the period."""
+        body, media_type = await run_in_threadpool(
+            service.audit_report, caller, since=since, until=until, workload=workload, form=form
+        )
+        return Response(
+            body,
+            media_type=media_type,
+            headers={
+                "Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'",
+                "X-Content-Type-Options": "nosniff",
+            },
+        )
 
 
 def openapi_document(app: FastAPI | None = None) -> str:

@@ -39,9 +39,9 @@ from trusthook.audit import (
     open_checkpoint,
     sign_checkpoint,
 )
-from trusthook.common.eventlog import Record
 from trusthook.common.files import write_new
 from trusthook.errors import AuditLogError, ConfigError, NotFoundError
+from trusthook.server.records import AppraisedLaunch
 from trusthook.server.schema import audit, audit_checkpoints, audit_head, audit_log, audit_nodes
 
 CHECKPOINT_ENTRIES = 100
@@ -55,6 +55,7 @@ _EVENTS: Mapping[str, EventType] = {
     "admitted": EventType.HOST_ADMITTED,
     "auto_admitted": EventType.HOST_ADMITTED,
     "approved": EventType.HOST_APPROVED,
+    "tagged": EventType.HOST_TAGGED,
     "rejected": EventType.HOST_REJECTED,
     "revoked": EventType.HOST_REVOKED,
     "cleared": EventType.HOST_CLEARED,
@@ -67,6 +68,7 @@ _EVENTS: Mapping[str, EventType] = {
     "request_refused": EventType.REQUEST_REFUSED,
     "released": EventType.RELEASED,
     "release_refused": EventType.RELEASE_REFUSED,
+    "policy_applied": EventType.POLICY_VERSION,
     "operator_cert_issued": EventType.OPERATOR_ACTION,
     "operator_cert_revoked": EventType.OPERATOR_ACTION,
 }
@@ -113,11 +115,24 @@ def _portable(value: object) -> object:
     return value
 
 
-def launch_detail(record: Record, *, trusted: bool) -> dict[str, Any]:
-    """The ``launched`` entry's detail for one event-log record the appraisal verified;
-    ``trusted``: that appraisal's verdict."""
+def launch_detail(launch: AppraisedLaunch, *, trusted: bool) -> dict[str, Any]:
+    """The ``launched`` entry's detail for one event-log record the appraisal verified, with
+    its compliance; ``trusted``: that appraisal's verdict."""
+    record, compliance = launch.record, launch.compliance
     event = record.event
+    policy: dict[str, Any] = {"policy_version": launch.policy_version}
+    if compliance is not None:
+        policy.update(
+            identity=compliance.identity,
+            workload=compliance.workload,
+            compliant=compliance.compliant,
+            violations=[r.to_json() for r in compliance.reasons],
+            action=compliance.action.value,
+            move=None if launch.move is None else launch.move.value,
+        )
     return {
+        **policy,
+        "encrypted": event.encrypted,
         "container": event.container_id,
         "image": event.image_reference,
         "image_digest": event.image_digest,
@@ -149,6 +164,8 @@ def entry_for(
     if event is EventType.OPERATOR_ACTION:
         body["action"] = event_name
         subject = Subject(kind=SubjectKind.OPERATOR, id=str(detail.get("name") or "unknown"))
+    elif event is EventType.POLICY_VERSION:
+        subject = Subject(kind=SubjectKind.OPERATOR, id=str(detail.get("by") or "unknown"))
     else:
         subject = Subject(kind=SubjectKind.HOST, id=host_id)
     return AuditEntry.at(

@@ -1,5 +1,6 @@
 """The server's records as the store reads and writes them: hosts (with their admission
-record), pending enrollments, operator certificates, audit events. Pure data."""
+record), pending enrollments, operator certificates, audit events, policy versions and
+launches. Pure data."""
 
 from __future__ import annotations
 
@@ -8,6 +9,9 @@ from typing import Any
 
 from trusthook.attest.appraise import HostState
 from trusthook.attest.verdict import Reason
+from trusthook.common.eventlog import Record
+from trusthook.policy.appraise import Compliance
+from trusthook.policy.lineage import Move
 from trusthook.server.admission import Admission, AdmissionState
 from trusthook.server.trust import Hold
 
@@ -95,3 +99,48 @@ class AuditEvent:
     host_id: str
     event: str
     detail: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PolicyVersion:
+    """One applied version of the policy manifest: its text as the officer wrote it."""
+
+    version: int
+    digest: str
+    source: str
+    applied_at: float
+    applied_by: str
+    reason: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AppraisedLaunch:
+    """A launch an appraisal verified, and its compliance with the policy version then in
+    force (None, None: no policy had been applied)."""
+
+    record: Record
+    compliance: Compliance | None = None
+    policy_version: int | None = None
+    move: Move | None = None  # its place in its identity's lineage (None: none)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class LaunchRow:
+    """One launch as stored (the ``launches`` table)."""
+
+    host_id: str
+    boot_id: str
+    recnum: int
+    container: str
+    identity: str | None
+    workload: str | None
+    image: str | None
+    image_digest: str | None
+    rootfs_digest: str
+    launch_profile: str
+    encrypted: bool | None
+    compliant: bool | None
+    reasons: tuple[Reason, ...]
+    policy_version: int | None
+    move: Move | None
+    at: float

@@ -28,6 +28,7 @@ from trusthook.server.app import create_app
 from trusthook.server.auditlog import create_signer, load_signer
 from trusthook.server.ca import CertificateAuthority, pem
 from trusthook.server.config import ServerConfig
+from trusthook.server.metrics import ServerMetrics
 from trusthook.server.records import OperatorCert
 from trusthook.server.service import OPERATOR_PREFIX, ServerService
 from trusthook.server.store import Store
@@ -228,7 +229,7 @@ def run_server(config: ServerConfig) -> None:
     paths = Paths(config.state_dir)
     service, store = build_service(config)
     store.create_schema()
-    app = create_app(service, max_body=config.max_body)
+    app = create_app(service, max_body=config.max_body, metrics=ServerMetrics(store))
     server = uvicorn.Server(
         uvicorn.Config(
             app,

@@ -22,8 +22,9 @@ from sqlalchemy import (
 
 from trusthook.attest.appraise import HostState
 from trusthook.attest.verdict import Reason
+from trusthook.policy.lineage import Move, Origin
 from trusthook.server.admission import Admission, AdmissionState
-from trusthook.server.records import HostRecord
+from trusthook.server.records import AppraisedLaunch, HostRecord, LaunchRow
 from trusthook.server.trust import Hold
 
 metadata = MetaData()
@@ -146,6 +147,55 @@ audit_checkpoints = Table(
     Column("note", Text, nullable=False),  # the signed note
 )
 
+# The workload policy manifest's versions (docs/policy.md §7): the officer's text verbatim, the
+# digest of what it means, who applied it and when. The highest version is the policy in force.
+policy_versions = Table(
+    "policy_versions",
+    metadata,
+    Column("version", Integer, primary_key=True, autoincrement=False),
+    Column("digest", String(71), nullable=False),
+    Column("source", Text, nullable=False),
+    Column("applied_at", Float, nullable=False),
+    Column("applied_by", Text, nullable=False),
+    Column("reason", Text, nullable=False),
+)
+
+# Every launch an appraisal verified, with its compliance with the policy in force then
+# (docs/policy.md §5): what GET /v1/hosts/{id}/launches and /v1/workloads read.
+launches = Table(
+    "launches",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("host_id", String(64), nullable=False, index=True),
+    Column("boot_id", Text, nullable=False),
+    Column("recnum", Integer, nullable=False),
+    Column("container", Text, nullable=False),
+    Column("identity", Text, nullable=True),
+    Column("workload", Text, nullable=True, index=True),  # None: no workload, or no policy
+    Column("image", Text, nullable=True),
+    Column("image_digest", Text, nullable=True),
+    Column("rootfs_digest", Text, nullable=False),
+    Column("launch_profile", Text, nullable=False),
+    Column("encrypted", Boolean, nullable=True),
+    Column("compliant", Boolean, nullable=True),  # None: no policy was in force
+    Column("reasons", Text, nullable=False),  # JSON list of reasons
+    Column("policy_version", Integer, nullable=True),
+    Column("move", Text, nullable=True),  # policy.lineage.Move; None: no lineage
+    Column("at", Float, nullable=False),
+)
+# Each workload identity's creation (docs/policy.md §7): its first compliant launch.
+lineages = Table(
+    "lineages",
+    metadata,
+    Column("identity", Text, primary_key=True),
+    Column("workload", Text, nullable=False, index=True),
+    Column("host_id", String(64), nullable=False),
+    Column("image_digest", Text, nullable=True),
+    Column("rootfs_digest", Text, nullable=False),
+    Column("launch_profile", Text, nullable=False),
+    Column("at", Float, nullable=False),
+)
+
 
 def reasons_json(reasons: tuple[Reason, ...]) -> str:
     return json.dumps([r.to_json() for r in reasons])
@@ -252,3 +302,55 @@ def host_values(record: HostRecord) -> dict[str, Any]:
         "held": None if record.held is None else json.dumps(record.held.to_json()),
         "version": record.version,
     }
+
+
+def launch_row(host_id: str, launch: AppraisedLaunch, at: float) -> dict[str, Any]:
+    event, compliance = launch.record.event, launch.compliance
+    return {
+        "host_id": host_id,
+        "boot_id": event.boot_id,
+        "recnum": launch.record.recnum,
+        "container": event.container_id,
+        "identity": None if compliance is None else compliance.identity,
+        "workload": None if compliance is None else compliance.workload,
+        "image": event.image_reference,
+        "image_digest": event.image_digest,
+        "rootfs_digest": event.rootfs_digest,
+        "launch_profile": event.launch_profile_digest,
+        "encrypted": event.encrypted,
+        "compliant": None if compliance is None else compliance.compliant,
+        "reasons": reasons_json(() if compliance is None else compliance.reasons),
+        "policy_version": launch.policy_version,
+        "move": None if launch.move is None else launch.move.value,
+        "at": at,
+    }
+
+
+def origin_row(launch: AppraisedLaunch, host_id: str, at: float) -> dict[str, Any] | None:
+    """The ``lineages`` row of a launch that created its identity (None: it did not)."""
+    event, compliance = launch.record.event, launch.compliance
+    if launch.move is not Move.ORIGIN or compliance is None:
+        return None
+    if compliance.identity is None or compliance.workload is None:
+        return None
+    return {
+        "identity": compliance.identity,
+        "workload": compliance.workload,
+        "host_id": host_id,
+        "image_digest": event.image_digest,
+        "rootfs_digest": event.rootfs_digest,
+        "launch_profile": event.launch_profile_digest,
+        "at": at,
+    }
+
+
+def origin_of(row: Any) -> Origin:
+    return Origin(**row._mapping)
+
+
+def launch_row_of(row: Any) -> LaunchRow:
+    values = dict(row._mapping)
+    values.pop("id")
+    values["reasons"] = tuple(Reason.from_json(r) for r in json.loads(values["reasons"]))
+    values["move"] = None if values["move"] is None else Move(values["move"])
+    return LaunchRow(**values)

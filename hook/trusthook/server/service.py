@@ -10,6 +10,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import lru_cache
+from typing import Any
 
 from cryptography import x509
 
@@ -21,7 +22,7 @@ from trusthook.attest.requestkey import check_request_signature
 from trusthook.attest.verdict import Reason
 from trusthook.common.clock import iso_from_timestamp
 from trusthook.common.digest import sha256_of
-from trusthook.common.eventlog import Record, parse_record
+from trusthook.common.eventlog import parse_record
 from trusthook.errors import (
     AttestationError,
     AuthError,
@@ -32,12 +33,13 @@ from trusthook.errors import (
     RequestError,
 )
 from trusthook.image.envelope import associated_data, seal
-from trusthook.server import api, release
+from trusthook.server import api, kubernetes, release, workloads
 from trusthook.server.ca import CertificateAuthority
 from trusthook.server.config import ServerConfig
 from trusthook.server.enrollment import Enroller
 from trusthook.server.imagekeys import load_keys
-from trusthook.server.records import HostRecord
+from trusthook.server.policy import Policies, place_of, violations
+from trusthook.server.records import AppraisedLaunch, HostRecord
 from trusthook.server.status import not_admitted, status_of
 from trusthook.server.store import Store
 from trusthook.server.trust import HELD_CHECKS, Epoch, carry_hold, epoch_of
@@ -65,6 +67,9 @@ class SignedRequest:
     signature: str | None
 
 
+SHOWN_LAUNCHES = 200  # GET /v1/hosts/{id}/launches: the latest this many
+
+
 class ServerService:
     """Enrollment, attestation and trust status over one store."""
 
@@ -81,6 +86,7 @@ class ServerService:
         self._store = store
         self._clock = clock
         self._enroller = Enroller(config=config, store=store, ca=ca, ek_roots=ek_roots, clock=clock)
+        self._policies = Policies(store)
         for warning in release.rule_warnings(config.releases):
             log.warning("[[release]] %s", warning)
 
@@ -197,7 +203,7 @@ class ServerService:
         for _ in range(_SAVE_ATTEMPTS):
             reasons: tuple[Reason, ...]
             epoch = epoch_of(host.state)
-            launches: Sequence[Record] = ()
+            launches: Sequence[AppraisedLaunch] = ()
             if refused is not None:
                 reasons, state = (refused,), None
             else:
@@ -209,10 +215,13 @@ class ServerService:
                     state=host.state,
                 )
                 reasons, state = appraisal.reasons, appraisal.state
-                if state is not None:  # the log continues the verified one: these are new
-                    launches = evidence.events
                 if any(r.check in HELD_CHECKS for r in reasons):
                     epoch = self._quoted_epoch(host, nonce, evidence) or epoch
+                if state is not None:  # the log continues the verified one: these are new
+                    launches = self._policies.appraise(evidence.events, host)
+                    untrusting = violations(launches)
+                    if untrusting:  # held like a log failure, in the epoch just verified
+                        reasons, epoch = reasons + untrusting, epoch_of(state)
             reasons, held = carry_hold(
                 reasons=reasons, state=state, epoch=epoch, hold=host.held, now=now
             )
@@ -275,6 +284,7 @@ class ServerService:
                 _evidence(req.attestation).events, req.launch_recnum, image
             )
             rule = release.check_policy(self._config.releases, image, current.group, launch)
+            policy_version = self._policies.check_release(launch, current)
             bind_key = verify_bind_key(
                 ak=_attestation_key(host.ak_public),
                 public=api.field_bytes(req.release_key.public, "release_key.public"),
@@ -299,6 +309,7 @@ class ServerService:
             container=launch.container_id,
             rule=rule.name,
             launch_profile=launch.launch_profile_digest,
+            policy_version=policy_version,
         )
         log.info("host %s: released %d layer keys of %s", host.host_id[:16], len(layers), image)
         return api.ReleaseResponse(image=image, sealed_keys=sealed)
@@ -330,6 +341,71 @@ class ServerService:
             raise NotFoundError(f"no enrolled host {host_id[:64]!r}")
         return self.status(host, operator=caller is None)
 
+    # launches and workloads (server/workloads.py, docs/policy.md §5)
+
+    def host_launches(self, caller: HostRecord | None, host_id: str) -> api.LaunchList:
+        """A host's latest launches with their compliance (a host: only its own)."""
+        if caller is not None and caller.host_id != host_id:
+            raise AuthError("a host may read only its own launches; use an operator certificate")
+        host = self._store.get_host(host_id)
+        if host is None:
+            raise NotFoundError(f"no enrolled host {host_id[:64]!r}")
+        rows = self._store.host_launches(host_id, SHOWN_LAUNCHES)
+        names = {host.host_id: host.hostname}
+        return api.LaunchList(launches=[workloads.launch_body(r, names) for r in rows])
+
+    def workloads(self, caller: HostRecord | None) -> api.WorkloadList:
+        _operator_only(caller, "workloads")
+        return workloads.workload_list(self._store, self._policies.in_force())
+
+    def workload(self, caller: HostRecord | None, name: str) -> api.WorkloadDetail:
+        _operator_only(caller, "workloads")
+        return workloads.workload_detail(self._store, self._policies.in_force(), name)
+
+    # Kubernetes (server/kubernetes.py, docs/kubernetes.md): operators' certificates only
+
+    def kubernetes_filter(self, caller: HostRecord | None, args: Any) -> dict[str, Any]:
+        _operator_only(caller, "the scheduler extender")
+        pod, names, by_names = kubernetes.extender_nodes(args)
+        placement = self._placement(pod, names)
+        return kubernetes.filter_result(placement, by_names, args.get("Nodes"))
+
+    def kubernetes_prioritize(self, caller: HostRecord | None, args: Any) -> list[dict[str, Any]]:
+        _operator_only(caller, "the scheduler extender")
+        pod, names, _ = kubernetes.extender_nodes(args)
+        return kubernetes.priorities(self._placement(pod, names), names)
+
+    def kubernetes_review(self, caller: HostRecord | None, review: Any) -> dict[str, Any]:
+        _operator_only(caller, "the admission webhook")
+        pod = kubernetes.review_pod_object(review)
+        refusal = ""
+        if pod is not None:
+            policy = self._policies.in_force()
+            manifest = None if policy is None else policy.manifest
+            refusal = kubernetes.review_pod(manifest, pod, self._node_hosts(None))
+        if refusal:
+            log.info("admission webhook refused pod: %s", refusal)
+        return kubernetes.admission_response(review, refusal)
+
+    def _placement(self, pod: kubernetes.Pod, names: Sequence[str]) -> kubernetes.Placement:
+        policy = self._policies.in_force()
+        manifest = None if policy is None else policy.manifest
+        return kubernetes.place(manifest, pod, self._node_hosts(names))
+
+    def _node_hosts(self, names: Sequence[str] | None) -> list[kubernetes.NodeHost]:
+        """The enrolled, admitted hosts by node name (``names`` None: every such host)."""
+        now = self._now()
+        hosts = []
+        for host in self._store.list_hosts():
+            if not host.admitted or host.admission is None:
+                continue
+            status = status_of(host, now, operator=True)
+            node = host.admission.attributes.get(kubernetes.NODE_ATTRIBUTE) or host.hostname
+            why = "; ".join(f"{r.check}: {r.message}" for r in status.reasons)
+            hosts.append((node, status.trusted, place_of(host), why))
+        wanted = [h[0] for h in hosts] if names is None else names
+        return kubernetes.node_hosts(wanted, hosts)
+
     # the audit log (server/auditlog.py)
 
     def audit_checkpoint(self) -> api.AuditCheckpoint:
@@ -355,6 +431,57 @@ class ServerService:
     def list_hosts(self, caller: HostRecord | None) -> api.HostList:
         hosts = [caller] if caller is not None else self._store.list_hosts()
         return api.HostList(hosts=[self.status(h, operator=caller is None) for h in hosts])
+
+    def audit_report(
+        self,
+        caller: HostRecord | None,
+        *,
+        since: str | None,
+        until: str | None,
+        workload: str | None,
+        form: str,
+    ) -> tuple[bytes, str]:
+        """For operators: the compliance report of [since, until) in ``form`` (html, json,
+        csv) and its media type, computed as ``trusthook report --config`` does, from the
+        period's entries exported and verified now with the log's key (docs/reports.md)."""
+        # Only this route needs the report code: not loaded with the server.
+        from trusthook.audit.note import VerifierKey  # noqa: PLC0415
+        from trusthook.audit.report import (  # noqa: PLC0415
+            MEDIA_TYPES,
+            Parameters,
+            Source,
+            build_report,
+            period_time,
+            render,
+        )
+        from trusthook.audit.verify import verify_bundle  # noqa: PLC0415
+        from trusthook.errors import AuditVerificationError  # noqa: PLC0415
+
+        _operator_only(caller, "audit reports")
+        try:
+            start = None if since is None else period_time(since, "since")
+            end = None if until is None else period_time(until, "until")
+        except ValueError as e:
+            raise RequestError(str(e)) from None
+        if start is not None and end is not None and end <= start:
+            raise RequestError(f"until: got {end}, expected a time after since {start}")
+        bundle = self._store.audit_export(
+            since=None if start is None else datetime.fromisoformat(start).timestamp(),
+            until=None if end is None else datetime.fromisoformat(end).timestamp(),
+            from_size=None,
+            now=self._now(),
+        )
+        try:
+            verified = verify_bundle(bundle, key=VerifierKey.parse(self._store.audit_key()))
+        except AuditVerificationError as e:
+            log.error("audit report: the log in the database does not verify: %s", e)
+            raise ConflictError(f"the audit log in the database does not verify: {e}") from e
+        parameters = Parameters(
+            since=start, until=end, workload=workload, validity=self._config.validity
+        )
+        source = Source(bundle="bundle.json", export_config="/etc/trusthook/server.toml")
+        report = build_report(verified, parameters=parameters, source=source)
+        return render(report, form), MEDIA_TYPES[form]
 
 
 def _operator_only(caller: HostRecord | None, what: str) -> None:

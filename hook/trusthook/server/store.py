@@ -39,12 +39,20 @@ from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
 from trusthook.attest.verdict import Reason
 from trusthook.audit import AuditEntry, Bundle, NoteSigner
-from trusthook.common.eventlog import Record
-from trusthook.errors import ConfigError, StorageError
+from trusthook.errors import ConfigError, ConflictError, StorageError
+from trusthook.policy.lineage import Origin
 from trusthook.server import auditlog
 from trusthook.server.admission import Admission, AdmissionState
 from trusthook.server.metrics import HostCount
-from trusthook.server.records import AuditEvent, HostRecord, OperatorCert, PendingEnrollment
+from trusthook.server.records import (
+    AppraisedLaunch,
+    AuditEvent,
+    HostRecord,
+    LaunchRow,
+    OperatorCert,
+    PendingEnrollment,
+    PolicyVersion,
+)
 from trusthook.server.schema import (
     HOSTS,
     admission_of,
@@ -56,11 +64,18 @@ from trusthook.server.schema import (
     host_of,
     host_values,
     hosts,
+    launch_row,
+    launch_row_of,
+    lineages,
     metadata,
     nonces,
     operator_certs,
+    origin_of,
+    origin_row,
+    policy_versions,
     reasons_json,
 )
+from trusthook.server.schema import launches as launches_table
 
 log = logging.getLogger(__name__)
 
@@ -423,46 +438,161 @@ class Store:
         return None
 
     def save_verdict(
-        self, old: HostRecord, new: HostRecord, launches: Sequence[Record] = ()
+        self, old: HostRecord, new: HostRecord, launches: Sequence[AppraisedLaunch] = ()
     ) -> bool:
         """Store ``new`` (``old.with_verdict(...)``) if the host is still at ``old.version``,
         with the audit entries of its verdict and of the ``launches`` the appraisal verified;
         False if another attestation, an enrollment or an operator came first."""
         state = new.state
-        with self._tx() as conn:
-            moved = conn.execute(
-                update(hosts)
-                .where(hosts.c.host_id == old.host_id, hosts.c.version == old.version)
-                .values(
-                    trusted=new.trusted,
-                    reasons=reasons_json(new.reasons),
-                    since=new.since,
-                    valid_until=new.valid_until,
-                    last_attestation=new.last_attestation,
-                    held=None if new.held is None else json.dumps(new.held.to_json()),
-                    version=new.version,
-                    reset_count=state.reset_count,
-                    restart_count=state.restart_count,
-                    boot_id=state.boot_id,
-                    tpm_clock=state.clock,
-                    verified_recnum=state.verified_recnum,
-                    verified_pcr=state.verified_pcr,
+        try:
+            with self._tx() as conn:
+                moved = conn.execute(
+                    update(hosts)
+                    .where(hosts.c.host_id == old.host_id, hosts.c.version == old.version)
+                    .values(
+                        trusted=new.trusted,
+                        reasons=reasons_json(new.reasons),
+                        since=new.since,
+                        valid_until=new.valid_until,
+                        last_attestation=new.last_attestation,
+                        held=None if new.held is None else json.dumps(new.held.to_json()),
+                        version=new.version,
+                        reset_count=state.reset_count,
+                        restart_count=state.restart_count,
+                        boot_id=state.boot_id,
+                        tpm_clock=state.clock,
+                        verified_recnum=state.verified_recnum,
+                        verified_pcr=state.verified_pcr,
+                    )
                 )
-            )
-            if moved.rowcount != 1:
-                return False
-            detail = {"reasons": [r.to_json() for r in new.reasons]}
-            event_name = "attested" if new.trusted else "refused"
-            events = [auditlog.Event(event_name, old.host_id, detail)]
-            events.extend(
-                auditlog.Event(
-                    "launched", old.host_id, auditlog.launch_detail(r, trusted=new.trusted)
+                if moved.rowcount != 1:
+                    return False
+                detail = {"reasons": [r.to_json() for r in new.reasons]}
+                event_name = "attested" if new.trusted else "refused"
+                events = [auditlog.Event(event_name, old.host_id, detail)]
+                events.extend(
+                    auditlog.Event(
+                        "launched", old.host_id, auditlog.launch_detail(r, trusted=new.trusted)
+                    )
+                    for r in launches
                 )
-                for r in launches
-            )
-            at = new.last_attestation or 0.0
-            auditlog.append(conn, events, now=at, signer=self._log_signer)
+                at = new.last_attestation or 0.0
+                auditlog.append(conn, events, now=at, signer=self._log_signer)
+                if launches:
+                    conn.execute(
+                        insert(launches_table), [launch_row(old.host_id, x, at) for x in launches]
+                    )
+                origins = [r for x in launches if (r := origin_row(x, old.host_id, at))]
+                if origins:
+                    conn.execute(insert(lineages), origins)
+        except IntegrityError:  # another host created one of these identities first
+            return False  # the caller appraises again and finds its origin
         return True
+
+    # launches
+
+    def host_launches(self, host_id: str, limit: int) -> list[LaunchRow]:
+        """The latest ``limit`` launches of ``host_id``, newest first."""
+        query = (
+            select(launches_table)
+            .where(launches_table.c.host_id == host_id)
+            .order_by(launches_table.c.id.desc())
+            .limit(limit)
+        )
+        with self._tx() as conn:
+            return [launch_row_of(r) for r in conn.execute(query).all()]
+
+    def seen_launches(self, host_id: str, boot_id: str, first: int) -> set[int]:
+        """The record numbers from ``first`` on of ``host_id``'s boot ``boot_id`` already
+        appraised (a cleared host's log is replayed from its first record)."""
+        query = select(launches_table.c.recnum).where(
+            launches_table.c.host_id == host_id,
+            launches_table.c.boot_id == boot_id,
+            launches_table.c.recnum >= first,
+        )
+        with self._tx() as conn:
+            return {int(r.recnum) for r in conn.execute(query)}
+
+    def lineage(self, identity: str) -> Origin | None:
+        """How ``identity`` was created (None: it has no compliant launch yet)."""
+        with self._tx() as conn:
+            row = conn.execute(select(lineages).where(lineages.c.identity == identity)).first()
+        return None if row is None else origin_of(row)
+
+    def lineages_of(self, workload: str) -> list[Origin]:
+        query = select(lineages).where(lineages.c.workload == workload).order_by(lineages.c.at)
+        with self._tx() as conn:
+            return [origin_of(r) for r in conn.execute(query)]
+
+    def workload_launches(self, workload: str | None = None) -> list[LaunchRow]:
+        """Every launch of ``workload`` (None: of every workload), oldest first."""
+        query = select(launches_table).where(launches_table.c.workload.is_not(None))
+        if workload is not None:
+            query = query.where(launches_table.c.workload == workload)
+        with self._tx() as conn:
+            return [launch_row_of(r) for r in conn.execute(query.order_by(launches_table.c.id))]
+
+    # the policy manifest
+
+    def policy_head(self) -> tuple[int, str] | None:
+        """The version number and digest of the policy in force (None: none applied)."""
+        with self._tx() as conn:
+            row = conn.execute(
+                select(policy_versions.c.version, policy_versions.c.digest)
+                .order_by(policy_versions.c.version.desc())
+                .limit(1)
+            ).first()
+        return None if row is None else (int(row.version), str(row.digest))
+
+    def apply_policy(self, *, source: str, digest: str, by: str, reason: str, now: float) -> int:
+        """Store ``source`` as the next version of the policy manifest, audited; its number.
+        ConflictError if the version in force already means the same (``digest``)."""
+        for _ in range(2):
+            try:
+                with self._tx() as conn:
+                    current = conn.execute(
+                        select(policy_versions.c.version, policy_versions.c.digest)
+                        .order_by(policy_versions.c.version.desc())
+                        .limit(1)
+                    ).first()
+                    if current is not None and current.digest == digest:
+                        raise ConflictError(
+                            f"the policy in force, version {current.version}, is already"
+                            f" {digest}: nothing to apply"
+                        )
+                    version = 1 if current is None else current.version + 1
+                    conn.execute(
+                        insert(policy_versions).values(
+                            version=version,
+                            digest=digest,
+                            source=source,
+                            applied_at=now,
+                            applied_by=by,
+                            reason=reason,
+                        )
+                    )
+                    detail = {"version": version, "digest": digest, "by": by, "reason": reason}
+                    self._audit(conn, "", "policy_applied", detail, now)
+                    return int(version)
+            except IntegrityError:
+                continue  # another operator applied a version at the same moment: read again
+        raise ConflictError("another policy version was applied at the same time; retry")
+
+    def policy_version(self, version: int | None = None) -> PolicyVersion | None:
+        """Version ``version`` of the policy manifest, or the one in force (None: none yet)."""
+        query = select(policy_versions)
+        if version is None:
+            query = query.order_by(policy_versions.c.version.desc()).limit(1)
+        else:
+            query = query.where(policy_versions.c.version == version)
+        with self._tx() as conn:
+            row = conn.execute(query).first()
+        return None if row is None else PolicyVersion(**row._mapping)
+
+    def policy_history(self) -> list[PolicyVersion]:
+        with self._tx() as conn:
+            rows = conn.execute(select(policy_versions).order_by(policy_versions.c.version)).all()
+        return [PolicyVersion(**r._mapping) for r in rows]
 
     # audit
 
@@ -554,7 +684,7 @@ class Store:
         query = (
             select(*columns, func.count().label("n"))
             .select_from(hosts.outerjoin(admissions, admissions.c.ek_sha256 == hosts.c.host_id))
-            .group_by(*columns)  # by label: the bound ``now`` is written once
+            .group_by("grp", "adm", "tru", "exp", "att")  # by name: ``now`` is bound once
         )
         with self._tx() as conn:
             rows = conn.execute(query).all()

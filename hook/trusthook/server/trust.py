@@ -1,7 +1,8 @@
 """What a verdict carries over, and what of it a host may see.
 
 A **hold**: a failed ``event_log`` or ``clock`` check means the host's log or TPM cannot be
-believed for the rest of that TPM epoch, so it holds the host untrusted until an appraisal
+believed for the rest of that TPM epoch, and a ``workload`` violation the policy says untrusts
+(docs/policy.md §5) may still be running, so each holds the host untrusted until an appraisal
 accepts evidence from a later epoch (the TPM was reset or restarted: a reboot) or an operator
 clears the host (``trusthook server hosts clear``). A passing attestation in the same epoch
 does not lift it, and neither does re-enrollment.
@@ -22,7 +23,7 @@ from trusthook.attest.appraise import HostState
 from trusthook.attest.verdict import Reason
 from trusthook.common.clock import iso_from_timestamp
 
-HELD_CHECKS = frozenset({"event_log", "clock"})
+HELD_CHECKS = frozenset({"event_log", "clock", "workload"})
 # Checks whose ``expected`` is the operator's golden data, not the host's own values.
 _OPERATOR_VALUES = frozenset({"golden_pcr"})
 

@@ -1,0 +1,2 @@
+"""The workload policy manifest (docs/policy.md): its format, placement selectors and the
+appraisal of launches against it. Pure."""
