@@ -37,6 +37,7 @@ DICTIONARY = {
     "config_toml": "toml.dict",
     "server_config_toml": "toml.dict",
     "image_policy_toml": "toml.dict",
+    "policy_manifest": "toml.dict",
     "tar_stream": "tar.dict",
     "unpack_layer": "tar.dict",
     "tpms_attest": None,

@@ -267,6 +267,44 @@ def _toml(seeds: Seeds) -> None:
     )
     seeds["server_config_toml"] = [server, server + release]
     seeds["image_policy_toml"] = [(shipped / "image-policy.toml").read_bytes()]
+    seeds["policy_manifest"] = [
+        (shipped / "trusthook-policy.toml").read_bytes(),
+        b'format = 1\n[[workload]]\nname = "w"\nmatch = ["shop/*", "x"]\n'
+        b'rootfs = ["sha256:' + b"0" * 64 + b'"]\nplacement = ["!quarantine", "rack",'
+        b' "site not in [a, \\"b c\\"]"]\nrestore = true\n',
+    ]
+
+
+def _kubernetes(seeds: Seeds) -> None:
+    """The scheduler extender's and the admission webhook's bodies (docs/kubernetes.md)."""
+    image = "sha256:" + "ab" * 32
+    pod = {
+        "metadata": {
+            "namespace": "shop",
+            "name": "pay-1",
+            "annotations": {"org.trusthook.workload": "shop/pay"},
+        },
+        "spec": {
+            "initContainers": [{"name": "init", "image": f"r.example/init@{image}"}],
+            "containers": [{"name": "pay", "image": "r.example/pay:3"}],
+        },
+    }
+    nodes = {"items": [{"metadata": {"name": "a"}}, {"metadata": {"name": "b"}}]}
+    review = {
+        "apiVersion": "admission.k8s.io/v1",
+        "kind": "AdmissionReview",
+        "request": {
+            "uid": "705ab4f5-6393-11e8-b7cc-42010a800002",
+            "kind": {"group": "", "version": "v1", "kind": "Pod"},
+            "operation": "CREATE",
+            "object": pod,
+        },
+    }
+    seeds["kubernetes_body"] = [
+        b"\0" + _dumps({"Pod": pod, "Nodes": nodes, "NodeNames": None}),
+        b"\0" + _dumps({"Pod": pod, "NodeNames": ["a", "b", "c"]}),
+        b"\1" + _dumps(review),
+    ]
 
 
 def _certificate_and_csr() -> tuple[bytes, str]:
@@ -529,6 +567,7 @@ def main() -> int:
         _oci(seeds, work)
         _toml(seeds)
         _requests(seeds)
+        _kubernetes(seeds)
         _audit(seeds)
     missing = sorted(set(TARGETS) - set(seeds))
     if missing:

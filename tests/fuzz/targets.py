@@ -51,7 +51,13 @@ from trusthook.audit.note import NoteSigner, VerifierKey, open_note, parse_note
 from trusthook.audit.verify import verify_bundle
 from trusthook.common import b64, messages
 from trusthook.common.config import parse_config, parse_toml
-from trusthook.common.eventlog import check_records, parse_line, verify_against_pcr
+from trusthook.common.eventlog import (
+    Identity,
+    LaunchEvent,
+    check_records,
+    parse_line,
+    verify_against_pcr,
+)
 from trusthook.common.jsonobject import parse_object
 from trusthook.common.jsonread import Message
 from trusthook.common.oci import image_of, parse_state, rootfs_path
@@ -66,7 +72,11 @@ from trusthook.image.stream import decompressing
 from trusthook.image.tarreader import Kind, TarReader, TarSource
 from trusthook.image.unpack import ExtractPolicy, apply_layer, split_name
 from trusthook.measure.profile import config_digest, launch_profile_digest
-from trusthook.server import api, release
+from trusthook.policy.appraise import HostPlace, appraise_launch
+from trusthook.policy.manifest import Manifest as PolicyManifest
+from trusthook.policy.manifest import changes, parse_manifest
+from trusthook.policy.selector import parse_selector
+from trusthook.server import api, kubernetes, release
 from trusthook.server.config import parse_server_config
 from trusthook.server.enrollment import _check_csr
 from trusthook.server.service import _evidence
@@ -364,6 +374,34 @@ def image_policy_toml(data: bytes) -> None:
     )
 
 
+def policy_manifest(data: bytes) -> None:
+    """The workload policy manifest, then what the server does with one: its digest, what
+    changed from itself, and a launch appraised against it."""
+    manifest = parse_manifest(data, "policy.toml")
+    assert manifest.digest == parse_manifest(data, "again").digest
+    assert changes(manifest, manifest) == []
+    place = HostPlace(group="lab", attributes={"region": "eu-1"})
+    for workload in manifest.workloads[:3]:
+        for selector in workload.placement:
+            assert parse_selector(selector.text) == selector
+        event = LaunchEvent(
+            container_id="c",
+            bundle="/b",
+            image_reference=None,
+            image_digest=next(iter(workload.images), None),
+            rootfs_digest=next(iter(workload.rootfs), IMAGE),
+            rootfs_entries=1,
+            config_digest=IMAGE,
+            launch_profile_digest=IMAGE,
+            stage="createRuntime",
+            time="2026-12-02T00:00:00.000000Z",
+            boot_id="b",
+            identity=Identity(workload=workload.match[0]),
+            encrypted=False,
+        )
+        appraise_launch(manifest, event, place)
+
+
 # requests and answers
 
 
@@ -511,6 +549,42 @@ def signed_note(data: bytes) -> None:
     )
 
 
+def kubernetes_body(data: bytes) -> None:
+    """What the server's Kubernetes routes read (first byte: extender args or an admission
+    review), then decide against a small policy with hosts in two places."""
+    choice, rest = _select(data, 2)
+    body = _json(rest)
+    nodes = [
+        ("a", True, HostPlace(group="lab", attributes={"region": "eu-1"}), ""),
+        ("b", False, HostPlace(group="lab", attributes={}), "event_log: x"),
+    ]
+    policy = fuzz_policy()
+    if choice == 0:
+        pod, names, by_names = kubernetes.extender_nodes(body)
+        placement = kubernetes.place(policy, pod, kubernetes.node_hosts(names, nodes))
+        assert isinstance(body, dict)
+        kubernetes.filter_result(placement, by_names, body.get("Nodes"))
+        kubernetes.priorities(placement, names)
+        return
+    reviewed = kubernetes.review_pod_object(body)
+    refusal = ""
+    if reviewed is not None:
+        refusal = kubernetes.review_pod(policy, reviewed, kubernetes.node_hosts(["a", "b"], nodes))
+    kubernetes.admission_response(body, refusal)
+
+
+@functools.cache
+def fuzz_policy() -> PolicyManifest:
+    return parse_manifest(
+        (
+            'format = 1\n[defaults]\nunknown_launch = "untrust"\n'
+            f'[[workload]]\nname = "shop/pay"\nmatch = ["shop/*"]\nimages = ["{IMAGE}"]\n'
+            'placement = ["region in [eu-1, eu-2]"]\n'
+        ).encode(),
+        "fuzz",
+    )
+
+
 def _pure(run: Run) -> Callable[[Path], Run]:
     return lambda _scratch: run
 
@@ -641,6 +715,18 @@ TARGETS: Mapping[str, Target] = MappingProxyType(
                 name="audit_bundle",
                 covers="audit.bundle.Bundle.from_bytes, audit.verify.verify_bundle",
                 make=_pure(audit_bundle),
+            ),
+            Target(
+                name="policy_manifest",
+                covers="policy.manifest.parse_manifest (policy.locate, policy.selector), its"
+                " digest and changes, policy.appraise.appraise_launch",
+                make=_pure(policy_manifest),
+            ),
+            Target(
+                name="kubernetes_body",
+                covers="server.kubernetes: extender_nodes, place, filter_result, priorities,"
+                " review_pod_object, review_pod, admission_response",
+                make=_pure(kubernetes_body),
             ),
             Target(
                 name="signed_note",

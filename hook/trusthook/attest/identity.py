@@ -70,9 +70,18 @@ def load_ca_bundle(pem: bytes, source: str) -> tuple[x509.Certificate, ...]:
     """The certificates of a PEM bundle; ConfigError if it holds none or one is malformed."""
     try:
         certificates = x509.load_pem_x509_certificates(pem)
-    except ValueError as e:
+        for certificate in certificates:
+            _names(certificate)
+    except (ValueError, x509.InvalidVersion) as e:
         raise ConfigError(f"EK CA bundle {source} has no readable PEM certificates: {e}") from e
     return tuple(certificates)
+
+
+def _names(certificate: x509.Certificate) -> None:
+    """Read the issuer and subject now: cryptography parses names only when asked, so a
+    malformed one would raise a bare ValueError wherever a check first looks (found by the
+    http_body fuzz target)."""
+    _ = certificate.issuer, certificate.subject
 
 
 def fingerprint(certificate: x509.Certificate) -> str:
@@ -106,7 +115,8 @@ def verify_ek_certificate(
     in ``anchors``. EnrollmentError otherwise."""
     try:
         certificate = x509.load_der_x509_certificate(der)
-    except ValueError as e:
+        _names(certificate)
+    except (ValueError, x509.InvalidVersion) as e:  # InvalidVersion: no ValueError
         raise EnrollmentError(f"EK certificate is not a DER X.509 certificate: {e}") from e
     _check_validity(certificate, "EK certificate", now)
     subject, what = certificate, "EK certificate"

@@ -319,7 +319,7 @@ def _read_ek_certificate(config: ServerConfig, path: Path) -> x509.Certificate:
             if b"-----BEGIN" in data
             else x509.load_der_x509_certificate(data)
         )
-    except ValueError as e:
+    except (ValueError, x509.InvalidVersion) as e:
         raise UsageError(f"--ek-cert: {path} is not a PEM or DER certificate ({e})") from e
     der = certificate.public_bytes(serialization.Encoding.DER)
     bundle = server_run.load_ek_bundle(config)

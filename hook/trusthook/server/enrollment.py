@@ -353,7 +353,8 @@ def _enrolled(
 def _check_csr(pem: str) -> None:
     try:
         csr = x509.load_pem_x509_csr(pem.encode())
-    except ValueError as e:
+        _ = csr.subject  # parsed only when asked: a malformed name raises here
+    except (ValueError, x509.InvalidVersion) as e:  # InvalidVersion is no ValueError
         raise RequestError(f"csr is not a PEM certificate signing request ({e})") from None
     try:
         valid = csr.is_signature_valid  # reads the key: a malformed or unknown one raises
