@@ -3,8 +3,8 @@
 A real swtpm, the agent, a busybox bundle, ``runc run`` through ``trusthook-runtime``; then the
 event log record and ``log verify``; then an attestation server on SQLite over mutual TLS on
 loopback, enrollment, a quote with the log, the verdict; then an encrypted image whose key only
-the server holds, released sealed to the TPM and decrypted into a tmpfs root at container start.
-Everything lives in one work
+the server holds, released sealed to the TPM and decrypted into a tmpfs root at container start;
+then a policy manifest applied, and a launch appraised against it. Everything lives in one work
 directory; the processes it starts are stopped by PID when it ends.
 """
 
@@ -169,6 +169,49 @@ def _encrypted_image(
     (bundle / "config.json").write_text(json.dumps(bundle_config))
     env = {**os.environ, "TRUSTHOOK_CONFIG": str(config_path)}
     shim = Path(sys.executable).parent / "trusthook-runtime"
-    return subprocess.run(
+    code = subprocess.run(
         [str(shim), "run", "--bundle", str(bundle), "demo-encrypted"], env=env, check=False
     ).returncode
+    if code != 0:
+        return code
+    return _policy(workdir, cli, config_path, server_config, image)
+
+
+def _policy(
+    workdir: Path, cli: list[str], config_path: Path, server_config: Path, image: str
+) -> int:
+    """A policy manifest: which workloads may run, from what; every launch appraised."""
+    _step("a policy manifest (docs/policy.md): the encrypted app, and the busybox 'hello'")
+    measured = subprocess.run(
+        [*cli, "measure", str(workdir / "bundle" / "rootfs"), "--json"],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
+    busybox = json.loads(measured)["rootfs_digest"]
+    manifest = workdir / "policy.toml"
+    manifest.write_text(
+        'format = 1\n[defaults]\nunknown_launch = "audit"\nviolation = "untrust"\n'
+        f'[[workload]]\nname = "demo/app"\nimages = ["{image}"]\nencryption = "required"\n'
+        'groups = ["lab"]\n'
+        f'[[workload]]\nname = "demo/hello"\nrootfs = ["{busybox}"]\ngroups = ["lab"]\n'
+    )
+    print(manifest.read_text(), end="")
+    policy = [*cli, "server", "policy"]
+    subprocess.run([*policy, "check", str(manifest)], check=True)
+    subprocess.run([*policy, "apply", str(manifest), "--config", str(server_config)], check=True)
+    _step("runc run of 'hello', annotated org.trusthook.workload=demo/hello; trusthook attest")
+    bundle = workdir / "bundle"
+    bundle_config = json.loads((bundle / "config.json").read_text())
+    bundle_config["annotations"] = {"org.trusthook.workload": "demo/hello"}
+    (bundle / "config.json").write_text(json.dumps(bundle_config))
+    env = {**os.environ, "TRUSTHOOK_CONFIG": str(config_path)}
+    shim = Path(sys.executable).parent / "trusthook-runtime"
+    subprocess.run([str(shim), "run", "--bundle", str(bundle), "demo-2"], env=env, check=True)
+    code = subprocess.run([*cli, "attest"], check=False).returncode
+    _step("trusthook server workloads show demo/hello: where it ran, compliant or not")
+    subprocess.run(
+        [*cli, "server", "workloads", "show", "demo/hello", "--config", str(server_config)],
+        check=True,
+    )
+    return code

@@ -47,7 +47,8 @@ def show(args: argparse.Namespace, _config: Config) -> int:
         print(json.dumps(answer.model_dump(), indent=2))
         return 0
     s = answer.summary
-    print(f"workload {s.name}: {s.instances} instances, {s.non_compliant} not compliant")
+    plural = "" if s.instances == 1 else "s"
+    print(f"workload {s.name}: {s.instances} instance{plural}, {s.non_compliant} not compliant")
     for lineage in answer.lineages:
         moves = ", ".join(f"{n} {kind}" for kind, n in sorted(lineage.moves.items())) or "none"
         print(
