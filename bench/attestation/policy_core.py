@@ -14,14 +14,12 @@ from __future__ import annotations
 import argparse
 import os
 import tempfile
-import time
+from collections.abc import Callable
 from pathlib import Path
 
-from bench.attestation.verify_core import GOLDEN, Case, record
+from bench.attestation.verify_core import Case, bench_core, record
 from trusthook._devenv.swtpm import Swtpm
 from trusthook.agent.tpm import Tpm
-from trusthook.attest.appraise import Expectations, appraise
-from trusthook.attest.identity import check_ak_public
 from trusthook.policy.appraise import HostPlace, appraise_launch
 from trusthook.policy.manifest import Manifest, parse_manifest
 
@@ -45,23 +43,13 @@ def manifest(workloads: int, rootfs: list[str]) -> Manifest:
     return parse_manifest("".join(parts).encode(), "bench")
 
 
-def bench(ak_public: bytes, cases: list[Case], rounds: int, policy: Manifest | None) -> float:
-    """Appraisals (quote, log and, with ``policy``, every new launch) per second of CPU."""
-    expect = Expectations(container_pcr=23, golden=GOLDEN)
-    start = time.process_time()
-    done = 0
-    for _ in range(rounds):
-        key = check_ak_public(ak_public)
-        for case in cases:
-            result = appraise(
-                key=key, nonce=case.nonce, evidence=case.evidence, expect=expect, state=case.state
-            )
-            assert result.trusted, result.reasons
-            if policy is not None:
-                for r in case.evidence.events:
-                    appraise_launch(policy, r.event, PLACE)
-            done += 1
-    return done / (time.process_time() - start)
+def launches(policy: Manifest) -> Callable[[Case], object]:
+    """Each new launch of a case appraised against ``policy``, as the server does."""
+
+    def appraise_all(case: Case) -> object:
+        return [appraise_launch(policy, r.event, PLACE) for r in case.evidence.events]
+
+    return appraise_all
 
 
 def main() -> int:
@@ -81,9 +69,9 @@ def main() -> int:
     empty, full = manifest(0, rootfs), manifest(WORKLOADS, rootfs)
     sample = cases[0].evidence.events[0].event
     assert appraise_launch(full, sample, PLACE).compliant  # the launches are its workloads'
-    core = bench(ak_public, cases, args.rounds, None)
-    with_empty = bench(ak_public, cases, args.rounds, empty)
-    with_full = bench(ak_public, cases, args.rounds, full)
+    core = bench_core(ak_public, cases, args.rounds)
+    with_empty = bench_core(ak_public, cases, args.rounds, launches(empty))
+    with_full = bench_core(ak_public, cases, args.rounds, launches(full))
     loss = 1 - with_full / with_empty
     print(f"evidence: {args.quotes} quotes from swtpm, {args.events} new launch records each")
     print(f"core alone                       {core:8.0f} appraisals/s per core")
