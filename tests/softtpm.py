@@ -15,11 +15,13 @@ from cryptography.hazmat.primitives.asymmetric.utils import Prehashed, decode_ds
 from tpm2_pytss.constants import TPM2_GENERATED, TPM2_ST
 from tpm2_pytss.types import (
     TPM2B_DATA,
+    TPM2B_MAX_NV_BUFFER,
     TPM2B_NAME,
     TPM2B_PUBLIC,
     TPMS_ATTEST,
     TPMS_CERTIFY_INFO,
     TPMS_CLOCK_INFO,
+    TPMS_NV_CERTIFY_INFO,
     TPMU_ATTEST,
 )
 
@@ -75,14 +77,28 @@ class SoftTpm:
         """A TPM2_Certify of the key in ``public`` by the AK: the TPMS_ATTEST and the marshaled
         RSASSA TPMT_SIGNATURE."""
         name = TPM2B_NAME(name_of(public))
+        certified = TPMU_ATTEST(certify=TPMS_CERTIFY_INFO(name=name, qualifiedName=name))
+        return self._signed(TPM2_ST.ATTEST_CERTIFY, qualifying, certified)
+
+    def nv_certify(
+        self, name: bytes, contents: bytes, qualifying: bytes, *, offset: int = 0
+    ) -> tuple[bytes, bytes]:
+        """A TPM2_NV_Certify by the AK of an index named ``name`` holding ``contents`` at
+        ``offset``: the TPMS_ATTEST and the marshaled RSASSA TPMT_SIGNATURE."""
+        info = TPMS_NV_CERTIFY_INFO(
+            indexName=TPM2B_NAME(name), offset=offset, nvContents=TPM2B_MAX_NV_BUFFER(contents)
+        )
+        return self._signed(TPM2_ST.ATTEST_NV, qualifying, TPMU_ATTEST(nv=info))
+
+    def _signed(self, kind: int, qualifying: bytes, attested: TPMU_ATTEST) -> tuple[bytes, bytes]:
         attest = TPMS_ATTEST(
             magic=TPM2_GENERATED.VALUE,
-            type=TPM2_ST.ATTEST_CERTIFY,
+            type=kind,
             qualifiedSigner=TPM2B_NAME(b"\x00\x0b" + bytes(32)),
             extraData=TPM2B_DATA(qualifying),
             clockInfo=TPMS_CLOCK_INFO(clock=1, resetCount=1, restartCount=0, safe=1),
             firmwareVersion=0,
-            attested=TPMU_ATTEST(certify=TPMS_CERTIFY_INFO(name=name, qualifiedName=name)),
+            attested=attested,
         )
         data = bytes(attest.marshal())
         sig = self.ak.sign(data, padding.PKCS1v15(), hashes.SHA256())

@@ -40,8 +40,10 @@ from tpm2_pytss import (
     TPM2B_DIGEST,
     TPM2B_ENCRYPTED_SECRET,
     TPM2B_ID_OBJECT,
+    TPM2B_NV_PUBLIC,
     TPM2B_PUBLIC,
     TPM2B_SENSITIVE_CREATE,
+    TPMA_NV,
     TPMA_OBJECT,
     TPML_DIGEST_VALUES,
     TPML_PCR_SELECTION,
@@ -56,6 +58,7 @@ from tpm2_pytss import (
 )
 from tpm2_pytss.utils import NoSuchIndex, NVReadEK, create_ek_template
 
+from trusthook.attest.attributes import NV_INDEX, TAG_SIZE, nv_public
 from trusthook.attest.bindkey import RELEASE_KEY_POLICY
 from trusthook.errors import TPMError
 
@@ -503,6 +506,107 @@ class Tpm:
         finally:
             with contextlib.suppress(TSS2_Exception):
                 self._ectx.flush_context(session)
+
+    def read_attributes(self) -> bytes | None:
+        """The contents of the host attribute index (``attest.attributes``), or None if it is
+        not defined as trusthook defines it, or not written."""
+        return self._recovering(self._read_attributes)
+
+    def _read_attributes(self) -> bytes | None:
+        index = self._find_attribute_index()
+        if index is None:
+            return None
+        try:
+            if self._attribute_index_kind(index) != "written":
+                return None
+            return bytes(self._ectx.nv_read(index, TAG_SIZE, 0, auth_handle=ESYS_TR.OWNER))
+        except TSS2_Exception as e:
+            raise TPMError(f"TPM refused to read the host attribute index: {e}") from e
+        finally:
+            self._ectx.tr_close(index)
+
+    def write_attributes(self, tag: bytes) -> None:
+        """Write ``tag`` into the host attribute index with owner authorization, defining the
+        index first (or again, if one with other attributes holds its handle)."""
+        if len(tag) != TAG_SIZE:
+            raise TPMError(f"an attribute tag is {TAG_SIZE} bytes, got {len(tag)}")
+        self._recovering(lambda: self._write_attributes(tag))
+
+    def _write_attributes(self, tag: bytes) -> None:
+        index = self._find_attribute_index()
+        try:
+            if index is not None and self._attribute_index_kind(index) == "foreign":
+                self._ectx.nv_undefine_space(index, ESYS_TR.OWNER)  # also forgets the handle
+                index = None
+                log.warning(
+                    "undefined NV index %#010x: it was not defined as trusthook's", NV_INDEX
+                )
+            if index is None:
+                index = self._ectx.nv_define_space(
+                    b"", TPM2B_NV_PUBLIC(nvPublic=nv_public(written=False)), ESYS_TR.OWNER
+                )
+            self._ectx.nv_write(index, tag, 0, auth_handle=ESYS_TR.OWNER)
+        except TSS2_Exception as e:
+            raise TPMError(
+                f"TPM refused to write the host attribute index {NV_INDEX:#010x} with owner"
+                f" authorization: {e}"
+            ) from e
+        finally:
+            if index is not None:
+                self._ectx.tr_close(index)
+
+    def certify_attributes(self, nonce: bytes) -> tuple[bytes, bytes]:
+        """A TPM2_NV_Certify of the whole host attribute index by the AK with ``nonce`` as
+        qualifying data: the signed TPMS_ATTEST and the marshaled signature."""
+        if not 0 < len(nonce) <= MAX_NONCE:
+            raise TPMError(f"a certify nonce must be 1 to {MAX_NONCE} bytes, got {len(nonce)}")
+        return self._recovering(lambda: self._certify_attributes(nonce))
+
+    def _certify_attributes(self, nonce: bytes) -> tuple[bytes, bytes]:
+        ak, index = self._load_ak(), self._find_attribute_index()
+        if index is None:
+            raise TPMError(f"the host attribute index {NV_INDEX:#010x} is not defined")
+        try:
+            attested, signature = self._ectx.nv_certify(
+                ak,
+                index,
+                nonce,
+                TPMT_SIG_SCHEME(scheme=TPM2_ALG.NULL),
+                TAG_SIZE,
+                0,
+                auth_handle=ESYS_TR.OWNER,
+            )
+        except TSS2_Exception as e:
+            raise TPMError(f"TPM refused to certify the host attribute index: {e}") from e
+        finally:
+            self._ectx.tr_close(index)
+        return bytes(attested), signature.marshal()
+
+    def _find_attribute_index(self) -> ESYS_TR | None:
+        """The ESAPI handle (closed by the caller) of NV index ``NV_INDEX``; None if the TPM
+        has none defined there."""
+        try:  # asked first: ESAPI logs an error for an index that is not there
+            _, data = self._ectx.get_capability(TPM2_CAP.HANDLES, NV_INDEX, 1)
+            if NV_INDEX not in list(data.data.handles):
+                return None
+            return self._ectx.tr_from_tpmpublic(NV_INDEX)
+        except TSS2_Exception as e:
+            raise TPMError(f"cannot look up NV index {NV_INDEX:#010x}: {e}") from e
+
+    def _attribute_index_kind(self, index: ESYS_TR) -> str:
+        """``written`` or ``empty`` if ``index`` is defined as trusthook defines it (and has
+        been written, or not), ``foreign`` otherwise."""
+        public, _ = self._ectx.nv_read_public(index)
+        area, ours = public.nvPublic, nv_public(written=False)
+        written = int(area.attributes) & int(TPMA_NV.WRITTEN)
+        if (
+            int(area.nameAlg) != int(ours.nameAlg)
+            or int(area.dataSize) != TAG_SIZE
+            or int(area.attributes) & ~int(TPMA_NV.WRITTEN) != int(ours.attributes)
+            or len(bytes(area.authPolicy)) != 0
+        ):
+            return "foreign"
+        return "written" if written else "empty"
 
     def _create_primary(self, template: TPM2B_PUBLIC, auth: bytes = b"") -> tuple[ESYS_TR, bytes]:
         """A primary in the endorsement hierarchy; ESAPI keeps ``auth`` for its handle."""
