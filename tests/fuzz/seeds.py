@@ -337,6 +337,8 @@ def _requests(seeds: Seeds) -> None:
         pcrs=dict(quote.pcr_values),
         boot_id=quote.boot_id,
         events=quote.events,
+        attributes_attest=b"\xffTCG\x80\x14",  # the first bytes of a TPM2_NV_Certify
+        attributes_signature=quote.signature,
     )
     der, csr = _certificate_and_csr()
     enrollment = messages.EnrollmentRequest(
@@ -413,6 +415,7 @@ def _messages(records: Iterable[Record]) -> list[Message]:
             pcrs=(0, 7, 23),
             verified_boot_id=None,
             verified_recnum=-1,
+            attributes_tag=b"THA1" + bytes(64),
         ),
         verdict,
         messages.ReleaseResponse(image=IMAGE, sealed_keys={"iv": "AAAA"}),

@@ -79,7 +79,7 @@ from trusthook.policy.selector import parse_selector
 from trusthook.server import api, kubernetes, release
 from trusthook.server.config import parse_server_config
 from trusthook.server.enrollment import _check_csr
-from trusthook.server.service import _evidence
+from trusthook.server.service import evidence_of
 from trusthook.startpath.bundle import _encrypted_layout, add_hook
 
 Run = Callable[[bytes], None]
@@ -449,14 +449,14 @@ def http_body(data: bytes) -> None:
         )
     elif isinstance(body, api.AttestationRequest):
         _each(
-            lambda: _evidence(body),
+            lambda: evidence_of(body),
             lambda: api.field_bytes(body.nonce, "nonce"),
         )
     elif isinstance(body, api.ReleaseRequest):
         manifest = api.field_bytes(body.manifest, "manifest")
         _each(
             lambda: release.find_launch(
-                _evidence(body.attestation).events, body.launch_recnum, IMAGE
+                evidence_of(body.attestation).events, body.launch_recnum, IMAGE
             ),
             lambda: release.unwrap_layers(manifest, fuzz_keys()),
             lambda: api.field_bytes(body.release_key.public, "release_key.public"),
@@ -696,7 +696,7 @@ TARGETS: Mapping[str, Target] = MappingProxyType(
             ),
             Target(
                 name="http_body",
-                covers="server.api bodies (pydantic), server.service._evidence, field_bytes,"
+                covers="server.api bodies (pydantic), server.service.evidence_of, field_bytes,"
                 " EK certificate, AK, CSR, release manifest unwrap",
                 make=_pure(http_body),
             ),

@@ -121,8 +121,12 @@ class Forger:
 
     def evidence(self, challenge: Body, *, nonce: bytes | None = None) -> Body:
         issued = base64.b64decode(challenge["nonce"])
+        tag = base64.b64decode(challenge["attributes_tag"])
         with Tpm(self.host.config.tcti) as tpm:
             quote = tpm.quote(challenge["pcrs"], nonce or issued)
+            if tpm.read_attributes() != tag:  # as the agent writes it
+                tpm.write_attributes(tag)
+            attributes = tpm.certify_attributes(nonce or issued)
         after = challenge["verified_recnum"]
         return {
             "nonce": challenge["nonce"],
@@ -130,6 +134,7 @@ class Forger:
             "pcrs": {str(i): v.hex() for i, v in quote.pcr_values.items()},
             "boot_id": read_boot_id(),
             "events": [r.to_json() for r in self.records() if r.recnum > after],
+            "attributes": {"attest": b64(attributes[0]), "signature": b64(attributes[1])},
         }
 
     def send(self, alter: Callable[[Body], None] = lambda body: None) -> Body:

@@ -265,6 +265,25 @@ def test_frontier_appends_store_exactly_the_full_subtrees(size: int) -> None:
     assert rebuilt == frontier
 
 
+@given(st.lists(st.integers(0, 40), max_size=8), st.integers(0, 70))
+def test_extending_in_batches_equals_appending_one_by_one(batches: list[int], start: int) -> None:
+    """``extend`` of a batch (a server's append) against one leaf at a time, whose subtrees
+    the test above checks against MemoryTree."""
+    leaves = _leaves(start + sum(batches))
+    one_by_one, expected = Frontier(), list[tuple[Span, bytes]]()
+    for leaf in leaves:
+        one_by_one, completed = one_by_one.append(leaf)
+        expected.extend(completed)
+    extended, nodes = Frontier().extend(leaves[:start])
+    at = start
+    for count in batches:
+        extended, more = extended.extend(leaves[at : at + count])
+        nodes.extend(more)
+        at += count
+    assert extended == one_by_one
+    assert [(Span(p << lv, (p + 1) << lv), h) for lv, p, h in nodes] == expected
+
+
 def test_memory_tree_built_at_once_equals_appended() -> None:
     leaves = _leaves(77)
     appended = MemoryTree()

@@ -93,20 +93,26 @@ def test_altered_content_is_named() -> None:
     ("mutate", "message"),
     [
         (lambda d: d.pop("recnum"), "a record must be an object"),
-        (lambda d: d.update(recnum=-1), "recnum must be a non-negative integer"),
+        (lambda d: d.update(recnum=-1), "recnum must be an integer 0 to 9007199254740991"),
+        (lambda d: d.update(recnum=2**53), "recnum must be an integer 0 to 9007199254740991"),
         (lambda d: d.update(pcr=24), "pcr must be an integer 0..23"),
         (lambda d: d.update(content_type="ima"), "content_type 'ima'"),
         (lambda d: d["digests"][0].update(hashAlg="sha1"), "exactly one sha256 digest"),
         (lambda d: d["digests"][0].update(digest="zz"), "digest is not lowercase hexadecimal"),
         (lambda d: d["digests"][0].update(digest="00"), "digest has 1 bytes"),
         (lambda d: d["digests"][0].update(digest="AB" * 32), "not lowercase hexadecimal"),
-        (lambda d: d["content"].update(rootfs_entries=-1), "rootfs_entries is negative"),
+        (lambda d: d["content"].update(rootfs_entries=-1), "rootfs_entries is -1, expected 0"),
+        # found by the cel_log fuzzer: JCS would write it back rounded (2.7988888888888890e17)
+        (
+            lambda d: d["content"].update(rootfs_entries=279888888888888888),
+            "rootfs_entries is 279888888888888888, expected 0 to 9007199254740991",
+        ),
         (lambda d: d["content"].pop("boot_id"), "content has fields"),
         (
             lambda d: d["content"].update(rootfs_entries="3"),
             "content.rootfs_entries has the wrong type",
         ),
-        (lambda d: d["content"].update(version=3), "content version 3, expected 1 or 2"),
+        (lambda d: d["content"].update(version=4), "content version 4, expected 1, 2 or 3"),
         (lambda d: d["content"].update(version=True), "content version True"),
         (lambda d: d["content"].update(version=2), "content has fields"),  # v2 has two more
         (lambda d: d["content"].update(image={"reference": 1, "digest": None}), "content.image"),

@@ -1,4 +1,5 @@
-"""What the hook and the agent accept from a runtime: arguments and the OCI state."""
+"""What the agent accepts from a runtime through the hook: the OCI state and config.json (the
+compiled hook's own arguments: tests/native/test_hook_program.py)."""
 
 from __future__ import annotations
 
@@ -10,53 +11,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from trusthook.common.oci import MAX_CONFIG_BYTES, image_of, parse_state, read_config, rootfs_path
-from trusthook.errors import BundleError, StateError, TrusthookError, UsageError
-from trusthook.startpath.hook import HookArgs, request
-
-
-def test_hook_args() -> None:
-    args = HookArgs(["--socket", "/s", "--timeout=2.5", "--stage", "prestart", "--audit"])
-    assert (args.socket, args.timeout, args.stage, args.audit) == ("/s", 2.5, "prestart", True)
-    assert HookArgs([]).socket == "/run/trusthook/agent.sock"
-
-
-@pytest.mark.parametrize(
-    ("argv", "message"),
-    [
-        (["--nope"], "unknown argument '--nope'"),
-        (["--stage", "poststop"], "--stage must be one of"),
-        (["--timeout", "-1"], "--timeout must be a number of seconds > 0"),
-        (["--timeout", "nan"], "--timeout must be a number of seconds > 0"),
-        (["--audit=yes"], "unknown argument"),
-        (["--timeout", "inf"], "--timeout must be a number of seconds > 0"),
-    ],
-)
-def test_bad_hook_args(argv: list[str], message: str) -> None:
-    with pytest.raises(UsageError, match=message):
-        HookArgs(argv)
-
-
-def test_request_header_is_json_and_body_is_verbatim() -> None:
-    for audit in (False, True):
-        raw = request("createRuntime", b'{"id":"x"}', audit=audit)
-        header, _, body = raw.partition(b"\n")
-        assert json.loads(header) == {
-            "audit": audit,
-            "op": "hook",
-            "stage": "createRuntime",
-            "version": 1,
-        }
-        assert body == b'{"id":"x"}'
-
-
-def test_crun_state_with_root_and_created_status() -> None:
-    state = parse_state(
-        b'{"ociVersion":"1.0.0","id":"c","status":"created","pid":42,'
-        b'"bundle":"/b","root":"/b/rootfs","annotations":{"io.kubernetes.cri.image-name":"busybox"}}'
-    )
-    assert (state.id, state.status, state.pid) == ("c", "created", 42)
-    assert image_of(state.annotations) == ("busybox", None)
+from trusthook.common.oci import MAX_CONFIG_BYTES, parse_state, read_config, rootfs_path
+from trusthook.errors import BundleError, StateError, TrusthookError
 
 
 @pytest.mark.parametrize(
@@ -96,17 +52,6 @@ def test_arbitrary_state_bytes_raise_only_state_errors(raw: bytes) -> None:
 def test_arbitrary_state_objects_raise_only_our_errors(data: dict[str, object]) -> None:
     with contextlib.suppress(TrusthookError):
         parse_state(json.dumps(data).encode())
-
-
-def test_audit_mode_covers_bad_arguments(capsys: pytest.CaptureFixture[str]) -> None:
-    from trusthook.startpath.hook import main
-
-    assert main(["--bogus"]) == 1
-    assert capsys.readouterr().err == "trusthook-hook: unknown argument '--bogus'; " + (
-        "usage: trusthook-hook [--socket PATH] [--timeout SECONDS] [--stage STAGE] [--audit]\n"
-    )
-    assert main(["--audit", "--bogus"]) == 0
-    assert "audit mode, container starts unmeasured" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize(

@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from trusthook.common.jcs import canonicalize
+from trusthook.common.jcs import MAX_DEPTH, canonicalize, encode
 from trusthook.errors import CanonicalizationError
 
 
@@ -77,3 +77,44 @@ def test_canonical_form_is_a_fixed_point_and_parses_back(value: Any) -> None:
 @given(st.dictionaries(st.text(max_size=4), st.integers(), max_size=8))
 def test_key_order_does_not_matter(d: dict[str, int]) -> None:
     assert canonicalize(dict(reversed(list(d.items())))) == canonicalize(d)
+
+
+_any_text = st.text()  # lone surrogates included: refused by both
+_keys = st.text(max_size=3) | st.sampled_from(["a", "\ue000", "\U0001f600", "é", "\x7f", "\n"])
+hostile_values = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers()  # beyond 2**53 too: written as doubles
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | _any_text,
+    lambda children: (
+        st.lists(children, max_size=4)
+        | st.tuples(children)
+        | st.dictionaries(_keys, children, max_size=4)
+    ),
+    max_leaves=25,
+)
+
+
+def _outcome(f: Any, value: Any) -> bytes | str:
+    try:
+        return bytes(f(value))
+    except CanonicalizationError as e:
+        return f"refused: {e}"
+
+
+@given(hostile_values)
+def test_the_fast_path_writes_exactly_what_the_reference_encoder_writes(value: Any) -> None:
+    """``canonicalize`` hands plain values to the json module's C encoder; ``encode`` is the
+    value-by-value reference. Keys outside ASCII (U+E000 against U+1F600 sort differently by
+    UTF-16 code unit than by code point), big integers, floats and lone surrogates included."""
+    assert _outcome(canonicalize, value) == _outcome(encode, value)
+
+
+def test_the_fast_path_keeps_the_depth_limit() -> None:
+    deep: Any = "x"
+    for _ in range(MAX_DEPTH):
+        deep = [deep]
+    assert canonicalize(deep) == encode(deep)
+    with pytest.raises(CanonicalizationError, match="nested deeper"):
+        canonicalize([deep])

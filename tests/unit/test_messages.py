@@ -192,6 +192,8 @@ attestation_requests = st.builds(
     pcrs=st.dictionaries(st.integers(0, 23), st.binary(min_size=32, max_size=32), max_size=3),
     boot_id=short,
     events=st.lists(records, max_size=2).map(tuple),
+    attributes_attest=b64_blob,
+    attributes_signature=b64_blob,
 )
 REQUESTS: list[tuple[st.SearchStrategy[Any], type[BaseModel]]] = [
     (
@@ -324,6 +326,7 @@ SAMPLES: list[tuple[Message, set[str], set[str]]] = [
             pcrs=(23,),
             verified_boot_id=None,
             verified_recnum=-1,
+            attributes_tag=bytes(68),
         ),
         set(),
         {"verified_recnum"},

@@ -157,18 +157,121 @@ def test_detach() -> None:
     assert not parse_subcommand("create", ("id",)).detached
 
 
+def _shim_config(tmp_path: Path) -> Path:
+    """A host configuration whose agent socket has no agent behind it, and whose runtime would
+    leave a mark if the shim ever ran it."""
+    mark = tmp_path / "runtime-ran"
+    runtime = tmp_path / "runtime"
+    runtime.write_text(f"#!/bin/sh\ntouch {mark}\n")
+    runtime.chmod(0o755)
+    config = tmp_path / "trusthook.toml"
+    config.write_text(
+        f'[agent]\nsocket = "{tmp_path}/no-agent.sock"\n[runtime]\npath = "{runtime}"\n'
+        f'[images]\nroots = "{tmp_path}/roots"\n[attestation]\ntimeout = 2\n'
+    )
+    return config
+
+
 @pytest.mark.parametrize("command", ["restore", "checkpoint"])
-def test_restore_and_checkpoint_are_refused(
+def test_restore_and_checkpoint_without_an_agent_are_refused(
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
     command: str,
 ) -> None:
+    """Fail closed: no agent to ask, no checkpoint and no restore, and the runtime never runs;
+    the restored bundle has trusthook's hook already (written before asking)."""
     from trusthook.startpath.runtime import main
 
-    monkeypatch.setenv("TRUSTHOOK_CONFIG", str(tmp_path / "absent.toml"))
-    assert main(["--root", str(tmp_path), command, "--image-path", str(tmp_path), "id"]) == 1
-    assert f"trusthook-runtime: {command} is refused" in capsys.readouterr().err
+    monkeypatch.setenv("TRUSTHOOK_CONFIG", str(_shim_config(tmp_path)))
+    bundle = tmp_path / "bundle"
+    bundle.mkdir()
+    (bundle / "config.json").write_text('{"ociVersion": "1.0.2"}')
+    args = [command, "--image-path", str(tmp_path), "id"]
+    if command == "restore":
+        args[1:1] = ["--bundle", str(bundle), "-d"]
+    assert main(["--root", str(tmp_path), *args]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith(f"trusthook-runtime: {command} of container id is refused: "), err
+    assert "no-agent.sock" in err and err.count("\n") == 1
+    assert not (tmp_path / "runtime-ran").exists()
+    hooks = json.loads((bundle / "config.json").read_text()).get("hooks")
+    if command == "restore":
+        (entry,) = hooks["createRuntime"]
+        assert entry["args"][-2:] == ["--stage", "createRuntime"]
+    else:
+        assert hooks is None
+
+
+def test_checkpoint_of_an_encrypted_image_container_is_refused_before_asking(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Its tmpfs root holds the decrypted image; a checkpoint would write its memory to disk
+    in plaintext, and encrypted checkpoints are not built."""
+    from trusthook.startpath.runtime import main
+
+    monkeypatch.setenv("TRUSTHOOK_CONFIG", str(_shim_config(tmp_path)))
+    (tmp_path / "roots" / "secret").mkdir(parents=True)
+    assert main(["checkpoint", "--image-path", str(tmp_path), "secret"]) == 1
+    err = capsys.readouterr().err
+    assert "checkpoint of container secret is refused: it runs from an encrypted image" in err
+    assert "plaintext (encrypted checkpoints are not built)" in err
+    assert "no-agent.sock" not in err  # decided here, before the agent is asked
+    assert not (tmp_path / "runtime-ran").exists()
+
+
+def test_restore_of_an_encrypted_image_bundle_is_refused_and_left_alone(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from trusthook.startpath.runtime import main
+
+    monkeypatch.setenv("TRUSTHOOK_CONFIG", str(_shim_config(tmp_path)))
+    content = '{"annotations": {"org.trusthook.image.layout": "/l"}, "root": {"path": "r"}}'
+    (tmp_path / "config.json").write_text(content)
+    assert main(["restore", "-b", str(tmp_path), "--image-path", str(tmp_path), "id"]) == 1
+    assert "names an encrypted image" in capsys.readouterr().err
+    assert (tmp_path / "config.json").read_text() == content
+    assert not (tmp_path / "runtime-ran").exists()
+
+
+@pytest.mark.parametrize(
+    ("command", "args", "flags", "container"),
+    [
+        (
+            "checkpoint",
+            ["--image-path", "/i", "--leave-running", "c1", "--work-path=/w"],
+            {"image-path": "/i", "leave-running": "true", "work-path": "/w"},
+            "c1",
+        ),
+        (
+            "restore",
+            ["-d", "--bundle", "/b", "--image-path", "/i", "--tcp-established", "c2"],
+            {"detach": "true", "bundle": "/b", "image-path": "/i", "tcp-established": "true"},
+            "c2",
+        ),
+    ],
+)
+def test_checkpoint_and_restore_flags(
+    command: str, args: list[str], flags: dict[str, str], container: str
+) -> None:
+    sub = parse_subcommand(command, tuple(args))
+    assert (sub.flags, sub.container_id) == (flags, container)
+
+
+@pytest.mark.parametrize(
+    ("command", "args", "message"),
+    [
+        ("checkpoint", ["--page-server", "h:1", "c"], "sends the container's memory"),
+        ("checkpoint", ["--leave", "c"], "unknown checkpoint flag '--leave'"),
+        ("restore", ["--config", "/x", "c"], "names another file"),
+        ("restore", ["a", "b"], "exactly one container id"),
+    ],
+)
+def test_unclassifiable_checkpoint_and_restore_arguments_are_refused(
+    command: str, args: list[str], message: str
+) -> None:
+    with pytest.raises(RuntimeShimError, match=message):
+        parse_subcommand(command, tuple(args))
 
 
 def test_a_single_dash_root_flag_still_gets_the_hook(tmp_path: Path) -> None:

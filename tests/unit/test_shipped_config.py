@@ -11,7 +11,6 @@ from trusthook.agent.imagepolicy import parse_policy
 from trusthook.common.config import Config, parse_config
 from trusthook.server.app import openapi_document
 from trusthook.server.config import ServerConfig, parse_server_config
-from trusthook.startpath.hook import HookArgs
 
 OCI_CONFIG = Path(__file__).resolve().parents[2] / "oci-config"
 
@@ -50,10 +49,12 @@ def test_hooks_d_file_follows_schema_1_0_0_and_the_hook_accepts_its_args() -> No
     assert hook["version"] == "1.0.0"
     assert hook["stages"] == ["createRuntime"]
     assert hook["when"] == {"always": True}
-    args = HookArgs(hook["hook"]["args"][1:])
-    assert args.socket == str(Config().socket)
-    assert args.stage == "createRuntime"
-    assert hook["hook"]["timeout"] >= args.timeout
+    argv = hook["hook"]["args"]
+    assert argv[0] == "trusthook-hook" and len(argv) % 2 == 1
+    args = dict(zip(argv[1::2], argv[2::2], strict=True))
+    assert args["--socket"] == str(Config().socket)
+    assert args.get("--stage", "createRuntime") == "createRuntime"
+    assert hook["hook"]["timeout"] >= float(args.get("--timeout", 30))
 
 
 def test_docker_snippet_names_the_shim() -> None:

@@ -7,7 +7,11 @@ Files under ``<state_dir>/attest/`` (directory 0700):
 - ``status.json``: the last attempt, its outcome, and the server's verdict with its reasons;
 - ``audit-checkpoint.note``: the last checkpoint of the server's audit log this host verified
   (docs/audit.md §9): each later one must be consistent with it, or the host reports that the
-  server rewrote or forked its log.
+  server rewrote or forked its log;
+- ``attributes-tag``: the host attribute tag (docs/attestation.md §12) last written into the
+  TPM's attribute index: the index is written again only when the server issues another tag
+  (the operator changed the host's group or attributes), when the index is gone, or after an
+  enrollment; an index rewritten behind the agent stays rewritten, and the server says so.
 Every file is written to a temporary name, fsync'd and renamed: a crash leaves the old one.
 """
 
@@ -133,6 +137,7 @@ class Attester:
                 "enrollment.json",
                 "status.json",
                 "audit-checkpoint.note",
+                "attributes-tag",
             )
         }
 
@@ -144,7 +149,9 @@ class Attester:
             self._files["status.json"], LastAttempt, "'trusthook attest' replaces it"
         )
 
-    def _client(self, enrollment: Enrollment) -> ServerClient:
+    def client(self, enrollment: Enrollment) -> ServerClient:
+        """An mTLS client to the server of ``enrollment`` that signs requests with the TPM
+        request key (``post(..., signed=True)``); the caller closes it."""
         files = self._files
         context = tls_context(files["server-ca.pem"], files["client.crt"], files["client.key"])
         return ServerClient(
@@ -211,6 +218,7 @@ class Attester:
                 )
             self._save_identity(key, result.certificate.encode(), ca_pem)
             self._files["audit-checkpoint.note"].unlink(missing_ok=True)  # another server's?
+            self._files["attributes-tag"].unlink(missing_ok=True)  # written again at attesting
             enrollment = Enrollment(
                 server=params.server,
                 host_id=result.host_id,
@@ -282,7 +290,7 @@ class Attester:
                     "encrypted images need an enrolled host: run 'trusthook enroll --server URL'"
                 )
             record = self._log.append(launch)
-            with self._client(enrollment) as client:
+            with self.client(enrollment) as client:
                 evidence = self._evidence(client)
                 with self._log.exclusive_tpm() as tpm:
                     public, attest, signature = tpm.certify_bind_key(evidence.nonce)
@@ -307,7 +315,7 @@ class Attester:
                 return open_sealed(answer.sealed_keys, tpm.unseal_release, aad)
 
     def _exchange(self, enrollment: Enrollment) -> tuple[HostStatus, AuditWatch | None]:
-        with self._client(enrollment) as client:
+        with self.client(enrollment) as client:
             evidence = self._evidence(client).to_json()
             verdict = HostStatus.from_json(client.post("/v1/attestations", evidence, signed=True))
             return verdict, self._watch_log(client, enrollment)
@@ -354,6 +362,7 @@ class Attester:
         after = challenge.verified_recnum
         if challenge.verified_boot_id != self._boot_id:
             after = -1  # a new boot for the server: send the whole log of this one
+        attributes_attest, attributes_signature = self._certify_attributes(challenge)
         quote, records = self._log.evidence(challenge.pcrs, challenge.nonce, after)
         return AttestationRequest(
             nonce=challenge.nonce,
@@ -362,7 +371,22 @@ class Attester:
             pcrs=quote.pcr_values,
             boot_id=self._boot_id,
             events=tuple(records),
+            attributes_attest=attributes_attest,
+            attributes_signature=attributes_signature,
         )
+
+    def _certify_attributes(self, challenge: NonceResponse) -> tuple[bytes, bytes]:
+        """A TPM2_NV_Certify, with the challenge's nonce, of the host attribute index, after
+        writing into it the tag the server issued if that tag is new to this host or the index
+        does not hold a tag."""
+        path = self._files["attributes-tag"]
+        written = path.read_bytes() if path.exists() else None
+        with self._log.exclusive_tpm() as tpm:
+            if written != challenge.attributes_tag or tpm.read_attributes() is None:
+                tpm.write_attributes(challenge.attributes_tag)
+                write_atomic(path, challenge.attributes_tag, 0o644)
+                log.info("wrote the host attribute tag the server issued into the TPM")
+            return tpm.certify_attributes(challenge.nonce)
 
     def status(self) -> StatusResult:
         """The enrollment and the outcome of the last attempt, from this host's point of view."""

@@ -12,11 +12,19 @@ from typing import Any
 from trusthook.agent.attester import Attester
 from trusthook.agent.launch import EncryptedLaunch, image_annotations
 from trusthook.agent.metrics import AgentMetrics
+from trusthook.agent.restore import RESTORED_STATUS, RestoreGate
 from trusthook.agent.writer import MeasuredLog
 from trusthook.common.clock import iso, utc_now
 from trusthook.common.digest import digest_string
 from trusthook.common.eventlog import LaunchEvent
-from trusthook.common.messages import EnrollParams, SnapshotResult
+from trusthook.common.messages import (
+    OP_CHECKPOINT,
+    OP_RESTORE,
+    CheckpointParams,
+    EnrollParams,
+    RestoreParams,
+    SnapshotResult,
+)
 from trusthook.common.oci import (
     ContainerState,
     identity_of,
@@ -34,7 +42,7 @@ from trusthook.common.protocol import (
     PROTOCOL_VERSION,
 )
 from trusthook.common.wire import STAGES
-from trusthook.errors import RequestError, TPMError, TrusthookError
+from trusthook.errors import PolicyRefusedError, RequestError, TPMError, TrusthookError
 from trusthook.measure.profile import config_digest, launch_profile_digest
 from trusthook.measure.walk import RootfsMeasurement
 
@@ -64,6 +72,7 @@ class AgentService:
         self._measure_rootfs = measure_rootfs
         self._audit = audit
         self._clock = clock
+        self._restores = RestoreGate(attester=attester, own_hook=lambda: launch.own_hook)
 
     def handle(self, request: dict[str, Any], body: bytes) -> dict[str, Any]:
         try:
@@ -97,8 +106,16 @@ class AgentService:
         if op == OP_STATUS:
             status = self._attester.status()
             return dataclasses.replace(status, agent=self._metrics.health()).to_json()
-        ops = (OP_HOOK, OP_SNAPSHOT, OP_ENROLL, OP_ATTEST, OP_STATUS)
+        if op in (OP_CHECKPOINT, OP_RESTORE):  # trusthook-runtime asks (docs/policy.md §8)
+            return self._decide(op, request.get("params"))
+        ops = (OP_HOOK, OP_SNAPSHOT, OP_ENROLL, OP_ATTEST, OP_STATUS, OP_CHECKPOINT, OP_RESTORE)
         raise RequestError(f"unknown op {op!r}; expected one of {', '.join(ops)}")
+
+    def _decide(self, op: str, params: object) -> dict[str, Any]:
+        """The server's word on a checkpoint or a restore, asked by trusthook-runtime."""
+        if op == OP_CHECKPOINT:
+            return self._restores.checkpoint(CheckpointParams.from_json(params)).to_json()
+        return self._restores.restore(RestoreParams.from_json(params)).to_json()
 
     def _check_mode(self, audit: object) -> None:
         """The hook's mode must be the host's: a bundle cannot choose audit mode for itself."""
@@ -138,9 +155,17 @@ class AgentService:
         """Measure the container ``state`` names and record it; for an encrypted image,
         release its keys and decrypt it first (``EncryptedLaunch``)."""
         container_id, bundle = state.id, state.bundle
+        restore = state.status == RESTORED_STATUS  # runc restore runs the hooks so
+        if restore:
+            self._restores.take(state)  # refused unless this agent allowed this restore
         config = read_config(bundle)
         root = rootfs_path(bundle, config)
         encrypted = image_annotations(config)
+        if restore and encrypted is not None:
+            raise PolicyRefusedError(
+                f"container {container_id} is a restore of an encrypted image's container:"
+                " its checkpoint was plaintext (encrypted checkpoints are not built)"
+            )
         if encrypted is None:
             self._launch.check_plain()
         rootfs = self._measure_rootfs(root)
@@ -161,6 +186,7 @@ class AgentService:
             stage=stage,
             time=iso(self._clock()),
             boot_id=self._boot_id,
+            restore=restore,
         )
         if encrypted is not None:
             record = self._launch.run(config=config, annotations=encrypted, root=root, event=event)

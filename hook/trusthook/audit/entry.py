@@ -45,6 +45,10 @@ class EventType(StrEnum):
     RELEASE_REFUSED = "release_refused"
     POLICY_VERSION = "policy_version"
     OPERATOR_ACTION = "operator_action"
+    CHECKPOINT_ALLOWED = "checkpoint_allowed"
+    CHECKPOINT_REFUSED = "checkpoint_refused"
+    RESTORE_ALLOWED = "restore_allowed"
+    RESTORE_REFUSED = "restore_refused"
 
 
 class SubjectKind(StrEnum):
@@ -93,6 +97,20 @@ _RULES: Mapping[EventType, _Rule] = MappingProxyType(
             (("version", int), ("digest", str)),
         ),
         EventType.OPERATOR_ACTION: _Rule(frozenset({SubjectKind.OPERATOR}), (("action", str),)),
+        # docs/policy.md §8: each decision names the container and the policy version (null:
+        # none in force); a refusal its check and message
+        EventType.CHECKPOINT_ALLOWED: _Rule(
+            _HOST, (("container", str), ("identity", str), ("workload", str))
+        ),
+        EventType.CHECKPOINT_REFUSED: _Rule(
+            _HOST, (("container", str), ("check", str), ("message", str))
+        ),
+        EventType.RESTORE_ALLOWED: _Rule(
+            _HOST, (("container", str), ("identity", str), ("workload", str))
+        ),
+        EventType.RESTORE_REFUSED: _Rule(
+            _HOST, (("container", str), ("check", str), ("message", str))
+        ),
     }
 )
 _DEFAULT_RULE = _Rule(_HOST)  # host_* admission decisions and enrolled

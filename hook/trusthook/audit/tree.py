@@ -81,19 +81,31 @@ class Frontier:
     def append(self, leaf: bytes) -> tuple[Frontier, tuple[tuple[Span, bytes], ...]]:
         """The frontier with leaf hash ``leaf`` appended, and the full subtrees (span, hash)
         that it completes, leaf first: what the log stores."""
-        if len(leaf) != HASH_SIZE:
-            raise AuditLogError(f"leaf hash got {len(leaf)} bytes, expected 32")
+        frontier, nodes = self.extend([leaf])
+        return frontier, tuple(
+            (Span(position << level, (position + 1) << level), h) for level, position, h in nodes
+        )
+
+    def extend(self, leaves: Sequence[bytes]) -> tuple[Frontier, list[tuple[int, int, bytes]]]:
+        """``append`` of each leaf hash in ``leaves`` in one pass: the frontier after the last,
+        and every full subtree they complete as its storage key and hash (level, position,
+        hash), in ``append``'s order. A server's append does this for every decision, so it
+        builds no Span and no intermediate Frontier."""
         index = self.size
         hashes = list(self.hashes)
-        completed = [(Span(index, index + 1), leaf)]
-        merged, level = leaf, 0
-        while index >> level & 1:
-            merged = node_hash(hashes.pop(), merged)
-            level += 1
-            start = (index >> level) << level
-            completed.append((Span(start, start + (1 << level)), merged))
-        hashes.append(merged)
-        return Frontier(index + 1, tuple(hashes)), tuple(completed)
+        nodes: list[tuple[int, int, bytes]] = []
+        for leaf in leaves:
+            if len(leaf) != HASH_SIZE:
+                raise AuditLogError(f"leaf hash got {len(leaf)} bytes, expected 32")
+            nodes.append((0, index, leaf))
+            merged, level = leaf, 0
+            while index >> level & 1:
+                merged = node_hash(hashes.pop(), merged)
+                level += 1
+                nodes.append((level, index >> level, merged))
+            hashes.append(merged)
+            index += 1
+        return Frontier(index, tuple(hashes)), nodes
 
     def root(self) -> bytes:
         """The tree head at ``size``."""

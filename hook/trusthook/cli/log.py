@@ -7,7 +7,6 @@ import argparse
 import json
 import os
 
-from trusthook.agent.logstore import LogStore, read_boot_id
 from trusthook.common.config import Config
 from trusthook.common.eventlog import verify_against_pcr
 from trusthook.common.messages import SnapshotResult
@@ -25,7 +24,9 @@ def _snapshot(config: Config, direct: bool) -> tuple[SnapshotResult, str]:
             pass
         else:
             return SnapshotResult.from_json(raw), "agent"
-    from trusthook.agent.tpm import Tpm  # noqa: PLC0415 - tpm2-pytss is slow to import; only here
+    # the direct path only: tpm2-pytss is slow to import
+    from trusthook.agent.logstore import LogStore, read_boot_id  # noqa: PLC0415
+    from trusthook.agent.tpm import Tpm  # noqa: PLC0415
 
     store = LogStore(config.state_dir / "eventlog", read_boot_id())
     lock_fd = store.lock()  # refuses while an agent writes: its snapshot is the consistent one

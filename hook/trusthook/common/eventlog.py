@@ -17,8 +17,14 @@ from trusthook.errors import EventLogError
 
 CONTENT_TYPE = "trusthook_launch"
 CONTENT_VERSION = 2  # what this agent writes; readers take 1 too (no identity, no encrypted)
-_READ_VERSIONS = frozenset({1, 2})
+# A restored container's record (docs/policy.md §8): version 2 and ``restore``. Only a restore
+# is written as version 3, so every other record reads as before with older servers.
+RESTORE_CONTENT_VERSION = 3
+_READ_VERSIONS = frozenset({1, 2, 3})
 PCR_SIZE = 32
+# The largest integer a record holds: JCS writes numbers as IEEE doubles (RFC 8785 §3.2.2.3),
+# so a larger one would not read back as itself, and its digest would not be its own.
+MAX_EXACT_INTEGER = 2**53 - 1
 # The stage of the record an encrypted-image launch makes before its keys are released: its
 # root is still empty (docs/images.md §7); the launch's own record follows, with the root.
 RELEASE_STAGE = "release"
@@ -38,6 +44,7 @@ _CONTENT_FIELDS: dict[str, type | tuple[type, ...]] = {
 }
 _IMAGE_FIELDS = {"reference", "digest"}
 _V2_FIELDS: dict[str, type | tuple[type, ...]] = {"identity": dict, "encrypted": bool}
+_V3_FIELDS: dict[str, type | tuple[type, ...]] = {**_V2_FIELDS, "restore": bool}
 _IDENTITY_FIELDS = {"workload", "kubernetes"}
 _KUBERNETES_FIELDS = ("namespace", "pod", "container")
 
@@ -96,14 +103,17 @@ class LaunchEvent:
     boot_id: str
     identity: Identity | None = None  # None: a version 1 record, which had none
     encrypted: bool | None = None  # whether the root was decrypted from an encrypted image
+    restore: bool = False  # a checkpointed container restored (runc restore): version 3
 
     def to_content(self) -> dict[str, Any]:
         content = self._content_v1()
-        if self.identity is None and self.encrypted is None:
+        if self.identity is None and self.encrypted is None and not self.restore:
             return content  # a version 1 record as it was written
-        content["version"] = CONTENT_VERSION
+        content["version"] = RESTORE_CONTENT_VERSION if self.restore else CONTENT_VERSION
         content["identity"] = (self.identity or Identity()).to_content()
         content["encrypted"] = bool(self.encrypted)
+        if self.restore:
+            content["restore"] = True
         return content
 
     def _content_v1(self) -> dict[str, Any]:
@@ -125,8 +135,9 @@ class LaunchEvent:
     def from_content(cls, content: Mapping[str, Any], where: str) -> LaunchEvent:
         version = content.get("version")
         if type(version) is not int or version not in _READ_VERSIONS:
-            raise EventLogError(f"{where}: content version {version!r}, expected 1 or 2")
-        fields = _CONTENT_FIELDS if version == 1 else {**_CONTENT_FIELDS, **_V2_FIELDS}
+            raise EventLogError(f"{where}: content version {version!r}, expected 1, 2 or 3")
+        extra = {1: {}, 2: _V2_FIELDS, 3: _V3_FIELDS}[version]
+        fields = {**_CONTENT_FIELDS, **extra}
         if set(content) != set(fields):
             raise EventLogError(
                 f"{where}: content has fields {sorted(content)}, expected {sorted(fields)}"
@@ -136,8 +147,13 @@ class LaunchEvent:
                 kind is not bool and isinstance(content[key], bool)
             ):
                 raise EventLogError(f"{where}: content.{key} has the wrong type")
-        if content["rootfs_entries"] < 0:
-            raise EventLogError(f"{where}: content.rootfs_entries is negative")
+        if version == 3 and content["restore"] is not True:
+            raise EventLogError(f"{where}: content.restore must be true in a version 3 record")
+        if not 0 <= content["rootfs_entries"] <= MAX_EXACT_INTEGER:
+            raise EventLogError(
+                f"{where}: content.rootfs_entries is {content['rootfs_entries']}, expected 0 to"
+                f" {MAX_EXACT_INTEGER}"
+            )
         image = content["image"]
         if set(image) != _IMAGE_FIELDS or not all(
             v is None or isinstance(v, str) for v in image.values()
@@ -157,6 +173,7 @@ class LaunchEvent:
             boot_id=content["boot_id"],
             identity=None if version == 1 else Identity.from_content(content["identity"], where),
             encrypted=None if version == 1 else content["encrypted"],
+            restore=version == 3,
         )
 
     def digest(self) -> bytes:
@@ -196,8 +213,12 @@ def parse_record(data: Any, where: str) -> Record:
     if not isinstance(data, dict) or set(data) != _RECORD_KEYS:
         raise EventLogError(f"{where}: a record must be an object with keys {sorted(_RECORD_KEYS)}")
     recnum, pcr, digests = data["recnum"], data["pcr"], data["digests"]
-    if not isinstance(recnum, int) or isinstance(recnum, bool) or recnum < 0:
-        raise EventLogError(f"{where}: recnum must be a non-negative integer")
+    if (
+        not isinstance(recnum, int)
+        or isinstance(recnum, bool)
+        or not 0 <= recnum <= MAX_EXACT_INTEGER
+    ):
+        raise EventLogError(f"{where}: recnum must be an integer 0 to {MAX_EXACT_INTEGER}")
     if not isinstance(pcr, int) or isinstance(pcr, bool) or not 0 <= pcr <= 23:
         raise EventLogError(f"{where}: pcr must be an integer 0..23")
     if data["content_type"] != CONTENT_TYPE:

@@ -8,6 +8,7 @@ are refused (``CanonicalizationError``), as a lone surrogate or a NaN is.
 
 from __future__ import annotations
 
+import json
 import math
 from json.encoder import encode_basestring
 from typing import Any
@@ -16,6 +17,7 @@ from trusthook.errors import CanonicalizationError
 
 _LITERALS = {None: "null", True: "true", False: "false"}
 MAX_DEPTH = 128  # arrays and objects nested deeper have no canonical form here (recursion)
+_EXACT = 2**53  # integers below this in magnitude are written as their decimal digits
 
 
 def _string(s: str) -> str:
@@ -111,8 +113,43 @@ def _encode(value: Any, out: list[str], depth: int) -> None:
         raise CanonicalizationError(f"{type(value).__name__} is not a JSON type")
 
 
+def _plain(value: Any, depth: int) -> bool:
+    """Whether the json module writes ``value`` exactly as JCS does, so that its C encoder can
+    (``canonicalize``): strings (the same escapes, ``_string``), booleans, null, integers
+    written exactly, and arrays and objects of them, within ``MAX_DEPTH``, whose keys are ASCII
+    (sorted by code point, as by UTF-16 code unit). Not floats: ``repr`` is not ECMAScript's
+    number form. A lone surrogate passes here and fails the UTF-8 encoding after."""
+    kind = type(value)
+    if kind is str or kind is bool or value is None:
+        return True
+    if kind is int:
+        return -_EXACT < value < _EXACT
+    if depth >= MAX_DEPTH:
+        return False
+    if kind is dict:
+        return all(
+            type(k) is str and k.isascii() and _plain(v, depth + 1) for k, v in value.items()
+        )
+    if kind is list or kind is tuple:
+        return all(_plain(v, depth + 1) for v in value)
+    return False
+
+
 def canonicalize(value: Any) -> bytes:
     """The RFC 8785 canonical UTF-8 bytes of a parsed JSON value."""
+    if _plain(value, 0):  # the common case, about three times faster (test_jcs.py: the same)
+        text = json.dumps(
+            value, ensure_ascii=False, sort_keys=True, separators=(",", ":"), check_circular=False
+        )
+        try:
+            return text.encode("utf-8")
+        except UnicodeEncodeError:
+            pass  # a lone surrogate: the encoder below says where
+    return encode(value)
+
+
+def encode(value: Any) -> bytes:
+    """``canonicalize`` value by value, for every JSON value (the reference)."""
     out: list[str] = []
     _encode(value, out, 0)
     return "".join(out).encode("utf-8")

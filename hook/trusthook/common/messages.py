@@ -120,6 +120,7 @@ class NonceResponse(Message):
     pcrs: tuple[int, ...]
     verified_boot_id: str | None
     verified_recnum: int  # -1: none
+    attributes_tag: bytes  # what the host attribute index must hold (attest.attributes)
 
     @classmethod
     def _read(cls, fields: Fields) -> Self:
@@ -134,6 +135,7 @@ class NonceResponse(Message):
             pcrs=fields.array("pcrs", pcr, "an array of PCR indices 0..23"),
             verified_boot_id=fields.optional_text("verified_boot_id"),
             verified_recnum=fields.integer("verified_recnum"),
+            attributes_tag=fields.base64("attributes_tag"),
         )
 
     def to_json(self) -> dict[str, Any]:
@@ -143,6 +145,7 @@ class NonceResponse(Message):
             "pcrs": list(self.pcrs),
             "verified_boot_id": self.verified_boot_id,
             "verified_recnum": self.verified_recnum,
+            "attributes_tag": b64.encode(self.attributes_tag),
         }
 
 
@@ -361,6 +364,8 @@ class AttestationRequest:
     pcrs: dict[int, bytes]
     boot_id: str
     events: tuple[Record, ...]
+    attributes_attest: bytes  # TPMS_ATTEST of TPM2_NV_Certify of the host attribute index
+    attributes_signature: bytes  # marshaled TPMT_SIGNATURE
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -372,6 +377,10 @@ class AttestationRequest:
             "pcrs": {str(i): v.hex() for i, v in self.pcrs.items()},
             "boot_id": self.boot_id,
             "events": [r.to_json() for r in self.events],
+            "attributes": {
+                "attest": b64.encode(self.attributes_attest),
+                "signature": b64.encode(self.attributes_signature),
+            },
         }
 
 
@@ -642,4 +651,122 @@ class SnapshotResult(Message):
             "pcr": self.pcr,
             "pcr_value": self.pcr_value.hex(),
             "records": [r.to_json() for r in self.records],
+        }
+
+
+# checkpoint and restore (docs/policy.md §8): the runtime shim asks the agent, which asks the
+# attestation server
+
+OP_CHECKPOINT = "checkpoint"  # the agent's ops the shim sends (trusthook.common.protocol.call)
+OP_RESTORE = "restore"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CheckpointParams(Message):
+    """The shim's ``checkpoint`` request's params: the container to checkpoint."""
+
+    NOUN = "checkpoint request"
+    SOURCE = TO_AGENT
+
+    container_id: str
+
+    @classmethod
+    def _read(cls, fields: Fields) -> Self:
+        return cls(container_id=fields.text("container_id", empty=False))
+
+    def to_json(self) -> dict[str, Any]:
+        return {"container_id": self.container_id}
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RestoreParams(Message):
+    """The shim's ``restore`` request's params: the container to restore and its bundle, whose
+    config.json trusthook-runtime has just given its hook."""
+
+    NOUN = "restore request"
+    SOURCE = TO_AGENT
+
+    container_id: str
+    bundle: Path  # absolute
+
+    @classmethod
+    def _read(cls, fields: Fields) -> Self:
+        params = cls(
+            container_id=fields.text("container_id", empty=False),
+            bundle=Path(fields.text("bundle", empty=False)),
+        )
+        if not params.bundle.is_absolute():
+            raise fields.refuse("bundle", show(str(params.bundle)), "an absolute path")
+        return params
+
+    def to_json(self) -> dict[str, Any]:
+        return {"container_id": self.container_id, "bundle": str(self.bundle)}
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RestoreDecision(Message):
+    """POST /v1/checkpoints and /v1/restores: an allowed checkpoint or restore; also the
+    agent's result to the shim. ``checkpoint_host``: for a restore, the host the identity's
+    last compliant launch ran on."""
+
+    NOUN = "checkpoint or restore decision"
+    SOURCE = FROM_SERVER
+    STRICT = False
+
+    container: str
+    identity: str
+    workload: str
+    policy_version: int
+    checkpoint_host: str | None = None
+
+    @classmethod
+    def _read(cls, fields: Fields) -> Self:
+        return cls(
+            container=fields.text("container"),
+            identity=fields.text("identity"),
+            workload=fields.text("workload"),
+            policy_version=fields.integer("policy_version"),
+            checkpoint_host=(
+                fields.optional_text("checkpoint_host") if fields.has("checkpoint_host") else None
+            ),
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "container": self.container,
+            "identity": self.identity,
+            "workload": self.workload,
+            "policy_version": self.policy_version,
+            "checkpoint_host": self.checkpoint_host,
+        }
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CheckpointRequest:
+    """POST /v1/checkpoints, signed: a fresh nonce and the container."""
+
+    nonce: bytes
+    container: str
+
+    def to_json(self) -> dict[str, Any]:
+        return {"nonce": b64.encode(self.nonce), "container": self.container}
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RestoreRequest:
+    """POST /v1/restores, signed: a fresh nonce and what the restored config.json says."""
+
+    nonce: bytes
+    container: str
+    identity: dict[str, Any]  # Identity.to_content()
+    image_digest: str | None
+    encrypted: bool
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "nonce": b64.encode(self.nonce),
+            "container": self.container,
+            "identity": self.identity,
+            "image_digest": self.image_digest,
+            "encrypted": self.encrypted,
         }

@@ -15,7 +15,7 @@ from trusthook.errors import AgentRefusedError
 
 PROTOCOL_VERSION = 1
 MAX_RESULT_BYTES = 1 << 30  # a snapshot carries the whole log of the boot
-OP_HOOK = "hook"  # built by hand in trusthook.startpath.hook.request
+OP_HOOK = "hook"  # built by hand in native/trusthook_hook.c
 OP_SNAPSHOT = "snapshot"
 OP_ENROLL = "enroll"
 OP_ATTEST = "attest"

@@ -99,6 +99,7 @@ def _complies(workload: Workload, launch: LaunchEvent, host: HostPlace) -> bool:
         and (workload.encryption is not Encryption.REQUIRED or bool(launch.encrypted) or intent)
         and (not workload.groups or host.group in workload.groups)
         and all([s.holds(host.attributes) for s in workload.placement])
+        and (workload.restore or not launch.restore)
     )
 
 
@@ -148,6 +149,12 @@ def _reasons(workload: Workload, launch: LaunchEvent, host: HostPlace) -> tuple[
             f"it may not run at this host's location: {selector.explain(host.attributes)}",
             selector.text,
             f"{selector.key} not set" if value is None else f"{selector.key} = {value}",
+        )
+    if launch.restore and not workload.restore:
+        refuse(
+            "it was restored from a checkpoint, and the workload may not be (restore = false)",
+            "restore = true",
+            "restore = false",
         )
     return tuple(reasons)
 

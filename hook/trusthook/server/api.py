@@ -91,6 +91,10 @@ class NonceResponse(_Body):
     pcrs: list[int] = Field(description="the PCRs to quote, ascending")
     verified_boot_id: str | None = Field(description="boot of the last verified record")
     verified_recnum: int = Field(description="last verified record of that boot; -1: none")
+    attributes_tag: str = Field(
+        description="the 68 bytes the host attribute NV index must hold, base64"
+        " (docs/attestation.md §12)"
+    )
 
 
 class QuoteBody(_Body):
@@ -105,6 +109,11 @@ class AttestationRequest(_Body):
     boot_id: str = Field(min_length=1, max_length=64)
     events: list[dict[str, Any]] = Field(
         description="event-log records after the last verified one", max_length=MAX_EVENTS
+    )
+    attributes: QuoteBody | None = Field(
+        default=None,
+        description="TPM2_NV_Certify of the host attribute index by the AK with the nonce;"
+        " without it the host is not trusted",
     )
 
 

@@ -35,7 +35,7 @@ from trusthook.errors import (
     StorageError,
     TrusthookError,
 )
-from trusthook.server import api
+from trusthook.server import api, restores
 from trusthook.server.ca import CertificateAuthority
 from trusthook.server.config import ServerConfig
 from trusthook.server.metrics import RequestMetrics, ServerMetrics, route_of
@@ -305,10 +305,44 @@ def create_app(  # noqa: PLR0915 - every route is defined here, over one service
 
     _add_report_route(app, service, caller)
     _add_kubernetes_routes(app, service, caller)
+    _add_restore_routes(app, restores.Decisions.of(service), host_caller)
 
     app.add_middleware(BodyLimit, limit=max_body)
     app.add_middleware(RequestMetrics, metrics=metrics)  # outermost: it times the 413s too
     return app
+
+
+def _add_restore_routes(
+    app: FastAPI,
+    decisions: restores.Decisions,
+    host_caller: Callable[..., Awaitable[HostRecord]],
+) -> None:
+    """Checkpoint and restore decisions, for hosts (docs/policy.md §8)."""
+    Host = Annotated[HostRecord, Depends(host_caller)]
+    Signed = Annotated[SignedRequest, Depends(_signed)]
+
+    @app.post("/v1/checkpoints", tags=["workloads"])
+    async def checkpoint(
+        host: Host, body: restores.CheckpointRequest, signed: Signed
+    ) -> restores.Decision:
+        """May this host checkpoint its container? Only when the container's last launch the
+        server verified on this host, in this boot, is a compliant launch of a workload with
+        ``restore = true`` that is not encrypted (a checkpoint is plaintext: encrypted
+        checkpoints are not built); the host must be trusted. Refused: 403 ``checkpoint``.
+        Signed by the request key, over a fresh nonce (403 ``request_signature``, ``nonce``);
+        audited either way."""
+        return decisions.checkpoint(host, body, signed)
+
+    @app.post("/v1/restores", tags=["workloads"])
+    async def restore(
+        host: Host, body: restores.RestoreRequest, signed: Signed
+    ) -> restores.Decision:
+        """May this host restore a checkpoint as this container? Only when the identity of
+        its config's annotations is a workload with ``restore = true``, not encrypted, on a
+        host inside its groups and placement, with a compliant launch to have been
+        checkpointed from; the host must be trusted. Refused: 403 ``restore``. Signed as a
+        checkpoint is; audited either way."""
+        return decisions.restore(host, body, signed)
 
 
 async def _json_body(request: Request, what: str) -> Any:

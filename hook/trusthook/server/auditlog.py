@@ -16,11 +16,10 @@ import json
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Connection, and_, bindparam, func, insert, or_, select, text, update
+from sqlalchemy import Connection, and_, func, insert, or_, select
 
 from trusthook.audit import (
     EMPTY_ROOT,
@@ -36,18 +35,21 @@ from trusthook.audit import (
     consistency_proof,
     export_bundle,
     inclusion_proof,
+    leaf_hash,
     open_checkpoint,
     sign_checkpoint,
 )
+from trusthook.common.clock import iso_from_timestamp
 from trusthook.common.files import write_new
 from trusthook.errors import AuditLogError, ConfigError, NotFoundError
+from trusthook.server import auditwrite
+from trusthook.server.auditwrite import HEAD_ID
 from trusthook.server.records import AppraisedLaunch
-from trusthook.server.schema import audit, audit_checkpoints, audit_head, audit_log, audit_nodes
+from trusthook.server.schema import audit_checkpoints, audit_head, audit_log, audit_nodes
 
 CHECKPOINT_ENTRIES = 100
 CHECKPOINT_SECONDS = 60.0
 MAX_ENTRIES = 1000  # per read
-_HEAD = 1
 
 # The store's event names and the log's event types (docs/audit.md §2, "Event types").
 _EVENTS: Mapping[str, EventType] = {
@@ -71,6 +73,10 @@ _EVENTS: Mapping[str, EventType] = {
     "policy_applied": EventType.POLICY_VERSION,
     "operator_cert_issued": EventType.OPERATOR_ACTION,
     "operator_cert_revoked": EventType.OPERATOR_ACTION,
+    "checkpoint_allowed": EventType.CHECKPOINT_ALLOWED,
+    "checkpoint_refused": EventType.CHECKPOINT_REFUSED,
+    "restore_allowed": EventType.RESTORE_ALLOWED,
+    "restore_refused": EventType.RESTORE_REFUSED,
 }
 
 
@@ -97,13 +103,20 @@ def create_signer(path: Path, origin: str) -> NoteSigner:
     return signer
 
 
+_SCALARS = frozenset({str, int, bool, type(None)})  # exactly these types: kept as they are
+
+
 def _portable_detail(detail: Mapping[str, Any]) -> dict[str, Any]:
-    return {key: _portable(value) for key, value in detail.items()}
+    return {
+        key: value if type(value) in _SCALARS else _portable(value) for key, value in detail.items()
+    }
 
 
 def _portable(value: object) -> object:
     """``value`` with numbers that have fractions written as their shortest decimal text
     (entries hold no fractions: they have no portable canonical form)."""
+    if type(value) in _SCALARS:  # most values, first: this runs for every member appended
+        return value
     if isinstance(value, float):
         if math.isfinite(value) and value.is_integer():
             return int(value)
@@ -151,10 +164,34 @@ def entry_for(
     index: int, event_name: str, host_id: str, detail: Mapping[str, Any], now: float
 ) -> AuditEntry:
     """The log entry of one audited event as the store names it."""
+    return entries_for(index, [Event(event_name, host_id, detail)], now)[0]
+
+
+def entries_for(first: int, events: Sequence[Event], now: float) -> list[AuditEntry]:
+    """The log entries of ``events``, the first at index ``first``, all at ``now``: what one
+    append builds (the time formatted once, one subject per host)."""
+    time, hosts = iso_from_timestamp(now), dict[str, Subject]()
+    return [
+        _new_entry(first + i, event.name, event.host_id, event.detail, time=time, hosts=hosts)
+        for i, event in enumerate(events)
+    ]
+
+
+def _new_entry(
+    index: int,
+    event_name: str,
+    host_id: str,
+    detail: Mapping[str, Any],
+    *,
+    time: str,
+    hosts: dict[str, Subject],
+) -> AuditEntry:
+    """``entry_for`` with the time already formatted and the host subjects made so far in
+    ``hosts``."""
     event = _EVENTS.get(event_name)
     if event is None:
         raise AuditLogError(f"audit event {event_name!r} has no log event type")
-    body = _portable_detail(detail)
+    body = _portable_detail(detail)  # a new dict, the entry's own
     if event is EventType.ATTESTED:
         body["trusted"] = event_name == "attested"
     elif event is EventType.ENROLLED:
@@ -167,14 +204,11 @@ def entry_for(
     elif event is EventType.POLICY_VERSION:
         subject = Subject(kind=SubjectKind.OPERATOR, id=str(detail.get("by") or "unknown"))
     else:
-        subject = Subject(kind=SubjectKind.HOST, id=host_id)
-    return AuditEntry.at(
-        index=index,
-        moment=datetime.fromtimestamp(now, UTC),
-        event=event,
-        subject=subject,
-        detail=body,
-    )
+        found = hosts.get(host_id)
+        if found is None:
+            found = hosts[host_id] = Subject(kind=SubjectKind.HOST, id=host_id)
+        subject = found
+    return AuditEntry(index=index, time=time, event=event, subject=subject, detail=body)
 
 
 class ConnSource:
@@ -228,56 +262,15 @@ class Event:
     detail: Mapping[str, Any]
 
 
-# Built once. An append is two statements whatever the number of events (and a checkpoint
-# insert when one is due): advance the head, returning its frontier; then write the history
-# rows, the entries, the completed subtrees and the new head (_WRITE_POSTGRESQL: one
-# data-modifying statement, one round trip; elsewhere four executemany).
-_ADVANCE = (
-    update(audit_head)
-    .where(audit_head.c.id == _HEAD)
-    .values(size=audit_head.c.size + bindparam("count"))
-    .returning(
-        audit_head.c.size,
-        audit_head.c.frontier,
-        audit_head.c.checkpoint_size,
-        audit_head.c.checkpoint_at,
-    )
-)
-_SET_HEAD = update(audit_head).where(audit_head.c.id == _HEAD)
-_INSERT_HISTORY = insert(audit)
-_INSERT_ENTRY = insert(audit_log)
-_INSERT_NODES = insert(audit_nodes)
 _INSERT_CHECKPOINT = insert(audit_checkpoints)
-_WRITE_POSTGRESQL = text(
-    """
-    WITH history AS (
-        INSERT INTO audit (at, host_id, event, detail)
-        SELECT :at, h, e, d
-        FROM unnest(CAST(:h_host AS text[]), CAST(:h_event AS text[]), CAST(:h_detail AS text[]))
-            AS t(h, e, d)
-    ), entries AS (
-        INSERT INTO audit_log (idx, at, entry)
-        SELECT i, :at, e FROM unnest(CAST(:e_idx AS bigint[]), CAST(:e_entry AS bytea[])) AS t(i, e)
-    ), nodes AS (
-        INSERT INTO audit_nodes (level, position, hash)
-        SELECT l, p, h
-        FROM unnest(CAST(:n_level AS integer[]), CAST(:n_position AS bigint[]),
-                    CAST(:n_hash AS bytea[])) AS t(l, p, h)
-    )
-    UPDATE audit_head
-    SET root = :root, frontier = :frontier, checkpoint_size = :checkpoint_size,
-        checkpoint_at = :checkpoint_at
-    WHERE id = :head
-    """
-)
 
 
 def init_head(conn: Connection) -> None:
     """The head row of an empty log, if there is none."""
-    if conn.execute(select(audit_head.c.id).where(audit_head.c.id == _HEAD)).first() is None:
+    if conn.execute(select(audit_head.c.id).where(audit_head.c.id == HEAD_ID)).first() is None:
         conn.execute(
             insert(audit_head).values(
-                id=_HEAD,
+                id=HEAD_ID,
                 size=0,
                 root=EMPTY_ROOT,
                 frontier=b"",
@@ -289,7 +282,7 @@ def init_head(conn: Connection) -> None:
 
 def head(conn: Connection) -> Head:
     row = conn.execute(
-        select(audit_head.c.size, audit_head.c.root).where(audit_head.c.id == _HEAD)
+        select(audit_head.c.size, audit_head.c.root).where(audit_head.c.id == HEAD_ID)
     ).one()
     return Head(int(row.size), bytes(row.root))
 
@@ -304,66 +297,33 @@ def append(
 ) -> list[AuditEntry]:
     """Append ``events`` (their history rows and log entries, in order) in ``conn``'s
     transaction; sign a checkpoint if one is due and ``signer`` is given."""
-    row = conn.execute(_ADVANCE, {"count": len(events)}).one()
-    first = int(row.size) - len(events)
-    frontier = _frontier(first, bytes(row.frontier))
-    entries: list[AuditEntry] = []
-    nodes: list[tuple[Span, bytes]] = []
-    for offset, event in enumerate(events):
-        entry = entry_for(first + offset, event.name, event.host_id, event.detail, now)
-        frontier, completed = frontier.append(entry.leaf_hash())
-        entries.append(entry)
-        nodes.extend(completed)
-    root = frontier.root()
-    checkpoint_size, checkpoint_at = int(row.checkpoint_size), float(row.checkpoint_at)
-    if signer is not None and (
-        checkpoint_size < 0
-        or frontier.size - checkpoint_size >= CHECKPOINT_ENTRIES
-        or now - checkpoint_at >= CHECKPOINT_SECONDS
-    ):
-        _sign(conn, signer, Head(frontier.size, root), now)
-        checkpoint_size, checkpoint_at = frontier.size, now
-    head_values = {
-        "root": root,
-        "frontier": b"".join(frontier.hashes),
-        "checkpoint_size": checkpoint_size,
-        "checkpoint_at": checkpoint_at,
-    }
-    histories = [json.dumps(dict(event.detail)) for event in events]
-    if conn.dialect.name == "postgresql":
-        conn.execute(
-            _WRITE_POSTGRESQL,
-            {
-                "at": now,
-                "h_host": [event.host_id for event in events],
-                "h_event": [event.name for event in events],
-                "h_detail": histories,
-                "e_idx": [entry.index for entry in entries],
-                "e_entry": [entry.canonical() for entry in entries],
-                "n_level": [span.level for span, _ in nodes],
-                "n_position": [span.position for span, _ in nodes],
-                "n_hash": [h for _, h in nodes],
-                "head": _HEAD,
-                **head_values,
-            },
+    count = len(events)
+    if not count:
+        return []
+    with auditwrite.writer(conn) as writer:
+        size, packed, checkpoint_size, checkpoint_at = writer.advance(count)
+        first = size - count
+        entries = entries_for(first, events, now)
+        leaves = [entry.canonical() for entry in entries]
+        frontier, nodes = _frontier(first, packed).extend([leaf_hash(x) for x in leaves])
+        root = frontier.root()
+        if signer is not None and (
+            checkpoint_size < 0
+            or frontier.size - checkpoint_size >= CHECKPOINT_ENTRIES
+            or now - checkpoint_at >= CHECKPOINT_SECONDS
+        ):
+            _sign(conn, signer, Head(frontier.size, root), now)
+            checkpoint_size, checkpoint_at = frontier.size, now
+        writer.write(
+            auditwrite.Writes(
+                now=now,
+                history=[(e.host_id, e.name, json.dumps(dict(e.detail))) for e in events],
+                first=first,
+                leaves=leaves,
+                nodes=nodes,
+                head=(root, b"".join(frontier.hashes), checkpoint_size, checkpoint_at),
+            )
         )
-        return entries
-    conn.execute(
-        _INSERT_HISTORY,
-        [
-            {"at": now, "host_id": event.host_id, "event": event.name, "detail": history}
-            for event, history in zip(events, histories, strict=True)
-        ],
-    )
-    conn.execute(
-        _INSERT_ENTRY,
-        [{"idx": entry.index, "at": now, "entry": entry.canonical()} for entry in entries],
-    )
-    conn.execute(
-        _INSERT_NODES,
-        [{"level": span.level, "position": span.position, "hash": h} for span, h in nodes],
-    )
-    conn.execute(_SET_HEAD, head_values)
     return entries
 
 

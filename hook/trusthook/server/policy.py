@@ -10,7 +10,7 @@ from trusthook.attest.verdict import Reason
 from trusthook.common.eventlog import LaunchEvent, Record
 from trusthook.errors import AttestationError
 from trusthook.policy.appraise import Compliance, HostPlace, appraise_launch
-from trusthook.policy.lineage import Move, Origin, judge
+from trusthook.policy.lineage import Move, Origin, judge, judge_restore
 from trusthook.policy.manifest import Manifest, parse_manifest
 from trusthook.server.records import AppraisedLaunch, HostRecord
 from trusthook.server.store import Store
@@ -80,9 +80,18 @@ class Policies:
         """``event`` appraised, and judged in its identity's lineage: a tampered move is one
         more reason."""
         compliance = appraise_launch(policy.manifest, event, place)
+        identity, workload = compliance.identity, compliance.workload
+        if event.restore:  # a move from where it was checkpointed (docs/policy.md §8)
+            checkpointed = None
+            if identity is not None and workload is not None:
+                checkpointed = last_compliant(self._store, identity, workload)
+            move, reason = judge_restore(checkpointed, event, host.host_id, compliance)
+            if reason is not None:
+                compliance = replace(compliance, reasons=(*compliance.reasons, reason))
+            return compliance, move
         origin = None
-        if compliance.identity is not None and compliance.workload is not None:
-            origin = created.get(compliance.identity) or self._store.lineage(compliance.identity)
+        if identity is not None and workload is not None:
+            origin = created.get(identity) or self._store.lineage(identity)
         move, reason = judge(origin, event, host.host_id, compliance)
         if reason is not None:
             compliance = replace(compliance, reasons=(*compliance.reasons, reason))
@@ -118,6 +127,24 @@ def _origin(compliance: Compliance, event: LaunchEvent, host_id: str) -> Origin:
         launch_profile=event.launch_profile_digest,
         at=0.0,
     )
+
+
+def last_compliant(store: Store, identity: str, workload: str) -> Origin | None:
+    """The last compliant launch of ``identity`` (of ``workload``) the server verified, on any
+    host: the launch a checkpoint of it was allowed from (docs/policy.md §8: only a compliant
+    launch is checkpointed), which its restore is compared with. None: there is none."""
+    for row in reversed(store.workload_launches(workload)):
+        if row.identity == identity and row.compliant is True:
+            return Origin(
+                identity=identity,
+                workload=workload,
+                host_id=row.host_id,
+                image_digest=row.image_digest,
+                rootfs_digest=row.rootfs_digest,
+                launch_profile=row.launch_profile,
+                at=row.at,
+            )
+    return None
 
 
 def place_of(host: HostRecord) -> HostPlace:

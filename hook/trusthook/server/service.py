@@ -15,6 +15,7 @@ from typing import Any
 from cryptography import x509
 
 from trusthook.attest.appraise import Evidence, Expectations, appraise
+from trusthook.attest.attributes import NvCertification, attributes_tag, verify_attributes
 from trusthook.attest.bindkey import verify_bind_key
 from trusthook.attest.identity import AttestationKey, check_ak_public
 from trusthook.attest.quote import verify_quote
@@ -51,8 +52,9 @@ OPERATOR_PREFIX = "operator:"
 _SAVE_ATTEMPTS = 5
 
 
-@lru_cache(maxsize=4096)
-def _attestation_key(ak_public: bytes) -> AttestationKey:
+@lru_cache(maxsize=16384)  # a fleet's AKs: parsing and checking one costs ~0.1 ms
+def attestation_key(ak_public: bytes) -> AttestationKey:
+    """The host's AK, checked once and then remembered (per AK public area)."""
     return check_ak_public(ak_public)
 
 
@@ -89,6 +91,19 @@ class ServerService:
         self._policies = Policies(store)
         for warning in release.rule_warnings(config.releases):
             log.warning("[[release]] %s", warning)
+
+    @property
+    def store(self) -> Store:
+        return self._store
+
+    @property
+    def clock(self) -> Callable[[], datetime]:
+        return self._clock
+
+    @property
+    def policies(self) -> Policies:
+        """The policy versions, cached: shared by every decision that reads them."""
+        return self._policies
 
     # enrollment (enrollment.py)
 
@@ -158,6 +173,7 @@ class ServerService:
             pcrs=list(self._expectations(host).pcrs),
             verified_boot_id=host.state.boot_id,
             verified_recnum=host.state.verified_recnum,
+            attributes_tag=api.b64(_attributes_tag(host)),
         )
 
     def check_signed(self, host: HostRecord, signed: SignedRequest) -> None:
@@ -196,7 +212,7 @@ class ServerService:
         return self._attest(host, req)
 
     def _attest(self, host: HostRecord, req: api.AttestationRequest) -> api.HostStatus:
-        evidence = _evidence(req)
+        evidence = evidence_of(req)
         nonce = api.field_bytes(req.nonce, "nonce")
         now = self._clock().timestamp()
         refused = self._store.spend_nonce(host_id=host.host_id, nonce=nonce, now=now)
@@ -208,13 +224,16 @@ class ServerService:
                 reasons, state = (refused,), None
             else:
                 appraisal = appraise(
-                    key=_attestation_key(host.ak_public),
+                    key=attestation_key(host.ak_public),
                     nonce=nonce,
                     evidence=evidence,
                     expect=self._expectations(host),
                     state=host.state,
                 )
                 reasons, state = appraisal.reasons, appraisal.state
+                bound = None if state is None else _check_attributes(host, nonce, req)
+                if bound is not None:  # checked once the quote and the log verified
+                    reasons += (bound,)
                 if any(r.check in HELD_CHECKS for r in reasons):
                     epoch = self._quoted_epoch(host, nonce, evidence) or epoch
                 if state is not None:  # the log continues the verified one: these are new
@@ -245,7 +264,7 @@ class ServerService:
         """The TPM epoch of the evidence's quote, if it verifies: where a hold starts."""
         try:
             quote = verify_quote(
-                key=_attestation_key(host.ak_public),
+                key=attestation_key(host.ak_public),
                 attest=evidence.attest,
                 signature=evidence.signature,
                 nonce=nonce,
@@ -281,12 +300,12 @@ class ServerService:
                     + "; ".join(f"{r.check}: {r.message}" for r in status.reasons),
                 )
             launch = release.find_launch(
-                _evidence(req.attestation).events, req.launch_recnum, image
+                evidence_of(req.attestation).events, req.launch_recnum, image
             )
             rule = release.check_policy(self._config.releases, image, current.group, launch)
             policy_version = self._policies.check_release(launch, current)
             bind_key = verify_bind_key(
-                ak=_attestation_key(host.ak_public),
+                ak=attestation_key(host.ak_public),
                 public=api.field_bytes(req.release_key.public, "release_key.public"),
                 attest=api.field_bytes(req.release_key.attest, "release_key.attest"),
                 signature=api.field_bytes(req.release_key.signature, "release_key.signature"),
@@ -490,7 +509,38 @@ def _operator_only(caller: HostRecord | None, what: str) -> None:
         raise AuthError(f"{what} are for operators; hosts read checkpoints and consistency proofs")
 
 
-def _evidence(req: api.AttestationRequest) -> Evidence:
+def _attributes_tag(host: HostRecord) -> bytes:
+    """The tag the host's attribute index must hold: its group and attributes as admitted."""
+    return attributes_tag(host.host_id, host.group, place_of(host).attributes)
+
+
+def _check_attributes(host: HostRecord, nonce: bytes, req: api.AttestationRequest) -> Reason | None:
+    """None if the evidence certifies the host attribute index holding the host's tag; the
+    ``attributes`` reason otherwise."""
+    body = req.attributes
+    certification = (
+        None
+        if body is None
+        else NvCertification(
+            attest=api.field_bytes(body.attest, "attributes.attest"),
+            signature=api.field_bytes(body.signature, "attributes.signature"),
+        )
+    )
+    try:
+        verify_attributes(
+            ak=attestation_key(host.ak_public),
+            nonce=nonce,
+            certification=certification,
+            expected=_attributes_tag(host),
+        )
+    except AttestationError as e:
+        return Reason.of(e)
+    return None
+
+
+def evidence_of(req: api.AttestationRequest) -> Evidence:
+    """The evidence an attestation request carries, decoded and parsed; RequestError if it
+    is malformed."""
     values: dict[int, bytes] = {}
     for key, text in req.pcrs.items():
         if not _PCR_INDEX.fullmatch(key) or not 0 <= int(key) <= 23:

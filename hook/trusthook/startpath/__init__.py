@@ -1,5 +1,6 @@
-"""What runs on every container start: ``trusthook-hook`` and ``trusthook-runtime``.
+"""What runs on every container start: ``trusthook-runtime`` (the shim) and its bundle work.
 
-Kept to the standard library and few imports; the start-path issue replaces both with small C
-programs in ``native/`` and moves the bundle work into the agent.
+The hook, ``trusthook-hook``, is a C program (``native/trusthook_hook.c``). Kept to the
+standard library and few imports; the start-path issue replaces the shim with a C program too
+and moves the bundle work into the agent.
 """

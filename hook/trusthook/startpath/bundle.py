@@ -105,6 +105,21 @@ def prepare_bundle(
     return root
 
 
+def prepare_restore(config_path: Path, bundle: str, entry: dict[str, Any]) -> None:
+    """Add the hook ``entry`` to a restored bundle's config.json, as for ``create`` (runc runs
+    the createRuntime hooks of a restore, with OCI status ``stopped``). A container from an
+    encrypted image is refused: its checkpoint held its memory, and its root, in plaintext
+    (encrypted checkpoints, docs/policy.md §8 point 4, are not built)."""
+    spec, mode = _read_spec(config_path)
+    if _encrypted_layout(spec, bundle, config_path) is not None:
+        raise RuntimeShimError(
+            f"restore is refused: {config_path} names an encrypted image, and its checkpoint"
+            " would hold its memory in plaintext (encrypted checkpoints are not built)"
+        )
+    if add_hook(spec, entry, config_path):
+        write_spec(config_path, spec, mode)
+
+
 def _encrypted_layout(spec: dict[str, Any], bundle: str, config_path: Path) -> str | None:
     """The encrypted image's layout: the annotation's, or a sealed rootfs's; None if neither."""
     annotations = spec.get("annotations")

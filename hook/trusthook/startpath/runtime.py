@@ -4,8 +4,11 @@ Docker (daemon.json ``runtimes``), containerd (``BinaryName``) and Kubernetes Ru
 it like any runtime. The command line is parsed exactly as runc and crun parse it
 (``runtimeargs``); anything unclassifiable is refused. On ``create`` and ``run`` it writes
 trusthook's own ``createRuntime`` hook entry into the bundle's config.json (every other field
-kept, the file replaced atomically) and execs the real runtime with the identical arguments;
-``checkpoint`` and ``restore`` are refused; every other subcommand passes straight through. A
+kept, the file replaced atomically) and execs the real runtime with the identical arguments.
+``checkpoint`` and ``restore`` run only when the node agent, asking the attestation server,
+allows them (docs/policy.md §8): a restore's bundle first gets the same hook entry, so the
+restored container is measured again; a refusal, or any failure to get an answer, is one line
+and exit 1, and the runtime never runs. Every other subcommand passes straight through. A
 container from an encrypted image also gets a tmpfs root, and the runtime then runs as a child
 so that the tmpfs can be removed after it (``bundle``). Standard library only.
 """
@@ -26,10 +29,9 @@ from trusthook.startpath.runtimeargs import (
 )
 
 CREATING_COMMANDS = frozenset({"create", "run"})
-# Refused until the policy manifest decides restore policy: a restore runs whatever hooks the
-# checkpoint recorded (or none), and a checkpoint writes the container's memory, plaintext, to
-# disk (docs/images.md, "Checkpoint and restore").
-REFUSED_COMMANDS = frozenset({"checkpoint", "restore"})
+# Asked of the agent first (docs/policy.md §8): a restore runs whatever hooks the checkpoint
+# recorded (or none), and a checkpoint writes the container's memory, plaintext, to disk.
+DECIDED_COMMANDS = frozenset({"checkpoint", "restore"})
 
 
 def resolve(program: str, what: str) -> str:
@@ -85,14 +87,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         invocation = parse_invocation(args)
         command = invocation.command
-        if command in REFUSED_COMMANDS:
-            raise RuntimeShimError(
-                f"{command} is refused: a restored container would run unmeasured and a"
-                " checkpoint writes its memory to disk in plaintext"
-            )
         config = load_config()
         runtime = resolve(config.runtime, "runtime")
-        if command in CREATING_COMMANDS or command == "delete":
+        if command in DECIDED_COMMANDS:
+            _decide(config, command, parse_subcommand(command, invocation.rest))
+        elif command in CREATING_COMMANDS or command == "delete":
             sub = parse_subcommand(command, invocation.rest)
             detached = sub.detached
             root = _prepare(config, command, sub)
@@ -104,6 +103,41 @@ def main(argv: list[str] | None = None) -> int:
     from trusthook.startpath import bundle  # noqa: PLC0415 - see above
 
     return bundle.run_and_release([runtime, *args], root, str(command), detached)
+
+
+def _decide(config: Config, command: str, sub: Subcommand) -> None:
+    """Return if the agent allows this checkpoint or restore; RuntimeShimError otherwise. A
+    restore's bundle gets trusthook's hook first, as for ``create``, and the agent reads its
+    config.json as the runtime will."""
+    from trusthook.common.messages import (  # noqa: PLC0415 - see main
+        OP_CHECKPOINT,
+        OP_RESTORE,
+        CheckpointParams,
+        RestoreParams,
+    )
+    from trusthook.common.protocol import call  # noqa: PLC0415
+    from trusthook.startpath import bundle  # noqa: PLC0415
+
+    container = bundle.check_container_name(sub.container_id)
+    if command == "checkpoint":
+        if os.path.lexists(config.image_roots / container):
+            raise RuntimeShimError(
+                f"checkpoint of container {container} is refused: it runs from an encrypted"
+                " image, and its memory would be written to disk in plaintext (encrypted"
+                " checkpoints are not built)"
+            )
+        op, params = OP_CHECKPOINT, CheckpointParams(container_id=container).to_json()
+    else:
+        directory = os.path.abspath(sub.bundle(os.getcwd()))
+        config_path = Path(directory, "config.json")
+        bundle.prepare_restore(config_path, directory, bundle.own_hook_entry(config))
+        params = RestoreParams(container_id=container, bundle=Path(directory)).to_json()
+        op = OP_RESTORE
+    try:
+        # the agent attests, then asks: two exchanges with the server
+        call(str(config.socket), op, timeout=3 * config.attest_timeout, params=params)
+    except TrusthookError as e:
+        raise RuntimeShimError(f"{command} of container {container} is refused: {e}") from e
 
 
 def _prepare(config: Config, command: str, sub: Subcommand) -> Path | None:

@@ -13,8 +13,9 @@ boolean with a value that is not a boolean. A refusal stops the container: faili
 the point, since a subcommand misread as an argument would run unmeasured.
 
 For the subcommands whose bundle or container the shim works on (``create``, ``run``,
-``delete``), their flags are parsed the same way; runc also takes them after the container id
-(urfave/cli moves flags first), so flags and the one positional argument may come in any order.
+``delete``, ``checkpoint``, ``restore``), their flags are parsed the same way; runc also
+takes them after the container id (urfave/cli moves flags first), so flags and the one
+positional argument may come in any order.
 """
 
 from __future__ import annotations
@@ -50,10 +51,42 @@ _RUN_BOOLS = {
 _OTHER_CONFIG = "crun's --config names another file than the bundle's config.json"
 _REGEX = "crun's delete --regex names containers the shim cannot know"
 _CREATE_REFUSED = {"config": _OTHER_CONFIG, "f": _OTHER_CONFIG}
+# checkpoint and restore (runc 1.1 and crun 1.8 together; docs/policy.md §8)
+_CRIU_VALUES = {"image-path": "image-path", "work-path": "work-path"}
+_CRIU_VALUES |= {"manage-cgroups-mode": "manage-cgroups-mode", "empty-ns": "empty-ns"}
+_CRIU_BOOLS = {
+    "tcp-established": "tcp-established",
+    "ext-unix-sk": "ext-unix-sk",
+    "shell-job": "shell-job",
+    "file-locks": "file-locks",
+    "auto-dedup": "auto-dedup",
+    "lazy-pages": "lazy-pages",
+}
+_CHECKPOINT_VALUES = {**_CRIU_VALUES, "parent-path": "parent-path", "status-fd": "status-fd"}
+_CHECKPOINT_BOOLS = {**_CRIU_BOOLS, "leave-running": "leave-running", "pre-dump": "pre-dump"}
+_PAGE_SERVER = "--page-server sends the container's memory over the network, in plaintext"
+_RESTORE_VALUES = {
+    **_CRIU_VALUES,
+    "bundle": "bundle",
+    "b": "bundle",
+    "console-socket": "console-socket",
+    "pid-file": "pid-file",
+    "lsm-profile": "lsm-profile",
+    "lsm-mount-context": "lsm-mount-context",
+}
+_RESTORE_BOOLS = {
+    **_CRIU_BOOLS,
+    "detach": "detach",
+    "d": "detach",
+    "no-subreaper": "no-subreaper",
+    "no-pivot": "no-pivot",
+}
 SUBCOMMAND_FLAGS: dict[str, tuple[dict[str, str], dict[str, str], dict[str, str]]] = {
     "create": (_CREATE_VALUES, {**_CREATE_BOOLS, "no-subreaper": "no-subreaper"}, _CREATE_REFUSED),
     "run": (_CREATE_VALUES, _RUN_BOOLS, _CREATE_REFUSED),
     "delete": ({}, {"force": "force", "f": "force"}, {"regex": _REGEX, "r": _REGEX}),
+    "checkpoint": (_CHECKPOINT_VALUES, _CHECKPOINT_BOOLS, {"page-server": _PAGE_SERVER}),
+    "restore": (_RESTORE_VALUES, _RESTORE_BOOLS, _CREATE_REFUSED),
 }
 _BOOLEANS = {"1": True, "t": True, "T": True, "true": True, "TRUE": True, "True": True}
 _BOOLEANS |= {"0": False, "f": False, "F": False, "false": False, "FALSE": False, "False": False}
@@ -74,7 +107,8 @@ class Invocation:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Subcommand:
-    """The flags and the container id of a ``create``, ``run`` or ``delete``."""
+    """The flags and the container id of a ``create``, ``run``, ``delete``, ``checkpoint`` or
+    ``restore``."""
 
     flags: dict[str, str]
     container_id: str
@@ -141,7 +175,7 @@ def parse_invocation(args: list[str]) -> Invocation:
 
 
 def parse_subcommand(command: str, rest: tuple[str, ...]) -> Subcommand:
-    """The flags and the one container id of ``create``, ``run`` or ``delete``."""
+    """The flags and the one container id of a subcommand of ``SUBCOMMAND_FLAGS``."""
     values, bools, refused = SUBCOMMAND_FLAGS[command]
     flags: dict[str, str] = {}
     positional: list[str] = []
