@@ -5,7 +5,12 @@
  * meanwhile nthreads - 1 workers, and the caller once the walk is done, open each queued file with
  * openat2(RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS) from the root fd, fstat it, read its xattrs and
  * hash it in 64 KiB reads. Then the entries are sorted by raw path, hard links marked, and the
- * canonical records streamed into one SHA-256. Nothing calls back into Python. */
+ * canonical records streamed into one SHA-256. Nothing calls back into Python.
+ *
+ * Digest cache (th_cache_*): a set-associative table of fixed size, CACHE_WAYS entries per set,
+ * each set under one of CACHE_LOCKS striped mutexes, CLOCK replacement within a set. A worker
+ * looks a file up after its first fstat and, on a miss, stores the digest only after the
+ * second fstat matched the first and only if the file's ctime is old enough (see admit()). */
 #define _GNU_SOURCE
 #include <stddef.h>
 
@@ -23,9 +28,12 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <sys/random.h>
 #include <sys/syscall.h>
 #include <sys/sysmacros.h>
+#include <sys/vfs.h>
 #include <sys/xattr.h>
+#include <time.h>
 #include <unistd.h>
 
 #define CHUNK (64 * 1024)
@@ -66,9 +74,39 @@ struct slab {
     struct entry items[SLAB];
 };
 
+/* What a cached digest is keyed by: everything the kernel changes when the content changes. */
+struct cache_key {
+    uint64_t dev, ino, size;
+    int64_t mtime_s, ctime_s;
+    uint32_t mtime_ns, ctime_ns;
+};
+
+#define CACHE_WAYS 16
+#define CACHE_LOCKS 64
+#define CACHE_MAX_ENTRIES (1ULL << 30)
+
+struct cache_slot {
+    struct cache_key key;
+    unsigned char sha[32];
+    unsigned char used, ref; /* ref: the CLOCK bit, set on every hit */
+};
+
+struct th_cache {
+    struct cache_slot *slots; /* nsets * ways, set s at slots + s * ways */
+    unsigned char *hands;     /* per set: the next way CLOCK looks at */
+    uint64_t nsets, ways, seed;
+    long long min_age_ns;
+    pthread_mutex_t locks[CACHE_LOCKS];
+    unsigned long long hits, misses, entries; /* atomics */
+};
+
 struct tree {
     int root_fd;
     const EVP_MD *md;
+    struct th_cache *cache; /* NULL: no cache */
+    int cache_fs;           /* the root's filesystem is one whose ctime the cache may rely on */
+    dev_t root_dev;
+    struct timespec admit_before; /* a file changed at or after this is not admitted */
     struct slab *slabs;
     struct entry **v; /* every entry, in walk order, then sorted */
     size_t n, cap;
@@ -87,6 +125,167 @@ struct tree {
 };
 
 int th_version(void) { return TH_NATIVE_VERSION; }
+
+int th_cache_new(unsigned long long max_entries, long long min_age_ns, th_cache **cache_out,
+                 char *errbuf, size_t errlen) {
+    *cache_out = NULL;
+    if (max_entries < 1 || max_entries > CACHE_MAX_ENTRIES) {
+        snprintf(errbuf, errlen, "cache max_entries must be 1..%llu, got %llu", CACHE_MAX_ENTRIES, max_entries);
+        return TH_ERR_ARG;
+    }
+    if (min_age_ns < 0) {
+        snprintf(errbuf, errlen, "cache min_age_ns must be >= 0, got %lld", min_age_ns);
+        return TH_ERR_ARG;
+    }
+    struct th_cache *c = calloc(1, sizeof *c);
+    if (!c) goto nomem;
+    c->ways = max_entries < CACHE_WAYS ? max_entries : CACHE_WAYS;
+    c->nsets = max_entries / c->ways;
+    c->min_age_ns = min_age_ns;
+    /* calloc of a large table maps zero pages: memory becomes resident as entries fill it */
+    c->slots = calloc(c->nsets * c->ways, sizeof *c->slots);
+    c->hands = calloc(c->nsets, 1);
+    if (!c->slots || !c->hands) goto nomem;
+    /* the seed spreads keys over sets; a guessable one only lets a writer cause misses */
+    if (getrandom(&c->seed, sizeof c->seed, GRND_NONBLOCK) != (ssize_t)sizeof c->seed)
+        c->seed = (uint64_t)time(NULL) ^ (uint64_t)(uintptr_t)c;
+    for (int i = 0; i < CACHE_LOCKS; i++) pthread_mutex_init(&c->locks[i], NULL);
+    *cache_out = c;
+    return TH_OK;
+nomem:
+    if (c) {
+        free(c->slots);
+        free(c->hands);
+        free(c);
+    }
+    snprintf(errbuf, errlen, "out of memory for a digest cache of %llu entries", max_entries);
+    return TH_ERR_NOMEM;
+}
+
+void th_cache_free(th_cache *c) {
+    if (!c) return;
+    for (int i = 0; i < CACHE_LOCKS; i++) pthread_mutex_destroy(&c->locks[i]);
+    free(c->slots);
+    free(c->hands);
+    free(c);
+}
+
+void th_cache_stats(th_cache *c, unsigned long long *hits, unsigned long long *misses,
+                    unsigned long long *entries, unsigned long long *capacity) {
+    *hits = __atomic_load_n(&c->hits, __ATOMIC_RELAXED);
+    *misses = __atomic_load_n(&c->misses, __ATOMIC_RELAXED);
+    *entries = __atomic_load_n(&c->entries, __ATOMIC_RELAXED);
+    *capacity = c->nsets * c->ways;
+}
+
+static uint64_t mix(uint64_t h, uint64_t v) {
+    h ^= v + 0x9E3779B97F4A7C15ULL + (h << 6) + (h >> 2);
+    h ^= h >> 31;
+    h *= 0xBF58476D1CE4E5B9ULL;
+    return h ^ (h >> 29);
+}
+
+static uint64_t cache_set(const struct th_cache *c, const struct cache_key *k) {
+    uint64_t h = mix(c->seed, k->dev);
+    h = mix(h, k->ino);
+    h = mix(h, k->size);
+    h = mix(h, (uint64_t)k->mtime_s ^ ((uint64_t)k->mtime_ns << 34));
+    h = mix(h, (uint64_t)k->ctime_s ^ ((uint64_t)k->ctime_ns << 34));
+    return h % c->nsets;
+}
+
+static int key_eq(const struct cache_key *a, const struct cache_key *b) {
+    return a->dev == b->dev && a->ino == b->ino && a->size == b->size && a->mtime_s == b->mtime_s &&
+           a->mtime_ns == b->mtime_ns && a->ctime_s == b->ctime_s && a->ctime_ns == b->ctime_ns;
+}
+
+static void make_key(struct cache_key *k, const struct stat *st) {
+    memset(k, 0, sizeof *k);
+    k->dev = (uint64_t)st->st_dev;
+    k->ino = (uint64_t)st->st_ino;
+    k->size = (uint64_t)st->st_size;
+    k->mtime_s = (int64_t)st->st_mtim.tv_sec;
+    k->mtime_ns = (uint32_t)st->st_mtim.tv_nsec;
+    k->ctime_s = (int64_t)st->st_ctim.tv_sec;
+    k->ctime_ns = (uint32_t)st->st_ctim.tv_nsec;
+}
+
+/* Copy the cached digest of k to sha; 1 on a hit, 0 on a miss. */
+static int cache_lookup(struct th_cache *c, const struct cache_key *k, unsigned char *sha) {
+    uint64_t set = cache_set(c, k);
+    struct cache_slot *s = c->slots + set * c->ways;
+    int hit = 0;
+    pthread_mutex_t *lock = &c->locks[set % CACHE_LOCKS];
+    pthread_mutex_lock(lock);
+    for (uint64_t w = 0; w < c->ways; w++) {
+        if (s[w].used && key_eq(&s[w].key, k)) {
+            memcpy(sha, s[w].sha, 32);
+            s[w].ref = 1;
+            hit = 1;
+            break;
+        }
+    }
+    pthread_mutex_unlock(lock);
+    __atomic_fetch_add(hit ? &c->hits : &c->misses, 1, __ATOMIC_RELAXED);
+    return hit;
+}
+
+/* Store sha under k: in the slot already holding k, else a free way of its set, else the way
+ * CLOCK picks (the first from the hand without its ref bit, clearing the bits it passes). */
+static void cache_insert(struct th_cache *c, const struct cache_key *k, const unsigned char *sha) {
+    uint64_t set = cache_set(c, k);
+    struct cache_slot *s = c->slots + set * c->ways, *victim = NULL;
+    pthread_mutex_t *lock = &c->locks[set % CACHE_LOCKS];
+    pthread_mutex_lock(lock);
+    for (uint64_t w = 0; w < c->ways && !victim; w++)
+        if (s[w].used && key_eq(&s[w].key, k)) victim = &s[w];
+    for (uint64_t w = 0; w < c->ways && !victim; w++)
+        if (!s[w].used) {
+            victim = &s[w];
+            __atomic_fetch_add(&c->entries, 1, __ATOMIC_RELAXED);
+        }
+    while (!victim) {
+        struct cache_slot *at = &s[c->hands[set]];
+        c->hands[set] = (unsigned char)((c->hands[set] + 1) % c->ways);
+        if (at->ref)
+            at->ref = 0;
+        else
+            victim = at;
+    }
+    victim->key = *k;
+    memcpy(victim->sha, sha, 32);
+    victim->used = 1;
+    victim->ref = 0;
+    pthread_mutex_unlock(lock);
+}
+
+/* The filesystems whose ctime the kernel keeps itself, on every change, in memory: a file
+ * server (NFS, CIFS, 9p), a FUSE daemon (virtiofs too) or anything unknown reports what it
+ * likes, so files there are always hashed. */
+static int cacheable_fs(int fd) {
+    struct statfs sf;
+    if (fstatfs(fd, &sf) < 0) return 0;
+    switch ((unsigned long)sf.f_type) {
+    case 0xEF53UL:     /* ext2, ext3, ext4 */
+    case 0x58465342UL: /* xfs */
+    case 0x9123683EUL: /* btrfs */
+    case 0x01021994UL: /* tmpfs */
+    case 0x794C7630UL: /* overlayfs: the real inode's times */
+    case 0xF2F52010UL: /* f2fs */
+    case 0x73717368UL: /* squashfs (read-only) */
+    case 0xE0F5E1E2UL: /* erofs (read-only) */
+        return 1;
+    default: return 0;
+    }
+}
+
+/* A hashed file may be cached only if its ctime is before admit_before (the start of the
+ * measurement less the cache's min_age): a change after our stat then gets a later ctime even
+ * where timestamps are coarse, unless the clock is set back. */
+static int admit(const struct tree *t, const struct stat *st) {
+    if (st->st_ctim.tv_sec != t->admit_before.tv_sec) return st->st_ctim.tv_sec < t->admit_before.tv_sec;
+    return st->st_ctim.tv_nsec < t->admit_before.tv_nsec;
+}
 
 /* Write "/path" with bytes outside printable ASCII as \xNN. */
 static void show_path(char *out, size_t outlen, const char *path, size_t plen) {
@@ -368,8 +567,11 @@ static int hash_fd(int fd, EVP_MD_CTX *ctx, const EVP_MD *md, unsigned char *buf
     return EVP_DigestFinal_ex(ctx, out, &len) && len == 32 ? 0 : -2;
 }
 
+/* The re-stat rule: size, mtime and ctime (everything in the cache key that can move on an
+ * open file) are unchanged from before the read to after it. */
 static int same_times(const struct stat *a, const struct stat *b) {
-    return a->st_size == b->st_size && a->st_mtim.tv_sec == b->st_mtim.tv_sec &&
+    return a->st_dev == b->st_dev && a->st_ino == b->st_ino && a->st_size == b->st_size &&
+           a->st_mtim.tv_sec == b->st_mtim.tv_sec &&
            a->st_mtim.tv_nsec == b->st_mtim.tv_nsec && a->st_ctim.tv_sec == b->st_ctim.tv_sec &&
            a->st_ctim.tv_nsec == b->st_ctim.tv_nsec;
 }
@@ -402,17 +604,32 @@ static int hash_regular(struct tree *t, struct entry *e, int dir_fd, const char 
         e->size = (uint64_t)before.st_size;
         rc = read_xattrs(t, e, fd, NULL);
     }
-    if (rc == TH_OK) {
-        int h = hash_fd(fd, ctx, t->md, buf, e->sha, (long long)before.st_size);
-        if (h == -1)
-            rc = fail(t, TH_ERR_MEASURE, e, "cannot read: %s", strerror(errno));
-        else if (h == -2)
-            rc = fail(t, TH_ERR_CRYPTO, NULL, "OpenSSL SHA-256 failed");
-        else if (fstat(fd, &after) < 0 || !same_times(&before, &after))
-            rc = fail(t, TH_ERR_MEASURE, e, "changed while it was being hashed");
-        else
-            __atomic_fetch_add(&t->bytes, (unsigned long long)before.st_size, __ATOMIC_RELAXED);
+    if (rc != TH_OK) {
+        close(fd);
+        return rc;
     }
+    /* only files on the root's own filesystem, and that one of cacheable_fs's */
+    int cached = t->cache && t->cache_fs && before.st_dev == t->root_dev;
+    struct cache_key key;
+    if (cached) {
+        make_key(&key, &before);
+        if (cache_lookup(t->cache, &key, e->sha)) {
+            __atomic_fetch_add(&t->bytes, (unsigned long long)before.st_size, __ATOMIC_RELAXED);
+            close(fd);
+            return TH_OK;
+        }
+    }
+    int h = hash_fd(fd, ctx, t->md, buf, e->sha, (long long)before.st_size);
+    if (h == -1)
+        rc = fail(t, TH_ERR_MEASURE, e, "cannot read: %s", strerror(errno));
+    else if (h == -2)
+        rc = fail(t, TH_ERR_CRYPTO, NULL, "OpenSSL SHA-256 failed");
+    else if (fstat(fd, &after) < 0 || !same_times(&before, &after))
+        rc = fail(t, TH_ERR_MEASURE, e, "changed while it was being hashed"); /* never cached */
+    else
+        __atomic_fetch_add(&t->bytes, (unsigned long long)before.st_size, __ATOMIC_RELAXED);
+    /* the key is the first fstat's, equal to the second's (same_times) */
+    if (rc == TH_OK && cached && admit(t, &after)) cache_insert(t->cache, &key, e->sha);
     close(fd);
     return rc;
 }
@@ -682,6 +899,25 @@ static int open_root(struct tree *t, const char *root_path) {
     return fail(t, TH_ERR_MEASURE, NULL, "cannot open rootfs %s: %s", root_path, strerror(errno));
 }
 
+/* The measurement's admission time and the root's filesystem, for the cache. */
+static int cache_setup(struct tree *t) {
+    struct stat st;
+    struct timespec now;
+    if (fstat(t->root_fd, &st) < 0) return fail(t, TH_ERR_MEASURE, NULL, "cannot stat the rootfs: %s", strerror(errno));
+    if (clock_gettime(CLOCK_REALTIME, &now) < 0)
+        return fail(t, TH_ERR_MEASURE, NULL, "cannot read the clock: %s", strerror(errno));
+    t->root_dev = st.st_dev;
+    t->cache_fs = cacheable_fs(t->root_fd);
+    long long age = t->cache->min_age_ns;
+    t->admit_before.tv_sec = now.tv_sec - (time_t)(age / 1000000000LL);
+    t->admit_before.tv_nsec = now.tv_nsec - (long)(age % 1000000000LL);
+    if (t->admit_before.tv_nsec < 0) {
+        t->admit_before.tv_nsec += 1000000000L;
+        t->admit_before.tv_sec -= 1;
+    }
+    return TH_OK;
+}
+
 /* Walk (queueing files) while nthreads - 1 workers hash; then the caller hashes too. */
 static int walk_and_hash(struct tree *t, int nthreads) {
     struct entry *root = add_entry(t, "", 0, "");
@@ -708,11 +944,12 @@ static int walk_and_hash(struct tree *t, int nthreads) {
     return failed(t) ? t->status : TH_OK;
 }
 
-int th_tree_digest(const char *root_path, int nthreads, unsigned char *digest_out,
+int th_tree_digest(const char *root_path, int nthreads, th_cache *cache, unsigned char *digest_out,
                    unsigned long long *entries_out, unsigned long long *bytes_out, char *errbuf, size_t errlen) {
     struct tree t;
     memset(&t, 0, sizeof t);
     t.root_fd = -1;
+    t.cache = cache;
     t.errbuf = errbuf;
     t.errlen = errlen;
     pthread_mutex_init(&t.lock, NULL);
@@ -722,6 +959,7 @@ int th_tree_digest(const char *root_path, int nthreads, unsigned char *digest_ou
     struct out o = {0};
     int rc = !md || !ctx ? fail(&t, TH_ERR_CRYPTO, NULL, "OpenSSL has no SHA-256") : open_root(&t, root_path);
     t.md = md;
+    if (rc == TH_OK && cache) rc = cache_setup(&t);
     if (rc == TH_OK) rc = walk_and_hash(&t, nthreads < 1 ? 1 : nthreads);
     if (rc == TH_OK) {
         qsort(t.v, t.n, sizeof *t.v, path_cmp);

@@ -151,7 +151,7 @@ def test_native_module_of_another_version_is_refused() -> None:
         [sys.executable, "-c", STALE_BUILD], capture_output=True, text=True, check=False
     )
     assert result.returncode == 1
-    assert "trusthook._native has version 99, expected 1" in result.stderr
+    assert "trusthook._native has version 99, expected 2" in result.stderr
 
 
 def test_measure_cli_reports_the_backend(tmp_path: Path) -> None:

@@ -25,6 +25,7 @@ from trusthook.common.config import Config, Mode
 from trusthook.common.files import write_atomic
 from trusthook.errors import LogDivergedError, StateError
 from trusthook.measure.backend import select_hasher
+from trusthook.measure.native import DEFAULT_CACHE_ENTRIES
 from trusthook.startpath.bundle import own_hook_entry
 
 log = logging.getLogger(__name__)
@@ -89,7 +90,10 @@ def _start_threads(
 
 def run_agent(config: Config) -> None:
     """Serve until SIGTERM or SIGINT."""
-    hasher = select_hasher(config.hasher, threads=config.hash_threads or None)
+    # one digest cache for the agent's lifetime, used by every measurement
+    hasher = select_hasher(
+        config.hasher, threads=config.hash_threads or None, cache_entries=DEFAULT_CACHE_ENTRIES
+    )
     boot_id = read_boot_id()
     config.state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     store = LogStore(config.state_dir / "eventlog", boot_id)
@@ -106,7 +110,7 @@ def run_agent(config: Config) -> None:
                     log.warning("event log repaired: %s", note)
             except LogDivergedError as e:  # serve on: attestation shows the break, launches fail
                 log.error("event log diverges from PCR %d: %s", config.pcr, e)
-            metrics = AgentMetrics()
+            metrics = AgentMetrics(digest_cache=hasher.cache_stats)
             attester = Attester(
                 log=measured,
                 state_dir=config.state_dir,

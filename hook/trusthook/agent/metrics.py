@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import re
 import threading
+from collections.abc import Callable
 from pathlib import Path
 
 import psutil
@@ -26,6 +27,7 @@ from trusthook.errors import (
     TPMError,
     TrusthookError,
 )
+from trusthook.measure.native import CacheStats
 
 log = logging.getLogger(__name__)
 # seconds: a hook answered from the digest cache takes milliseconds, an encrypted launch with a
@@ -61,9 +63,11 @@ class AgentMetrics:
     """One agent's metrics; thread-safe. ``changed`` is set by every count (``Textfile``
     waits on it)."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, digest_cache: Callable[[], CacheStats | None] | None = None) -> None:
+        """``digest_cache``: the hasher's ``cache_stats``, read with the process's health."""
         self.changed = threading.Event()
         self._process = psutil.Process()
+        self._digest_cache = digest_cache
         r = self.registry = Registry(on_change=self.changed.set)
         self._launches = r.counter(
             "trusthook_agent_launches_total",
@@ -129,6 +133,17 @@ class AgentMetrics:
         self._started = r.gauge(
             "trusthook_agent_start_time_seconds", "When the agent process started, Unix time."
         )
+        self._cache_lookups = r.counter(
+            "trusthook_agent_digest_cache_lookups_total",
+            "Regular files the native hasher looked up in its digest cache: hit (not read) or"
+            " miss (hashed).",
+            ("result",),
+        )
+        self._cache_entries = r.gauge(
+            "trusthook_agent_digest_cache_entries",
+            "File digests the digest cache holds now; absent without a cache.",
+        )
+        self._cache_entries.replace(())
 
     # counted by the listener, the service and the attester
 
@@ -178,6 +193,11 @@ class AgentMetrics:
         self._fds.set(fds)
         self._threads.set(threads)
         self._started.set(started)
+        cache = self._digest_cache() if self._digest_cache is not None else None
+        if cache is not None:
+            self._cache_lookups.set_total(cache.hits, result="hit")
+            self._cache_lookups.set_total(cache.misses, result="miss")
+            self._cache_entries.set(cache.entries)
         return AgentHealth(
             pid=self._process.pid,
             started_at=iso_from_timestamp(started),

@@ -7,11 +7,13 @@ Everything else in trusthook is internal and may change.
 from trusthook.common.jcs import canonicalize
 from trusthook.measure.backend import Hasher, PythonHasher, select_hasher
 from trusthook.measure.encoding import Entry, Kind, encode_entry, rootfs_digest
-from trusthook.measure.native import NativeHasher
+from trusthook.measure.native import CacheStats, DigestCache, NativeHasher
 from trusthook.measure.profile import config_digest, launch_profile, launch_profile_digest
 from trusthook.measure.walk import RootfsMeasurement, measure_rootfs
 
 __all__ = [
+    "CacheStats",
+    "DigestCache",
     "Entry",
     "Hasher",
     "Kind",

@@ -3,7 +3,8 @@
 
 ``auto`` (the default) takes the native hasher and falls back to the Python reference with a
 warning; ``native`` fails loudly when the native hasher is missing. The chosen object's
-``backend`` attribute says which one is active.
+``backend`` attribute says which one is active. ``cache_entries`` gives the native hasher a
+digest cache of that bound (docs/measurement.md, 1.11); the Python reference never caches.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from typing import Protocol
 
 from trusthook.common.config import HASHER_ENV, HASHERS
 from trusthook.errors import BlobError, ConfigError, NativeUnavailableError
-from trusthook.measure.native import NativeHasher
+from trusthook.measure.native import CacheStats, DigestCache, NativeHasher
 from trusthook.measure.walk import RootfsMeasurement, measure_rootfs
 
 log = logging.getLogger(__name__)
@@ -31,6 +32,8 @@ class Hasher(Protocol):
 
     def blob_digests(self, paths: Sequence[str | os.PathLike[str]]) -> list[bytes]: ...
 
+    def cache_stats(self) -> CacheStats | None: ...
+
 
 class PythonHasher:
     """The pure-Python reference implementation."""
@@ -39,6 +42,9 @@ class PythonHasher:
 
     def measure_rootfs(self, path: str | os.PathLike[str]) -> RootfsMeasurement:
         return measure_rootfs(path)
+
+    def cache_stats(self) -> CacheStats | None:
+        return None  # the reference hashes everything, every time
 
     def blob_digest_fd(self, fd: int) -> bytes:
         h = hashlib.sha256()
@@ -60,14 +66,16 @@ class PythonHasher:
         return out
 
 
-def select_hasher(wanted: str, *, threads: int | None = None) -> Hasher:
-    """The hasher ``wanted`` (``Config.hasher``: auto, native or python) names."""
+def select_hasher(wanted: str, *, threads: int | None = None, cache_entries: int = 0) -> Hasher:
+    """The hasher ``wanted`` (``Config.hasher``: auto, native or python) names; a native one
+    with a digest cache of ``cache_entries`` entries when that is > 0."""
     if wanted not in HASHERS:
         raise ConfigError(f"hasher {wanted!r}; expected one of {', '.join(HASHERS)}")
     if wanted == "python":
         return PythonHasher()
     try:
-        return NativeHasher(threads=threads)
+        cache = DigestCache(max_entries=cache_entries) if cache_entries > 0 else None
+        return NativeHasher(threads=threads, cache=cache)
     except NativeUnavailableError as e:
         if wanted == "native":
             raise NativeUnavailableError(

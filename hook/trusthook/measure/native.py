@@ -2,6 +2,9 @@
 
 Every argument is checked and every buffer allocated here; C gets plain pointers and lengths and
 returns a status code that becomes a typed error. cffi releases the GIL for each call.
+
+``DigestCache`` is the native digest cache (docs/measurement.md, 1.11): whoever makes the hasher
+makes the cache and hands it in; the Python reference never caches.
 """
 
 from __future__ import annotations
@@ -9,14 +12,21 @@ from __future__ import annotations
 import importlib
 import os
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from trusthook.errors import BlobError, MeasurementError, NativeUnavailableError, ServiceError
 from trusthook.measure.walk import RootfsMeasurement
 
-EXPECTED_NATIVE_VERSION = 1
+EXPECTED_NATIVE_VERSION = 2
 _ERRLEN = 2048
-_TH_ERR_MEASURE, _TH_ERR_IO, _TH_ERR_NOMEM = 1, 2, 3
+_TH_ERR_MEASURE, _TH_ERR_IO, _TH_ERR_NOMEM, _TH_ERR_ARG = 1, 2, 3, 5
+# the agent's cache: 2^18 entries of 88 bytes, 22 MiB at most, resident only as it fills
+DEFAULT_CACHE_ENTRIES = 1 << 18
+MAX_CACHE_ENTRIES = 1 << 30
+# a file changed less than this before a measurement starts is hashed but not cached, so that a
+# change right after the measurement moves ctime even on filesystems with 1-second timestamps
+DEFAULT_MIN_AGE_NS = 2_000_000_000
 
 
 def _load() -> tuple[Any, Any]:
@@ -40,16 +50,66 @@ def default_threads() -> int:
     return max(1, len(os.sched_getaffinity(0)))
 
 
+@dataclass(frozen=True, slots=True)
+class CacheStats:
+    """A digest cache's counts: lookups answered and not since it was made, entries held now,
+    and the most it holds (``max_entries`` rounded down to a multiple of 16)."""
+
+    hits: int
+    misses: int
+    entries: int
+    capacity: int
+
+
+class DigestCache:
+    """A bounded, thread-safe cache of regular files' content digests for ``NativeHasher``,
+    keyed by (st_dev, st_ino, st_size, st_mtime, st_ctime). Memory is fixed when it is made
+    (88 bytes per entry) and freed when the object is collected.
+
+    A file whose ctime is less than ``min_age_ns`` before the start of a measurement is hashed
+    but not admitted (tests pass 0)."""
+
+    def __init__(
+        self, *, max_entries: int = DEFAULT_CACHE_ENTRIES, min_age_ns: int = DEFAULT_MIN_AGE_NS
+    ) -> None:
+        if not 1 <= max_entries <= MAX_CACHE_ENTRIES:
+            raise ValueError(f"max_entries must be 1..{MAX_CACHE_ENTRIES}, got {max_entries}")
+        if not 0 <= min_age_ns < 1 << 62:
+            raise ValueError(f"min_age_ns must be 0..2^62, got {min_age_ns}")
+        self._ffi, self._lib = _load()
+        out = self._ffi.new("th_cache **")
+        errbuf = self._ffi.new("char[]", _ERRLEN)
+        status = self._lib.th_cache_new(max_entries, min_age_ns, out, errbuf, _ERRLEN)
+        if status:
+            message = self._ffi.string(errbuf).decode("utf-8", "backslashreplace")
+            if status == _TH_ERR_NOMEM:
+                raise MemoryError(message)
+            raise ServiceError(f"cannot make the digest cache: {message}")
+        self.pointer = self._ffi.gc(out[0], self._lib.th_cache_free)
+        self.max_entries = max_entries
+        self.min_age_ns = min_age_ns
+
+    def stats(self) -> CacheStats:
+        counts = self._ffi.new("unsigned long long[4]")
+        self._lib.th_cache_stats(self.pointer, counts, counts + 1, counts + 2, counts + 3)
+        return CacheStats(hits=counts[0], misses=counts[1], entries=counts[2], capacity=counts[3])
+
+
 class NativeHasher:
     """Rootfs and blob digests in C; bit-identical to the Python reference."""
 
     backend = "native"
 
-    def __init__(self, *, threads: int | None = None) -> None:
+    def __init__(self, *, threads: int | None = None, cache: DigestCache | None = None) -> None:
         self._ffi, self._lib = _load()
         self.threads = threads if threads is not None else default_threads()
         if not 1 <= self.threads <= 1024:
             raise ValueError(f"threads must be 1..1024, got {self.threads}")
+        self.cache = cache
+
+    def cache_stats(self) -> CacheStats | None:
+        """The digest cache's counts; None without a cache."""
+        return self.cache.stats() if self.cache is not None else None
 
     def _raise(self, status: int, errbuf: Any, kind: type[Exception]) -> None:
         message = self._ffi.string(errbuf).decode("utf-8", "backslashreplace")
@@ -67,8 +127,10 @@ class NativeHasher:
         entries = self._ffi.new("unsigned long long *")
         hashed = self._ffi.new("unsigned long long *")
         errbuf = self._ffi.new("char[]", _ERRLEN)
+        cache = self.cache  # alive for the whole call
+        pointer = cache.pointer if cache is not None else self._ffi.NULL
         status = self._lib.th_tree_digest(
-            raw, self.threads, digest, entries, hashed, errbuf, _ERRLEN
+            raw, self.threads, pointer, digest, entries, hashed, errbuf, _ERRLEN
         )
         if status:
             self._raise(status, errbuf, MeasurementError)
