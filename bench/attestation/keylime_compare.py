@@ -39,8 +39,10 @@ recorded swtpm evidence's simulated firmware) and the log PCR, with the TPM cloc
   PCR 23, the host state carried from quote to quote. Timed twice: the core (``appraise`` with
   the AK checked once per round, as verify_core.py does) and per attestation as the server
   does it: the ``AttestationRequest`` (base64/hex members, records as JSON objects) turned into
-  ``Evidence``, the AK's public area checked, then ``appraise``. The latter is the layer of
-  Keylime's ``check_quote``, which takes wire strings and the AK's TPM2B_PUBLIC every time.
+  ``Evidence``, the host's AK looked up as the server does (``service.attestation_key``: checked
+  once per AK and kept; its cache is cleared at each round's start), then ``appraise``. That is
+  the layer of Keylime's ``check_quote``, which takes wire strings and converts the AK's
+  TPM2B_PUBLIC every time.
 
 Both sides run in one run, interleaved round by round (Keylime in a child process in its venv,
 its timing loop inside the child), on one core each (``time.process_time``). Every verdict must
@@ -76,23 +78,12 @@ from typing import IO, Any
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import padding
 from tests.data.recorded import firmware_digests
-from tests.softtpm import SoftTpm, name_of
-from tpm2_pytss.constants import TPM2_GENERATED, TPM2_ST
-from tpm2_pytss.types import (
-    TPM2B_DATA,
-    TPM2B_DIGEST,
-    TPM2B_NAME,
-    TPML_PCR_SELECTION,
-    TPMS_ATTEST,
-    TPMS_CLOCK_INFO,
-    TPMS_QUOTE_INFO,
-    TPMU_ATTEST,
-)
+from tests.softtpm import Clock, SoftTpm
 
 from trusthook.attest.appraise import Evidence, Expectations, HostState, appraise
 from trusthook.attest.identity import check_ak_public
 from trusthook.attest.quote import verify_quote
-from trusthook.attest.tpmwire import TPM_ALG_RSASSA, TPM_ALG_SHA256, parse_rsassa_signature
+from trusthook.attest.tpmwire import TPM_ALG_SHA256, parse_rsassa_signature
 from trusthook.common.eventlog import Identity, LaunchEvent, Record, extend, parse_record
 from trusthook.server import api
 from trusthook.server.service import attestation_key, evidence_of
@@ -140,8 +131,8 @@ KEYLIME_CHECKS = (
     " signatures (no keyring), policy load/DB, JSON, HTTP",
 )
 TRUSTHOOK_CHECKS = (
-    "AK: public area parsed and checked (restricted RSA-2048 RSASSA-SHA256 signing key), per"
-    " attestation in the server path; once per round in the core",
+    "AK: public area parsed and checked (restricted RSA-2048 RSASSA-SHA256 signing key) once"
+    " per AK and kept, as the server does (server path); once per round in the core",
     "signature: RSASSA-SHA256 over TPMS_ATTEST (checked before parsing it)",
     "nonce: quote extraData = the nonce",
     "PCR selection: exactly the SHA-256 bank, exactly the PCRs asked for; values sent = those",
@@ -241,31 +232,6 @@ def golden_values() -> dict[int, bytes]:
     return values
 
 
-def quote(
-    tpm: SoftTpm, ak_name: bytes, nonce: bytes, values: dict[int, bytes], clock: int
-) -> tuple[bytes, bytes]:
-    """A TPM2_Quote by ``tpm``'s AK over ``values`` (SHA-256 bank): TPMS_ATTEST and the
-    marshaled RSASSA TPMT_SIGNATURE."""
-    selection = TPML_PCR_SELECTION.parse("sha256:" + ",".join(map(str, sorted(values))))
-    digest = hashlib.sha256(b"".join(values[i] for i in sorted(values))).digest()
-    attest = TPMS_ATTEST(
-        magic=TPM2_GENERATED.VALUE,
-        type=TPM2_ST.ATTEST_QUOTE,
-        qualifiedSigner=TPM2B_NAME(ak_name),
-        extraData=TPM2B_DATA(nonce),
-        clockInfo=TPMS_CLOCK_INFO(
-            clock=clock, resetCount=RESET_COUNT, restartCount=RESTART_COUNT, safe=1
-        ),
-        firmwareVersion=0x2023_0619,
-        attested=TPMU_ATTEST(
-            quote=TPMS_QUOTE_INFO(pcrSelect=selection, pcrDigest=TPM2B_DIGEST(digest))
-        ),
-    )
-    data = bytes(attest.marshal())
-    sig = tpm.ak.sign(data, padding.PKCS1v15(), hashes.SHA256())
-    return data, struct.pack(">HHH", TPM_ALG_RSASSA, TPM_ALG_SHA256, len(sig)) + sig
-
-
 def pcrblob(values: dict[int, bytes]) -> bytes:
     """tpm2-tools' PCR dump that Keylime's agent sends: TPML_PCR_SELECTION as in memory (16
     slots of hash, sizeofSelect, pcrSelect[4], padding), then TPML_DIGEST[] of 8 digests each
@@ -332,7 +298,6 @@ class Workload:
 def build(quotes: int) -> Workload:
     tpm = SoftTpm()
     ak_public = tpm.ak_public
-    ak_name = name_of(ak_public)
     golden = golden_values()
     cases: list[Case] = []
     state = HostState(
@@ -348,7 +313,7 @@ def build(quotes: int) -> Workload:
             tip, recnum = extend(tip, records[-1].digest), recnum + 1
         nonce = secrets.token_bytes(32)
         values = {**golden, CONTAINER_PCR: tip}
-        attest, signature = quote(tpm, ak_name, nonce, values, clock)
+        attest, signature = tpm.quote(values, nonce, Clock(clock, RESET_COUNT, RESTART_COUNT))
         evidence = Evidence(
             attest=attest,
             signature=signature,
@@ -376,7 +341,9 @@ def build(quotes: int) -> Workload:
             ima_tip = extend(ima_tip, pcr_digest)
         kl_nonce = "".join(secrets.choice(string.ascii_letters + string.digits) for _ in range(20))
         kl_values = {**golden, KEYLIME_IMA_PCR: ima_tip}
-        kl_attest, kl_signature = quote(tpm, ak_name, kl_nonce.encode(), kl_values, clock)
+        kl_attest, kl_signature = tpm.quote(
+            kl_values, kl_nonce.encode(), Clock(clock, RESET_COUNT, RESTART_COUNT)
+        )
         blobs = (kl_attest, kl_signature, pcrblob(kl_values))
         kl_quotes.append(
             {
