@@ -370,6 +370,16 @@ def _requests(seeds: Seeds) -> None:
         ).to_json(),
         "AttestationRequest": attestation.to_json(),
         "ReleaseRequest": release.to_json(),
+        "CheckpointRequest": messages.CheckpointRequest(
+            nonce=quote.nonce, container="web-1"
+        ).to_json(),
+        "RestoreRequest": messages.RestoreRequest(
+            nonce=quote.nonce,
+            container="web-1",
+            identity={"kubernetes": {"namespace": "shop", "pod": "web-0", "container": "app"}},
+            image_digest="sha256:" + "ab" * 32,
+            encrypted=False,
+        ).to_json(),
     }
     seeds["http_body"] = [
         bytes([i]) + _dumps(bodies[kind.__name__]) for i, kind in enumerate(_BODIES)

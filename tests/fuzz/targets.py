@@ -35,6 +35,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from jwcrypto import jwk
 
+from trusthook.agent.bundles import add_hook, encrypted_layout
 from trusthook.agent.imagepolicy import parse_policy
 from trusthook.agent.launch import check_launch_config, image_annotations
 from trusthook.agent.service import AgentService
@@ -76,11 +77,10 @@ from trusthook.policy.appraise import HostPlace, appraise_launch
 from trusthook.policy.manifest import Manifest as PolicyManifest
 from trusthook.policy.manifest import changes, parse_manifest
 from trusthook.policy.selector import parse_selector
-from trusthook.server import api, kubernetes, release
+from trusthook.server import api, kubernetes, release, restores
 from trusthook.server.config import parse_server_config
 from trusthook.server.enrollment import _check_csr
 from trusthook.server.service import evidence_of
-from trusthook.startpath.bundle import _encrypted_layout, add_hook
 
 Run = Callable[[bytes], None]
 
@@ -346,7 +346,7 @@ def config_json(data: bytes) -> None:
         lambda: launch_profile_digest(config, CONTAINER_ID, own_hook=own_hook()),
         lambda: image_annotations(config),
         lambda: check_launch_config(config, own_hook(), CONTAINER_ID),
-        lambda: _encrypted_layout(config, BUNDLE, CONFIG_PATH),
+        lambda: encrypted_layout(config, BUNDLE, CONFIG_PATH),
         lambda: add_hook(parse_object(data, "config.json", BundleError), own_hook(), CONFIG_PATH),
     )
 
@@ -410,6 +410,8 @@ _BODIES: tuple[type[pydantic.BaseModel], ...] = (
     api.ActivationRequest,
     api.AttestationRequest,
     api.ReleaseRequest,
+    restores.CheckpointRequest,  # appended: the first byte of older inputs keeps its route
+    restores.RestoreRequest,
 )
 
 
@@ -448,9 +450,23 @@ def http_body(data: bytes) -> None:
             lambda: api.field_bytes(key.public, "public"),
         )
     elif isinstance(body, api.AttestationRequest):
+        certified = body.attributes
         _each(
             lambda: evidence_of(body),
             lambda: api.field_bytes(body.nonce, "nonce"),
+            lambda: certified and api.field_bytes(certified.attest, "attributes.attest"),
+            lambda: (
+                certified
+                and parse_rsassa_signature(api.field_bytes(certified.signature, "attributes"))
+            ),
+        )
+    elif isinstance(body, restores.CheckpointRequest | restores.RestoreRequest):
+        _each(
+            lambda: api.field_bytes(body.nonce, "nonce"),
+            lambda: (
+                isinstance(body, restores.RestoreRequest)
+                and restores.identity_of_body(body.identity)
+            ),
         )
     elif isinstance(body, api.ReleaseRequest):
         manifest = api.field_bytes(body.manifest, "manifest")
@@ -676,7 +692,7 @@ TARGETS: Mapping[str, Target] = MappingProxyType(
             Target(
                 name="config_json",
                 covers="config.json: common.oci.rootfs_path, measure.profile digests,"
-                " agent.launch checks, startpath.bundle.add_hook",
+                " agent.launch checks, agent.bundles.add_hook",
                 make=_pure(config_json),
             ),
             Target(

@@ -146,7 +146,7 @@ class Decisions:
 
     def restore(self, host: HostRecord, req: RestoreRequest, signed: SignedRequest) -> Decision:
         current, version = self._begin(host, req.nonce, signed)
-        identity = identity_text(_identity(req.identity))
+        identity = identity_text(identity_of_body(req.identity))
         try:
             self._check_trusted(current, RESTORE, req.container)
             policy = self._policies.in_force()
@@ -255,7 +255,8 @@ class Decisions:
         return self._clock().timestamp()
 
 
-def _identity(body: IdentityBody) -> Identity:
+def identity_of_body(body: IdentityBody) -> Identity:
+    """The identity a restore request names, as the event log holds one."""
     kubernetes = None
     if body.kubernetes is not None:
         k = body.kubernetes
