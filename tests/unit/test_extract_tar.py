@@ -207,6 +207,12 @@ def test_a_uid_beyond_32_bits_is_refused(root: Path) -> None:
     refused(root, gnu_uid, r"uid 1099511627776 or gid 0 is out of range")
 
 
+def test_a_mode_beyond_its_octal_field_is_refused(root: Path) -> None:
+    """Found by the layer_blob fuzzer: a base-256 mode past a C long raised OverflowError."""
+    tar = header(mode=base256(1 << 40, 8), magic=b"ustar  \0") + END
+    refused(root, tar, r"layer entry 'f': mode 20000000000000 is out of range \(0 to 7777777\)")
+
+
 @pytest.mark.parametrize(
     ("mtime", "message"),
     [

@@ -269,9 +269,14 @@ class TarReader:
         link = _text(block, 157, pax.get("linkpath"), pending.long_link, start)
         self._left = size
         self._padding = -size % BLOCK
-        mode = stat.S_IMODE(_number(block[100:108], "mode", start))
+        raw_mode = _number(block[100:108], "mode", start)
+        if raw_mode > _MAX_MODE:  # base-256 can say more than 7 octal digits
+            raise ImageError(f"{what}: mode {raw_mode:o} is out of range (0 to {_MAX_MODE:o})")
+        mode = stat.S_IMODE(raw_mode)
         return TarEntry(name, kind, size, mode, uid, gid, mtime_ns, link, major, minor, xattrs)
 
+
+_MAX_MODE = 0o7777777  # what the 8-byte octal field holds
 
 _META_NAMES = {
     b"x": "pax header",
