@@ -123,7 +123,7 @@ def _plain(value: Any, depth: int) -> bool:
     if kind is str or kind is bool or value is None:
         return True
     if kind is int:
-        return -_EXACT < value < _EXACT
+        return -_EXACT < int(value) < _EXACT
     if depth >= MAX_DEPTH:
         return False
     if kind is dict:
