@@ -1,11 +1,11 @@
 """``docker run`` of a sealed busybox image against a plain ``docker run`` of the same busybox,
 side by side in one run (interleaved), on one dockerd of this script's own.
 
-The sealed run is the whole trusthook path: trusthook-runtime mounts a tmpfs root, the hook asks
-the agent (swtpm), which records the launch, attests to a local server (SQLite, mutual TLS),
-gets the layer key sealed to its TPM, decrypts and unpacks busybox into the tmpfs, measures it
-and records it; then the container runs ``/bin/true``. The plain run uses Docker's default
-runtime (runc) and the same busybox files.
+The sealed run is the whole trusthook path: trusthook-runtime has the agent mount a tmpfs
+root, the hook asks the agent (swtpm), which records the launch, attests to a local server
+(SQLite, mutual TLS), gets the layer key sealed to its TPM, decrypts and unpacks busybox into
+the tmpfs, measures it and records it; then the container runs ``/bin/true``. The plain run
+uses Docker's default runtime (runc) and the same busybox files.
 
 Usage (root): .venv/bin/python bench/sealed_run.py [--runs N] [--workdir DIR]
 """

@@ -2,8 +2,9 @@
 
 ``python:MODULE``: from the module's argparse parser when it has ``build_parser`` (``trusthook``:
 the top-level ``--help`` and then every subcommand's, exactly as ``--help`` prints them), else
-from its docstring and its ``USAGE`` (``trusthook-hook``, ``trusthook-runtime``).
-``exe:PATH``: the ``--help`` output of a compiled program.
+from its docstring and its ``USAGE``.
+``exe:PATH``: the ``--help`` output of a compiled program (``trusthook-hook``,
+``trusthook-runtime``).
 
     manpage.py --lib DIR --version V --date YYYY-MM-DD --out FILE NAME SOURCE
 
@@ -24,11 +25,12 @@ from pathlib import Path
 WIDTH = "80"  # argparse wraps --help to $COLUMNS; a man page is read at about this width
 SEE_ALSO = ("trusthook", "trusthook-hook", "trusthook-runtime")
 FILES = (
-    ("/etc/trusthook/config.toml", "the host's configuration (agent, hook, shim)"),
+    ("/etc/trusthook/config.toml", "the host's configuration (agent, hook, real runtime)"),
     ("/etc/trusthook/server.toml", "the attestation server's configuration"),
     ("/var/lib/trusthook", "the agent's state: the event log, the host's enrollment"),
     ("/var/lib/trusthook-server", "the server's state: CA, TLS key, database, image keys"),
     ("/run/trusthook/agent.sock", "the agent's socket (root only)"),
+    ("/run/trusthook/agent.sock.runtime", "the real runtime, as the agent tells the shim"),
     ("/usr/share/trusthook/oci-config", "hooks.d, Docker, containerd and CRI-O snippets"),
 )
 

@@ -1,9 +1,19 @@
 """End to end over HTTPS: several enrolled swtpm hosts (each its own swtpm and agent) attest
 concurrently against one server process, on SQLite and then PostgreSQL. Prints attestations
 per second, p50/p99 latency as the agent's client sees it, and the server process's CPU time
-per attestation (the hosts share the machine's cores, so wall time alone would mislead).
+per attestation (user + system, from /proc/PID/stat: the hosts share the machine's cores, so
+wall time alone would mislead).
 
-Usage (root): .venv/bin/python bench/attestation/end_to_end.py [--hosts N] [--seconds S]
+``--keep-alive on`` (the agent's default) holds each agent's connection from one attestation
+to the next; ``off`` opens one per attestation (one full TLS handshake each); ``both`` (the
+default) measures the two side by side on the same server and hosts. An attestation is the
+agent's exchange: a nonce, the evidence, the audit checkpoint and its consistency proof.
+``--profile DIR`` samples the server's threads with py-spy during each measurement (without
+stopping it) into DIR/server-<database>-<mode>.txt, collapsed stacks. The samples are wall
+time of threads not seen idle: time waiting for PostgreSQL's answers or for the GIL counts.
+
+Usage (root): PYTHONPATH=. .venv/bin/python bench/attestation/end_to_end.py [--hosts N]
+[--seconds S] [--keep-alive on|off|both] [--databases sqlite,postgresql] [--profile DIR]
 """
 
 from __future__ import annotations
@@ -18,7 +28,6 @@ import threading
 import time
 from pathlib import Path
 
-import psutil
 from tests.support.postgres import Postgres
 
 from trusthook._devenv.agentproc import AgentProcess, write_agent_config
@@ -28,6 +37,44 @@ from trusthook.common.protocol import OP_ATTEST, call
 
 TARGET_CPU_MS = 2.0
 BIN = Path(sys.executable).parent
+TICK = os.sysconf("SC_CLK_TCK")
+Agents = list[tuple[Path, AgentProcess]]
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of process ``pid`` so far (/proc/PID/stat fields 14 and 15)."""
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    fields = stat[stat.rindex(")") + 2 :].split()  # after "pid (comm) "
+    return (int(fields[11]) + int(fields[12])) / TICK
+
+
+def sample(pid: int, out: Path, seconds: float) -> subprocess.Popen[bytes]:
+    """py-spy sampling process ``pid`` (every thread: the routes' work runs on worker threads,
+    which cProfile would not see) for ``seconds``, collapsed stacks into ``out``."""
+    return subprocess.Popen(
+        [
+            str(BIN / "py-spy"), "record", "--pid", str(pid), "--rate", "200",
+            "--duration", str(int(seconds)), "--format", "raw", "--output", str(out),
+            "--nonblocking",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+
+
+def restart_agents(agents: Agents, keep_alive: bool) -> Agents:
+    """The agents again, with ``[attestation] keep_alive`` set as asked."""
+    restarted = []
+    for config_path, agent in agents:
+        agent.stop()
+        text = config_path.read_text()
+        text = text.replace("keep_alive = true\n", "").replace("keep_alive = false\n", "")
+        setting = "true" if keep_alive else "false"
+        text = text.replace("[attestation]\n", f"[attestation]\nkeep_alive = {setting}\n")
+        config_path.write_text(text)
+        log_path = agent.log_path
+        restarted.append((config_path, AgentProcess(config_path, agent.config, log_path).start()))
+    return restarted
 
 
 def enroll(config_path: Path, server: ServerProcess) -> None:
@@ -66,9 +113,15 @@ def load(sockets: list[Path], seconds: float) -> list[float]:
     return latencies
 
 
-def run_backend(
-    name: str, database: str, work: Path, agents: list[tuple[Path, AgentProcess]], seconds: float
-) -> float:
+def run_backend(  # noqa: PLR0917 - one call site, read as a table
+    name: str,
+    database: str,
+    work: Path,
+    agents: Agents,
+    seconds: float,
+    modes: list[bool],
+    profile: Path | None,
+) -> tuple[Agents, list[float]]:
     bundle = swtpm_ek_bundle(work / f"ek-{name}.pem")
     config = work / f"server-{name}.toml"
     write_server_config(
@@ -81,36 +134,56 @@ def run_backend(
     )
     server = ServerProcess(config, work / f"server-{name}.log")
     server.init()
+    results = []
     with server:
         for config_path, _ in agents:
             enroll(config_path, server)
-        sockets = [agent.config.socket for _, agent in agents]
-        load(sockets, 2)  # warm up: connections, caches, first epoch
         assert server.proc is not None
-        proc = psutil.Process(server.proc.pid)
-        before = proc.cpu_times()
-        start = time.perf_counter()
-        latencies = load(sockets, seconds)
-        elapsed = time.perf_counter() - start
-        after = proc.cpu_times()
-    cpu = (after.user - before.user) + (after.system - before.system)
-    n = len(latencies)
-    cpu_ms = 1000 * cpu / n
-    q = statistics.quantiles(latencies, n=100)
-    print(
-        f"{name:10} {len(agents)} hosts  {n:5d} attestations in {elapsed:4.1f}s ="
-        f" {n / elapsed:6.1f}/s  p50 {1000 * statistics.median(latencies):6.1f} ms"
-        f"  p99 {1000 * q[98]:6.1f} ms  server CPU {cpu_ms:5.2f} ms/attestation"
-        f" (target <= {TARGET_CPU_MS})"
-    )
-    return cpu_ms
+        for keep_alive in modes:
+            agents = restart_agents(agents, keep_alive)
+            sockets = [agent.config.socket for _, agent in agents]
+            load(sockets, 2)  # warm up: connections, caches, first epoch
+            mode = "keep-alive" if keep_alive else "fresh-conn"
+            spy = None
+            if profile is not None:
+                out = profile / f"server-{name}-{mode}.txt"
+                spy = sample(server.proc.pid, out, seconds)
+            before = cpu_seconds(server.proc.pid)
+            start = time.perf_counter()
+            latencies = load(sockets, seconds)
+            elapsed = time.perf_counter() - start
+            cpu = cpu_seconds(server.proc.pid) - before
+            if spy is not None:
+                spy.wait()
+            n = len(latencies)
+            cpu_ms = 1000 * cpu / n
+            q = statistics.quantiles(latencies, n=100)
+            print(
+                f"{name:10} {mode}  {len(agents)} hosts  {n:5d} attestations in"
+                f" {elapsed:4.1f}s = {n / elapsed:6.1f}/s"
+                f"  p50 {1000 * statistics.median(latencies):6.1f} ms"
+                f"  p99 {1000 * q[98]:6.1f} ms  server CPU {cpu_ms:5.2f} ms/attestation"
+                f" (target <= {TARGET_CPU_MS})",
+                flush=True,
+            )
+            results.append(cpu_ms)
+    return agents, results
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--hosts", type=int, default=4)
     parser.add_argument("--seconds", type=float, default=15)
+    parser.add_argument("--keep-alive", choices=("on", "off", "both"), default="both")
+    parser.add_argument("--databases", default="sqlite,postgresql")
+    parser.add_argument("--profile", type=Path, default=None)
     args = parser.parse_args()
+    modes = {"on": [True], "off": [False], "both": [False, True]}[args.keep_alive]
+    databases = args.databases.split(",")
+    if args.profile is not None:
+        if not (BIN / "py-spy").exists():
+            raise SystemExit("--profile needs py-spy in this venv: .venv/bin/pip install py-spy")
+        args.profile.mkdir(parents=True, exist_ok=True)
     os.environ.setdefault("TSS2_LOG", "all+NONE")
     results = []
     with tempfile.TemporaryDirectory(prefix="trusthook-bench-") as tmp:
@@ -131,11 +204,16 @@ def main() -> int:
                 )
                 agent = AgentProcess(config_path, config, work / f"agent{i}.log").start()
                 agents.append((config_path, agent))
-            results.append(run_backend("sqlite", "", work, agents, args.seconds))
-            pg.start()
-            for _, agent in agents:  # each host enrolls afresh with the second server
-                (agent.config.state_dir / "attest" / "enrollment.json").unlink()
-            results.append(run_backend("postgresql", pg.url, work, agents, args.seconds))
+            for name in databases:
+                url = ""
+                if name == "postgresql":
+                    url = pg.start().url
+                for _, agent in agents:  # each host enrolls afresh with each server
+                    (agent.config.state_dir / "attest" / "enrollment.json").unlink(missing_ok=True)
+                agents, cpu = run_backend(
+                    name, url, work, agents, args.seconds, modes, args.profile
+                )
+                results.extend(cpu)
         finally:
             for _, agent in agents:
                 agent.stop()

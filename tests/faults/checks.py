@@ -18,9 +18,9 @@ from tests.faults.rig import (
     transient_objects,
     unmount,
 )
+from trusthook.agent.bundles import HOOK_STAGE
 from trusthook.common.eventlog import RELEASE_STAGE, verify_against_pcr
 from trusthook.errors import EventLogError
-from trusthook.startpath.bundle import HOOK_STAGE
 
 
 def check_log(rig: Rig, report: Report, round_: int) -> tuple[Counter[str], set[str]]:

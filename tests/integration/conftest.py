@@ -23,6 +23,7 @@ import pytest
 import sqlalchemy
 
 from tests.support.postgres import Postgres
+from tests.support.shim import shim_env, shim_program
 from trusthook._devenv.agentproc import AgentProcess, write_agent_config
 from trusthook._devenv.bundle import build_rootfs, write_bundle_config
 from trusthook._devenv.serverproc import ServerProcess, swtpm_ek_bundle, write_server_config
@@ -38,7 +39,7 @@ from trusthook.server.store import Store
 
 BIN = Path(sys.executable).parent
 HOOK = BIN / "trusthook-hook"
-SHIM = BIN / "trusthook-runtime"
+SHIM = shim_program()
 
 # The tests' agents never attest on their own between start-up and a test's request: an
 # enrolled agent attests once as it starts (AgentProcess.start_attested waits that out), then
@@ -149,7 +150,7 @@ class Host:
 
     @property
     def env(self) -> dict[str, str]:
-        return {**os.environ, "TRUSTHOOK_CONFIG": str(self.config_path)}
+        return {**os.environ, **shim_env(self.config_path)}
 
     def snapshot(self) -> tuple[list[Record], bytes]:
         result = call(str(self.config.socket), OP_SNAPSHOT, timeout=30)

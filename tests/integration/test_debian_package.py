@@ -431,9 +431,12 @@ def test_programs_run_in_debian12(installed: DebianRoot) -> None:
     assert audit.returncode == 0, audit.stderr
     assert "audit mode, container starts unmeasured" in audit.stderr
 
-    # The shim reads /etc/trusthook/config.toml and execs the real runtime (runc, which the
-    # package recommends and apt installed).
-    assert "runc version" in root.ok("trusthook-runtime", "--version")
+    # The shim reads no config file: the agent, which has not started here, tells it which
+    # runtime to run (/run/trusthook/agent.sock.runtime); without that, it refuses.
+    shim = root.run("trusthook-runtime", "--version")
+    assert (
+        shim.returncode == 1 and "/run/trusthook/agent.sock.runtime does not exist" in shim.stderr
+    )
 
     # Running the programs wrote nothing of its own under /usr/lib/trusthook (no .pyc).
     owned = set(root.ok("dpkg-query", "--listfiles", "trusthook").split())
@@ -517,6 +520,9 @@ def test_agent_records_a_launch(installed: DebianRoot, tmp_path: Path) -> None:
                 assert agent.poll() is None, log.read_text()
                 assert time.monotonic() < deadline, log.read_text()
                 time.sleep(0.1)
+            # The agent told the shim the real runtime (runc, which the package recommends and
+            # apt installed).
+            assert "runc version" in root.ok("trusthook-runtime", "--version")
             # runc cannot pivot_root in a chroot; --keep, so that the delete below is checked.
             started = root.run(
                 "trusthook-runtime",

@@ -73,6 +73,8 @@ def test_crun_refuses_to_start_when_the_hook_fails(host: Host, bundle_factory: A
 def test_runtime_shim_with_crun_as_the_real_runtime(host: Host, bundle_factory: Any) -> None:
     text = host.config_path.read_text().replace("[runtime]\n", '[runtime]\npath = "crun"\n')
     host.config_path.write_text(text)
+    host.agent.stop()  # the agent tells the shim which runtime to run: it reads it at start
+    host.agent.start()
     bundle = bundle_factory()
     cid = f"crun-{uuid.uuid4().hex[:8]}"
     result = runc("run", "--bundle", str(bundle), cid, binary=str(SHIM), env=host.env)

@@ -23,8 +23,8 @@ import pytest
 from tests.integration.attesting import attest, checks, enroll
 from tests.integration.conftest import SHIM, AttestServer, Host, make_host, new_swtpm, runc
 from tests.integration.test_workload_policy import apply, first_rootfs, launch
+from trusthook.agent.bundles import own_hook_entry
 from trusthook.agent.serverclient import ServerClient
-from trusthook.startpath.bundle import own_hook_entry
 
 pytestmark = pytest.mark.integration
 DB = "shop/db"  # restore = true

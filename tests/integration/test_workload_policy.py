@@ -19,8 +19,8 @@ import pytest
 
 from tests.integration.attesting import attest, checks, enroll
 from tests.integration.conftest import BIN, AttestServer, Host, make_host, new_swtpm, runc
+from trusthook.agent.bundles import own_hook_entry
 from trusthook.agent.serverclient import ServerClient
-from trusthook.startpath.bundle import own_hook_entry
 
 pytestmark = pytest.mark.integration
 WORKLOAD = "shop/web"

@@ -1,6 +1,7 @@
 """A containerd of one's own for tests: its own root, state, socket and config (the CRI plugin
-off: no CNI here), with ``TRUSTHOOK_CONFIG`` in its environment, which the runc v2 shim it
-starts passes on to the runtime binary; stopped by PID when the context ends."""
+off: no CNI here), with ``TRUSTHOOK_CONFIG`` and ``TRUSTHOOK_AGENT_SOCKET`` in its
+environment, which the runc v2 shim it starts passes on to the runtime binary; stopped by PID
+when the context ends."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
+from tests.support.shim import shim_env
 from trusthook._devenv.child import spawn, stop, wait_ready
 
 CONTAINERD_ROOT = Path("/var/lib/trusthook-test-containerd")
@@ -33,7 +35,7 @@ def containerd(config_path: Path, log_path: Path) -> Iterator[list[str]]:
         f'[ttrpc]\n  address = "{root / "ttrpc.sock"}"\n'
         f'[debug]\n  address = "{root / "debug.sock"}"\n'
     )
-    env = {**os.environ, "TRUSTHOOK_CONFIG": str(config_path)}
+    env = {**os.environ, **shim_env(config_path)}
     proc = spawn(["containerd", "--config", str(toml)], log_path, env)
     cmd = ["ctr", "--address", str(address), "--namespace", "trusthook-test"]
     try:

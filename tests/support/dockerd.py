@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import contextlib
 import json
+import shlex
 import subprocess
-import sys
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
+from tests.support.shim import shim_env, shim_program
 from trusthook._devenv.child import spawn, stop, wait_ready
 
 DOCKER_ROOT = Path("/var/lib/trusthook-test-docker")
@@ -21,9 +22,10 @@ START_TIMEOUT = 60.0
 
 
 def runtime_wrapper(config_path: Path, path: Path) -> Path:
-    """An executable running trusthook-runtime with ``config_path`` (engines pass no env)."""
-    shim = Path(sys.executable).parent / "trusthook-runtime"
-    path.write_text(f'#!/bin/sh\nTRUSTHOOK_CONFIG={config_path} exec {shim} "$@"\n')
+    """An executable running trusthook-runtime for the host ``config_path`` configures (engines
+    pass no env)."""
+    env = " ".join(f"{k}={shlex.quote(v)}" for k, v in shim_env(config_path).items())
+    path.write_text(f'#!/bin/sh\n{env} exec {shim_program()} "$@"\n')
     path.chmod(0o755)
     return path
 

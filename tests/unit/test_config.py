@@ -76,3 +76,16 @@ def test_attestation_section(tmp_path: Path) -> None:
     path.write_text("[attestation]\ninterval = 0\n")
     with pytest.raises(ConfigError, match="attestation.interval"):
         load_config(path, environ={})
+
+
+def test_attestation_keep_alive_is_a_boolean(tmp_path: Path) -> None:
+    path = tmp_path / "c.toml"
+    assert Config().attest_keep_alive is True
+    path.write_text("[attestation]\nkeep_alive = false\n")
+    assert load_config(path).attest_keep_alive is False
+    path.write_text("[attestation]\nkeep_alive = 1\n")
+    with pytest.raises(ConfigError, match="attestation.keep_alive.*wrong type"):
+        load_config(path)
+    path.write_text("[attestation]\ninterval = true\n")  # a boolean is still no number
+    with pytest.raises(ConfigError, match="attestation.interval.*wrong type"):
+        load_config(path)

@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 
+from trusthook.agent.bundles import hook_entry, own_hook_entry
 from trusthook.agent.launch import (
     LiveChecks,
     check_dockerd,
@@ -19,7 +20,6 @@ from trusthook.agent.launch import (
 )
 from trusthook.common.config import Config, Mode
 from trusthook.errors import BundleError, PolicyRefusedError, RuntimeShimError
-from trusthook.startpath.bundle import hook_entry, own_hook_entry
 
 OWN = hook_entry(Config(), Path("/opt/trusthook/bin/trusthook-hook"))
 COPY = {"path": "/bin/sh", "args": ["sh", "-c", "cp -a /run/trusthook/roots /var/tmp/loot"]}

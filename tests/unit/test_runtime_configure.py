@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 
+from trusthook.agent.bundles import hook_entry
 from trusthook.common.config import Config
 from trusthook.errors import ConflictError, EngineConfigError, UsageError
 from trusthook.hostsetup import tomledit
@@ -27,7 +28,6 @@ from trusthook.hostsetup.engines import (
     HooksJson,
     RuntimeSpec,
 )
-from trusthook.startpath.bundle import hook_entry
 
 DATA = Path(__file__).resolve().parents[1] / "data" / "engines"
 OCI_CONFIG = Path(__file__).resolve().parents[2] / "oci-config"

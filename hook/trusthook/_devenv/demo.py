@@ -31,6 +31,13 @@ from trusthook.server.config import load_server_config
 DEFAULT_WORKDIR = Path("/var/lib/trusthook-demo")
 
 
+def _shim_env(config_path: Path) -> dict[str, str]:
+    """The shim's environment: the agent's socket (the shim reads no config file), and the
+    config for what the shim runs."""
+    socket = str(load_config(config_path).socket)
+    return {**os.environ, "TRUSTHOOK_CONFIG": str(config_path), "TRUSTHOOK_AGENT_SOCKET": socket}
+
+
 def _step(text: str) -> None:
     print(f"\n==> {text}", flush=True)
 
@@ -55,7 +62,7 @@ def run_demo(workdir: Path = DEFAULT_WORKDIR) -> int:
             )
             print(f"    {bundle}")
             _step("runc run through trusthook-runtime (which adds the hook)")
-            env = {**os.environ, "TRUSTHOOK_CONFIG": str(config_path)}
+            env = _shim_env(config_path)
             run = subprocess.run(
                 [str(bindir / "trusthook-runtime"), "run", "--bundle", str(bundle), "demo-1"],
                 env=env,
@@ -167,7 +174,7 @@ def _encrypted_image(
         "org.trusthook.image.ref": "app",
     }
     (bundle / "config.json").write_text(json.dumps(bundle_config))
-    env = {**os.environ, "TRUSTHOOK_CONFIG": str(config_path)}
+    env = _shim_env(config_path)
     shim = Path(sys.executable).parent / "trusthook-runtime"
     code = subprocess.run(
         [str(shim), "run", "--bundle", str(bundle), "demo-encrypted"], env=env, check=False
@@ -205,7 +212,7 @@ def _policy(
     bundle_config = json.loads((bundle / "config.json").read_text())
     bundle_config["annotations"] = {"org.trusthook.workload": "demo/hello"}
     (bundle / "config.json").write_text(json.dumps(bundle_config))
-    env = {**os.environ, "TRUSTHOOK_CONFIG": str(config_path)}
+    env = _shim_env(config_path)
     shim = Path(sys.executable).parent / "trusthook-runtime"
     subprocess.run([str(shim), "run", "--bundle", str(bundle), "demo-2"], env=env, check=True)
     code = subprocess.run([*cli, "attest"], check=False).returncode

@@ -21,7 +21,8 @@ import json
 import logging
 import random
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -102,7 +103,12 @@ def _read_state(path: Path, kind: type[M], hint: str) -> M | None:
 
 
 class Attester:
-    """Enrollment and attestation for one host; thread-safe (one exchange at a time)."""
+    """Enrollment and attestation for one host; thread-safe (one exchange at a time).
+
+    With ``keep_alive`` (the default) it holds one connection to the server across exchanges
+    (serverclient.py: a connection the server closed meanwhile is replaced, never a failure):
+    each periodic attestation then costs the server no TLS handshake. Without it, each
+    exchange opens its own connection and closes it."""
 
     def __init__(
         self,
@@ -114,6 +120,7 @@ class Attester:
         metrics: AgentMetrics | None = None,
         timeout: float = 30.0,
         clock: Callable[[], datetime] = utc_now,
+        keep_alive: bool = True,
     ) -> None:
         self._metrics = metrics if metrics is not None else AgentMetrics()
         self._log = log
@@ -123,6 +130,8 @@ class Attester:
         self._timeout = timeout
         self._clock = clock
         self._lock = threading.Lock()
+        self._keep_alive = keep_alive
+        self._held: tuple[Enrollment, ServerClient] | None = None  # under _lock
 
     # files
 
@@ -157,6 +166,34 @@ class Attester:
         return ServerClient(
             enrollment.server, context, timeout=self._timeout, signer=self._sign_request
         )
+
+    @contextmanager
+    def _connected(self, enrollment: Enrollment) -> Iterator[ServerClient]:
+        """The client of an exchange (under ``_lock``): the held one while ``enrollment``
+        is the one it was opened for, else a new one, held after the exchange with
+        ``keep_alive`` and closed without."""
+        held = self._held
+        if held is not None and held[0] != enrollment:
+            held[1].close()
+            held = self._held = None
+        client = held[1] if held is not None else self.client(enrollment)
+        try:
+            yield client
+        finally:
+            if self._keep_alive:
+                self._held = (enrollment, client)
+            else:
+                client.close()
+
+    def close(self) -> None:
+        """Close the connection held to the server, if any."""
+        with self._lock:
+            self._drop_connection()
+
+    def _drop_connection(self) -> None:
+        if self._held is not None:
+            self._held[1].close()
+            self._held = None
 
     def _sign_request(self, digest: bytes) -> bytes:
         with self._log.exclusive_tpm() as tpm:
@@ -216,6 +253,7 @@ class Attester:
                         activation.to_json(),
                     )
                 )
+            self._drop_connection()  # it presents the certificate being replaced
             self._save_identity(key, result.certificate.encode(), ca_pem)
             self._files["audit-checkpoint.note"].unlink(missing_ok=True)  # another server's?
             self._files["attributes-tag"].unlink(missing_ok=True)  # written again at attesting
@@ -290,7 +328,7 @@ class Attester:
                     "encrypted images need an enrolled host: run 'trusthook enroll --server URL'"
                 )
             record = self._log.append(launch)
-            with self.client(enrollment) as client:
+            with self._connected(enrollment) as client:
                 evidence = self._evidence(client)
                 with self._log.exclusive_tpm() as tpm:
                     public, attest, signature = tpm.certify_bind_key(evidence.nonce)
@@ -315,7 +353,7 @@ class Attester:
                 return open_sealed(answer.sealed_keys, tpm.unseal_release, aad)
 
     def _exchange(self, enrollment: Enrollment) -> tuple[HostStatus, AuditWatch | None]:
-        with self.client(enrollment) as client:
+        with self._connected(enrollment) as client:
             evidence = self._evidence(client).to_json()
             verdict = HostStatus.from_json(client.post("/v1/attestations", evidence, signed=True))
             return verdict, self._watch_log(client, enrollment)
@@ -358,7 +396,8 @@ class Attester:
 
     def _evidence(self, client: ServerClient) -> AttestationRequest:
         """The evidence answering a fresh nonce from the server."""
-        challenge = NonceResponse.from_json(client.post("/v1/nonces"))
+        # retry: a nonce is harmless to ask for twice (an unused one expires)
+        challenge = NonceResponse.from_json(client.post("/v1/nonces", retry=True))
         after = challenge.verified_recnum
         if challenge.verified_boot_id != self._boot_id:
             after = -1  # a new boot for the server: send the whole log of this one

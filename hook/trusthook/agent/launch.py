@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from trusthook.agent.attester import Attester
+from trusthook.agent.bundles import HOOK_STAGE
 from trusthook.agent.imagepolicy import ImagePolicy
 from trusthook.agent.writer import MeasuredLog
 from trusthook.common.digest import digest_string
@@ -36,7 +37,6 @@ from trusthook.image.rootfs import empty_directory, released_keys, unpack_image
 from trusthook.image.unpack import ExtractPolicy
 from trusthook.measure.profile import docker_setkey_pid, is_named_netns
 from trusthook.measure.walk import RootfsMeasurement
-from trusthook.startpath.bundle import HOOK_STAGE
 
 log = logging.getLogger(__name__)
 REFUSED = "refusing to decrypt"
@@ -228,7 +228,7 @@ class EncryptedLaunch:
         self._log = log
         self._attester = attester
         self._policy = policy
-        self._roots_dir = roots_dir
+        self.roots_dir = roots_dir  # where the tmpfs roots go (``bundles.prepare_bundle``)
         self._measure_rootfs = measure_rootfs
         self.own_hook = own_hook  # the entry left out of launch profiles, too
 
@@ -246,7 +246,7 @@ class EncryptedLaunch:
     ) -> Record:
         """Decrypt into ``root`` for the container ``config`` (config.json) describes; ``event``
         is the launch event with the empty root's digest."""
-        check_root(root, self._roots_dir)
+        check_root(root, self.roots_dir)
         live = check_launch_config(config, self.own_hook, event.container_id)
         for pid in live.dockerd:
             check_dockerd(pid)

@@ -13,6 +13,7 @@ from pathlib import Path
 from types import FrameType
 
 from trusthook.agent.attester import Attester
+from trusthook.agent.bundles import own_hook_entry, resolve
 from trusthook.agent.imagepolicy import load_policy
 from trusthook.agent.launch import EncryptedLaunch
 from trusthook.agent.listener import AgentServer
@@ -23,10 +24,9 @@ from trusthook.agent.tpm import RELEASE_SECRET_SIZE, Tpm
 from trusthook.agent.writer import MeasuredLog
 from trusthook.common.config import Config, Mode
 from trusthook.common.files import write_atomic
-from trusthook.errors import LogDivergedError, StateError
+from trusthook.errors import ConfigError, LogDivergedError, RuntimeShimError, StateError
 from trusthook.measure.backend import select_hasher
 from trusthook.measure.native import DEFAULT_CACHE_ENTRIES
-from trusthook.startpath.bundle import own_hook_entry
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +65,32 @@ def release_secret(path: Path) -> bytes:
             " (a new one makes a new release key)"
         )
     return secret
+
+
+SHIM_FILE_SUFFIX = ".runtime"  # beside the socket: native/trusthook_runtime.c reads it
+
+
+def shim_file_path(config: Config) -> Path:
+    return config.socket.with_name(config.socket.name + SHIM_FILE_SUFFIX)
+
+
+def shim_file(config: Config) -> bytes:
+    """What ``trusthook-runtime`` reads beside the socket (docs/api.md §1.1): the real
+    runtime's absolute path (``[runtime] path`` looked up in the agent's PATH; as configured if
+    it is not found, which the shim then refuses), the tmpfs roots' directory, and the seconds
+    to wait for a ``prepare`` answer (a restore attests and asks the server: three exchanges)."""
+    try:
+        runtime = resolve(config.runtime, "runtime")
+    except RuntimeShimError as e:
+        log.warning("%s: trusthook-runtime will refuse every command", e)
+        runtime = config.runtime
+    timeout = max(config.hook_timeout, 3 * config.attest_timeout)
+    lines = [("version", "1"), ("runtime", runtime), ("roots", str(config.image_roots))]
+    lines.append(("timeout", f"{timeout:g}"))
+    for key, value in lines:
+        if "\n" in value or "\0" in value or not value:
+            raise ConfigError(f"the {key} {value!r} cannot be written for trusthook-runtime")
+    return "".join(f"{key} {value}\n" for key, value in lines).encode()
 
 
 def _start_threads(
@@ -118,6 +144,7 @@ def run_agent(config: Config) -> None:
                 interval=config.attest_interval,
                 metrics=metrics,
                 timeout=config.attest_timeout,
+                keep_alive=config.attest_keep_alive,
             )
             launch = EncryptedLaunch(
                 log=measured,
@@ -139,6 +166,8 @@ def run_agent(config: Config) -> None:
             server = AgentServer(
                 config.socket, service, metrics=metrics, io_timeout=config.hook_timeout
             )
+            config.image_roots.mkdir(mode=0o700, parents=True, exist_ok=True)  # the shim's roots
+            write_atomic(shim_file_path(config), shim_file(config), 0o644)  # kept at stop
             stop = threading.Event()
 
             def on_signal(signum: int, _frame: FrameType | None) -> None:

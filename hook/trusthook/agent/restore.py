@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from trusthook.agent.attester import Attester
+from trusthook.agent.bundles import HOOK_STAGE
 from trusthook.agent.launch import image_annotations
 from trusthook.common.jcs import canonicalize
 from trusthook.common.messages import (
@@ -38,7 +39,6 @@ from trusthook.common.messages import (
 from trusthook.common.oci import ContainerState, identity_of, image_of, read_config
 from trusthook.errors import BundleError, ConfigError, PolicyRefusedError, ServerRefusedError
 from trusthook.policy.appraise import identity_text
-from trusthook.startpath.bundle import HOOK_STAGE
 
 log = logging.getLogger(__name__)
 RESTORED_STATUS = "stopped"  # the OCI state runc gives a restored container's hooks

@@ -7,8 +7,10 @@ import logging
 import os
 from collections.abc import Callable
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
+from trusthook.agent import bundles
 from trusthook.agent.attester import Attester
 from trusthook.agent.launch import EncryptedLaunch, image_annotations
 from trusthook.agent.metrics import AgentMetrics
@@ -18,10 +20,10 @@ from trusthook.common.clock import iso, utc_now
 from trusthook.common.digest import digest_string
 from trusthook.common.eventlog import LaunchEvent
 from trusthook.common.messages import (
-    OP_CHECKPOINT,
-    OP_RESTORE,
     CheckpointParams,
     EnrollParams,
+    PrepareParams,
+    PrepareResult,
     RestoreParams,
     SnapshotResult,
 )
@@ -37,6 +39,7 @@ from trusthook.common.protocol import (
     OP_ATTEST,
     OP_ENROLL,
     OP_HOOK,
+    OP_PREPARE,
     OP_SNAPSHOT,
     OP_STATUS,
     PROTOCOL_VERSION,
@@ -106,16 +109,40 @@ class AgentService:
         if op == OP_STATUS:
             status = self._attester.status()
             return dataclasses.replace(status, agent=self._metrics.health()).to_json()
-        if op in (OP_CHECKPOINT, OP_RESTORE):  # trusthook-runtime asks (docs/policy.md §8)
-            return self._decide(op, request.get("params"))
-        ops = (OP_HOOK, OP_SNAPSHOT, OP_ENROLL, OP_ATTEST, OP_STATUS, OP_CHECKPOINT, OP_RESTORE)
+        if op == OP_PREPARE:  # trusthook-runtime, before create, run, checkpoint, restore
+            return self.prepare(PrepareParams.from_json(request.get("params"))).to_json()
+        ops = (OP_HOOK, OP_SNAPSHOT, OP_ENROLL, OP_ATTEST, OP_STATUS, OP_PREPARE)
         raise RequestError(f"unknown op {op!r}; expected one of {', '.join(ops)}")
 
-    def _decide(self, op: str, params: object) -> dict[str, Any]:
-        """The server's word on a checkpoint or a restore, asked by trusthook-runtime."""
-        if op == OP_CHECKPOINT:
-            return self._restores.checkpoint(CheckpointParams.from_json(params)).to_json()
-        return self._restores.restore(RestoreParams.from_json(params)).to_json()
+    def prepare(self, params: PrepareParams) -> PrepareResult:
+        """The bundle work before the real runtime runs (``bundles``): trusthook's hook in
+        config.json, a tmpfs root for an encrypted image; for a checkpoint or a restore, the
+        server's word first (docs/policy.md §8). Raises if refused: the runtime does not run."""
+        container = bundles.check_container_name(params.container_id)
+        own_hook = dict(self._launch.own_hook)
+        roots = self._launch.roots_dir
+        if params.command == "checkpoint":
+            if os.path.lexists(roots / container):
+                raise PolicyRefusedError(
+                    "it runs from an encrypted image, and its memory would be written to disk"
+                    " in plaintext (encrypted checkpoints are not built)"
+                )
+            self._restores.checkpoint(CheckpointParams(container_id=container))
+            return PrepareResult(root=None)
+        if params.bundle is None:  # PrepareParams allows it only for a checkpoint
+            raise RequestError(f"{params.command} needs a bundle")
+        if params.command == "restore":
+            directory = os.path.abspath(params.bundle)
+            bundles.prepare_restore(Path(directory, "config.json"), directory, own_hook)
+            self._restores.restore(RestoreParams(container_id=container, bundle=Path(directory)))
+            return PrepareResult(root=None)
+        bundle = str(params.bundle)
+        root = bundles.prepare_bundle(
+            Path(bundle, "config.json"), bundle, container, roots, own_hook
+        )
+        if root is not None:
+            log.info("container %s gets the tmpfs root %s", container, root)
+        return PrepareResult(root=root)
 
     def _check_mode(self, audit: object) -> None:
         """The hook's mode must be the host's: a bundle cannot choose audit mode for itself."""

@@ -47,6 +47,7 @@ class Config:
     hook_path: Path | None = None
     attest_interval: float = 60.0  # seconds between attestations once enrolled
     attest_timeout: float = 30.0  # seconds for one exchange with the attestation server
+    attest_keep_alive: bool = True  # hold the server connection from one attestation to the next
     image_policy: Path = Path("/etc/trusthook/image-policy.toml")  # docs/images.md
     image_roots: Path = Path("/run/trusthook/roots")  # the shim's per-container tmpfs roots
     metrics_textfile: Path | None = None  # node_exporter textfile (docs/metrics.md); None: off
@@ -70,7 +71,7 @@ _SCHEMA: dict[str, Schema] = {
     },
     "hook": {"mode": str, "timeout": (int, float)},
     "runtime": {"path": str, "hook": str},
-    "attestation": {"interval": (int, float), "timeout": (int, float)},
+    "attestation": {"interval": (int, float), "timeout": (int, float), "keep_alive": bool},
     "images": {"policy": str, "roots": str},
 }
 
@@ -94,7 +95,8 @@ def check_table(data: Any, name: str, schema: Schema, where: str) -> dict[str, A
         raise ConfigError(f"[{name}]{where} must be a table")
     check_keys(data, name, schema, where)
     for key, value in data.items():
-        if not isinstance(value, schema[key]) or isinstance(value, bool):
+        kind = schema[key]
+        if not isinstance(value, kind) or (isinstance(value, bool) and kind is not bool):
             raise ConfigError(f"{name}.{key}{where}: got {value!r}, wrong type")
     return data
 
@@ -154,6 +156,7 @@ def parse_config(data: Mapping[str, Any], *, source: Path | None = None) -> Conf
         hook_path=Path(hook_path) if hook_path else None,
         attest_interval=float(attestation.get("interval", Config.attest_interval)),
         attest_timeout=float(attestation.get("timeout", Config.attest_timeout)),
+        attest_keep_alive=bool(attestation.get("keep_alive", Config.attest_keep_alive)),
         image_policy=Path(images.get("policy", Config.image_policy)),
         image_roots=Path(images.get("roots", Config.image_roots)),
         metrics_textfile=Path(textfile) if textfile else None,

@@ -33,19 +33,21 @@ def create_temp(directory: Path, prefix: str, mode: int | None = None) -> tuple[
     return fd, tmp
 
 
-def commit(fd: int, tmp: Path, path: Path) -> None:
-    """fsync and close ``fd`` (the file at ``tmp``), rename it to ``path``, fsync the directory;
-    on failure ``tmp`` is removed."""
+def commit(fd: int, tmp: Path, path: Path, *, durable: bool = True) -> None:
+    """fsync and close ``fd`` (the file at ``tmp``), rename it to ``path``, fsync the directory
+    (without ``durable``: no fsync, the rename alone); on failure ``tmp`` is removed."""
     try:
         try:
-            os.fsync(fd)
+            if durable:
+                os.fsync(fd)
         finally:
             os.close(fd)
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
-    sync_directory(path.parent)
+    if durable:
+        sync_directory(path.parent)
 
 
 def sync_directory(directory: Path) -> None:
@@ -57,8 +59,10 @@ def sync_directory(directory: Path) -> None:
         os.close(dir_fd)
 
 
-def write_atomic(path: Path, data: bytes, mode: int | None = None) -> None:
-    """Replace ``path`` with ``data`` atomically; ``mode`` as for ``create_temp``."""
+def write_atomic(path: Path, data: bytes, mode: int | None = None, *, durable: bool = True) -> None:
+    """Replace ``path`` with ``data`` atomically; ``mode`` as for ``create_temp``. Without
+    ``durable`` nothing is fsync'd: a reader sees the old file or the new one, but a crash may
+    lose the new one (for files that do not outlive a crash's consequences anyway)."""
     fd, tmp = create_temp(path.parent, path.name, mode)
     try:
         view = memoryview(data)
@@ -68,7 +72,7 @@ def write_atomic(path: Path, data: bytes, mode: int | None = None) -> None:
         os.close(fd)
         tmp.unlink(missing_ok=True)
         raise
-    commit(fd, tmp, path)
+    commit(fd, tmp, path, durable=durable)
 
 
 def write_new(path: Path, data: bytes, mode: int) -> None:

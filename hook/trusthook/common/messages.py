@@ -654,16 +654,14 @@ class SnapshotResult(Message):
         }
 
 
-# checkpoint and restore (docs/policy.md §8): the runtime shim asks the agent, which asks the
-# attestation server
-
-OP_CHECKPOINT = "checkpoint"  # the agent's ops the shim sends (trusthook.common.protocol.call)
-OP_RESTORE = "restore"
+# the runtime shim's prepare (docs/api.md §3.4); checkpoint and restore (docs/policy.md §8): the
+# agent asks the attestation server
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class CheckpointParams(Message):
-    """The shim's ``checkpoint`` request's params: the container to checkpoint."""
+    """What the agent asks the server about a checkpoint (``RestoreGate.checkpoint``), from a
+    ``prepare`` for one: the container to checkpoint."""
 
     NOUN = "checkpoint request"
     SOURCE = TO_AGENT
@@ -680,8 +678,9 @@ class CheckpointParams(Message):
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class RestoreParams(Message):
-    """The shim's ``restore`` request's params: the container to restore and its bundle, whose
-    config.json trusthook-runtime has just given its hook."""
+    """What the agent asks the server about a restore (``RestoreGate.restore``), from a
+    ``prepare`` for one: the container to restore and its bundle, whose config.json the agent
+    has just given its hook."""
 
     NOUN = "restore request"
     SOURCE = TO_AGENT
@@ -703,11 +702,72 @@ class RestoreParams(Message):
         return {"container_id": self.container_id, "bundle": str(self.bundle)}
 
 
+PREPARED_COMMANDS = ("create", "run", "checkpoint", "restore")  # op prepare's commands
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PrepareParams(Message):
+    """The shim's ``prepare`` request's params (docs/api.md §3.4): the runtime subcommand it is
+    about to run, its container and its bundle (absolute; null for a checkpoint)."""
+
+    NOUN = "prepare request"
+    SOURCE = TO_AGENT
+
+    command: str
+    container_id: str
+    bundle: Path | None
+
+    @classmethod
+    def _read(cls, fields: Fields) -> Self:
+        command = fields.text("command")
+        if command not in PREPARED_COMMANDS:
+            raise fields.refuse("command", show(command), f"one of {', '.join(PREPARED_COMMANDS)}")
+        bundle = fields.optional_text("bundle")
+        params = cls(
+            command=command,
+            container_id=fields.text("container_id", empty=False),
+            bundle=None if bundle is None else Path(bundle),
+        )
+        needs = command != "checkpoint"
+        if needs and (params.bundle is None or not params.bundle.is_absolute()):
+            raise fields.refuse("bundle", show(bundle), "an absolute path")
+        if not needs and params.bundle is not None:
+            raise fields.refuse("bundle", show(bundle), "null for a checkpoint")
+        return params
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "bundle": None if self.bundle is None else str(self.bundle),
+            "command": self.command,
+            "container_id": self.container_id,
+        }
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PrepareResult(Message):
+    """The agent's answer to ``prepare``: the tmpfs root it mounted for the container (the
+    shim then runs the runtime as a child and removes the root when the container is gone), or
+    None (the shim execs the runtime)."""
+
+    NOUN = "prepare result"
+    SOURCE = FROM_AGENT
+
+    root: Path | None
+
+    @classmethod
+    def _read(cls, fields: Fields) -> Self:
+        root = fields.optional_text("root")
+        return cls(root=None if root is None else Path(root))
+
+    def to_json(self) -> dict[str, Any]:
+        return {"root": None if self.root is None else str(self.root)}
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class RestoreDecision(Message):
-    """POST /v1/checkpoints and /v1/restores: an allowed checkpoint or restore; also the
-    agent's result to the shim. ``checkpoint_host``: for a restore, the host the identity's
-    last compliant launch ran on."""
+    """POST /v1/checkpoints and /v1/restores: an allowed checkpoint or restore (the agent
+    remembers an allowed restore for its hook). ``checkpoint_host``: for a restore, the host
+    the identity's last compliant launch ran on."""
 
     NOUN = "checkpoint or restore decision"
     SOURCE = FROM_SERVER

@@ -1,6 +1,7 @@
 """Requests to the agent from trusthook's own commands (docs/api.md).
 
-The hook builds its one request by hand (see ``hook``); everything else goes through ``call``,
+The hook and the shim build their requests by hand (``hook``, ``prepare``: native/); everything
+else goes through ``call``,
 whose result the caller reads into its message (``trusthook.common.messages``).
 """
 
@@ -20,6 +21,7 @@ OP_SNAPSHOT = "snapshot"
 OP_ENROLL = "enroll"
 OP_ATTEST = "attest"
 OP_STATUS = "status"
+OP_PREPARE = "prepare"  # built by hand in native/trusthook_runtime.c
 
 
 def header(op: str, params: dict[str, object] | None = None) -> bytes:

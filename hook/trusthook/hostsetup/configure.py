@@ -114,9 +114,12 @@ def runtime_spec(
 ) -> RuntimeSpec:
     """What to register: the shim (``shim``, else the trusthook-runtime beside the Python
     running trusthook, else the one in PATH) and the hook entry the shim writes into bundles
-    (``startpath.bundle``; ``hook`` replaces its path). Both must be executable files."""
-    from trusthook.startpath.bundle import hook_entry, own_hook_entry  # noqa: PLC0415
-    from trusthook.startpath.runtime import resolve  # noqa: PLC0415
+    (``agent.bundles``; ``hook`` replaces its path). Both must be executable files."""
+    from trusthook.agent.bundles import (  # noqa: PLC0415
+        hook_entry,
+        own_hook_entry,
+        resolve,
+    )
 
     if shim is None:
         beside = Path(sys.executable).parent / "trusthook-runtime"

@@ -253,7 +253,7 @@ class Doctor:
     # what the engines run
 
     def hook(self, name: str) -> Check:
-        from trusthook.startpath.bundle import hook_entry, own_hook_entry  # noqa: PLC0415
+        from trusthook.agent.bundles import hook_entry, own_hook_entry  # noqa: PLC0415
 
         problems = []
         try:
@@ -285,7 +285,7 @@ class Doctor:
         return _ok(name, f"{entry['path']}{where}")
 
     def shim(self, name: str) -> Check:
-        from trusthook.startpath.runtime import resolve  # noqa: PLC0415
+        from trusthook.agent.bundles import resolve  # noqa: PLC0415
 
         problems, found = [], []
         for engine in (Engine.DOCKER, Engine.CONTAINERD, Engine.CRIO):

@@ -44,7 +44,7 @@ HOOK_ARGV0 = "trusthook-hook"
 @dataclass(frozen=True, kw_only=True)
 class RuntimeSpec:
     """What configure registers: the shim, the hooks.d hook entry (``path``, ``args``,
-    ``timeout``, as ``startpath.bundle.hook_entry`` makes it), and whether trusthook becomes
+    ``timeout``, as ``agent.bundles.hook_entry`` makes it), and whether trusthook becomes
     the engine's default runtime."""
 
     shim: str

@@ -3,9 +3,13 @@
 No ``from __future__ import annotations`` here: FastAPI reads the route annotations at run
 time, and those naming local dependencies cannot be resolved from strings.
 
-Routes and dependencies are ``async`` and call the service directly on the event loop: the
-service's work is short (a database statement, an RSA verification), and handing each request
-to a worker thread cost more CPU than the work itself. Scale out with more server processes.
+The event loop never waits for the database: a route that touches the store hands all of
+its synchronous work (authenticating the client certificate's host, the service call) to one
+worker thread of a bounded pool (``Worker``), in one hop per request (a hop costs ~60 µs of
+CPU; a dependency of its own would be a second one). So a slow or locked statement holds one
+worker and one database connection, not every connection the server has: ``/v1/health``, which
+never touches the database, and other hosts' requests go on. The body is read, parsed and
+validated on the loop; the request-signature check reads the raw body bytes read there.
 
 Every error answer is ``{"error": {"check": ..., "message": ...}}`` with a status code that says
 whose fault it was; the OpenAPI document is served at /openapi.json and kept in docs/.
@@ -15,12 +19,14 @@ import json
 import logging
 from collections.abc import Awaitable, Callable, MutableMapping
 from datetime import UTC, datetime
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 
+import anyio
+import anyio.to_thread
+from cryptography import x509
 from fastapi import Depends, FastAPI, Header, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
-from starlette.concurrency import run_in_threadpool
 
 from trusthook.attest.requestkey import SIGNATURE_HEADER
 from trusthook.common.metrics import CONTENT_TYPE
@@ -41,7 +47,7 @@ from trusthook.server.config import ServerConfig
 from trusthook.server.metrics import RequestMetrics, ServerMetrics, route_of
 from trusthook.server.records import HostRecord
 from trusthook.server.service import ServerService, SignedRequest
-from trusthook.server.store import Store
+from trusthook.server.store import POOL_SIZE, Store
 from trusthook.server.tlsproto import peer_certificate
 
 log = logging.getLogger(__name__)
@@ -50,6 +56,7 @@ Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+T = TypeVar("T")
 
 _STATUS: tuple[tuple[type[TrusthookError], int, str], ...] = (
     (RequestError, 400, "request"),
@@ -135,6 +142,41 @@ class _TooLarge(Exception):
     pass
 
 
+class Worker:
+    """Runs the routes' synchronous work (database statements, signature checks) on a pool of
+    at most ``threads`` worker threads, off the event loop, each request's work on one pooled
+    database connection (``Store.connection``: its calls are still transactions of their own).
+    As many threads as the store has pooled connections (``store.POOL_SIZE``): a worker never
+    waits for a connection while another sits idle, and a request past ``threads`` waits its
+    turn here, on the loop, without holding a thread."""
+
+    def __init__(self, threads: int, store: Store) -> None:
+        if threads < 1:
+            raise ValueError(f"worker threads: got {threads}, expected at least 1")
+        self.threads = threads
+        self._store = store
+        self._limiter = anyio.CapacityLimiter(threads)
+
+    async def run(self, work: Callable[[], T]) -> T:
+        return await anyio.to_thread.run_sync(self._connected, work, limiter=self._limiter)
+
+    def _connected(self, work: Callable[[], T]) -> T:
+        with self._store.connection():
+            return work()
+
+
+async def _peer(request: Request) -> x509.Certificate:
+    """The client certificate the TLS layer verified (AuthError without one); who it names
+    is looked up in the store by the route's worker (``ServerService.authenticate``)."""
+    certificate = peer_certificate(request.scope)
+    if certificate is None:
+        raise AuthError("this request needs the client certificate issued at enrollment")
+    return certificate
+
+
+Peer = Annotated[x509.Certificate, Depends(_peer)]
+
+
 async def _signed(
     request: Request,
     signature: Annotated[
@@ -156,11 +198,17 @@ async def _signed(
 
 
 def create_app(  # noqa: PLR0915 - every route is defined here, over one service
-    service: ServerService, *, max_body: int, metrics: ServerMetrics | None = None
+    service: ServerService,
+    *,
+    max_body: int,
+    metrics: ServerMetrics | None = None,
+    threads: int = POOL_SIZE,
 ) -> FastAPI:
     """The ASGI application; ``max_body`` bounds every request body. ``metrics`` counts what
-    it answers and serves /metrics (without one: its own, with no gauges)."""
+    it answers and serves /metrics (without one: its own, with no gauges). ``threads``: the
+    worker threads that run the routes' database work (``Worker``)."""
     metrics = metrics if metrics is not None else ServerMetrics()
+    work = Worker(threads, service.store).run
     app = FastAPI(
         title="trusthook attestation server",
         version="1",
@@ -184,16 +232,14 @@ def create_app(  # noqa: PLR0915 - every route is defined here, over one service
             return _error(400, "request", "request body is not valid JSON")
         return _error(400, "request", f"{where}: {first.get('msg', 'invalid')}")
 
-    async def caller(request: Request) -> HostRecord | None:
-        return service.authenticate(peer_certificate(request.scope))
+    caller = service.authenticate  # on a worker: it reads the host's row
 
-    async def host_caller(caller: Annotated[HostRecord | None, Depends(caller)]) -> HostRecord:
-        if caller is None:
+    def as_host(peer: x509.Certificate) -> HostRecord:
+        found = service.authenticate(peer)
+        if found is None:
             raise AuthError("this request is for enrolled hosts, not operators")
-        return caller
+        return found
 
-    Caller = Annotated[HostRecord | None, Depends(caller)]
-    Host = Annotated[HostRecord, Depends(host_caller)]
     Signed = Annotated[SignedRequest, Depends(_signed)]
 
     @app.get("/v1/health", tags=["server"])
@@ -202,20 +248,24 @@ def create_app(  # noqa: PLR0915 - every route is defined here, over one service
         return {"status": "ok"}
 
     @app.get("/metrics", tags=["server"], response_class=Response, responses=_METRICS)
-    async def scrape(caller: Caller) -> Response:
+    async def scrape(peer: Peer) -> Response:
         """Prometheus metrics, text exposition format 0.0.4 (docs/metrics.md): this process's
         counters and latencies, and host and audit-log gauges read from the database now. For
         operator certificates only (Prometheus scrapes with one); a host's is refused (403)."""
-        if caller is not None:
-            raise AuthError("metrics are for operator certificates, not hosts")
-        return Response(metrics.exposition(datetime.now(UTC).timestamp()), media_type=CONTENT_TYPE)
+
+        def exposition() -> bytes:
+            if caller(peer) is not None:
+                raise AuthError("metrics are for operator certificates, not hosts")
+            return metrics.exposition(datetime.now(UTC).timestamp())
+
+        return Response(await work(exposition), media_type=CONTENT_TYPE)
 
     @app.post("/v1/enrollments", status_code=201, tags=["enrollment"])
     async def begin_enrollment(body: api.EnrollmentRequest) -> api.EnrollmentChallenge:
         """Start enrollment: the EK certificate chain, EK and AK are checked, and a credential
         only the host's TPM can activate is returned. No client certificate needed; the
         request names no group (the operator's admission record of the EK does)."""
-        return service.begin_enrollment(body)
+        return await work(lambda: service.begin_enrollment(body))
 
     @app.post("/v1/enrollments/{enrollment_id}/activation", tags=["enrollment"])
     async def finish_enrollment(
@@ -224,106 +274,122 @@ def create_app(  # noqa: PLR0915 - every route is defined here, over one service
         """Answer the credential. The right answer from an admitted host gets its client
         certificate and group; an unknown EK is queued for an operator's approval (403
         ``pending``), a rejected or revoked one refused (403 ``rejected``, ``revoked``)."""
-        return service.finish_enrollment(enrollment_id, body)
+        return await work(lambda: service.finish_enrollment(enrollment_id, body))
 
     @app.post("/v1/nonces", status_code=201, tags=["attestation"])
-    async def nonce(host: Host) -> api.NonceResponse:
+    async def nonce(peer: Peer) -> api.NonceResponse:
         """A fresh single-use nonce, the PCRs to quote and what is already verified."""
-        return service.issue_nonce(host)
+        return await work(lambda: service.issue_nonce(as_host(peer)))
 
     @app.post("/v1/attestations", tags=["attestation"])
-    async def attest(host: Host, body: api.AttestationRequest, signed: Signed) -> api.HostStatus:
+    async def attest(peer: Peer, body: api.AttestationRequest, signed: Signed) -> api.HostStatus:
         """Appraise a quote and the event-log records since the last verified one; answers
         the host's new status (a refused appraisal is a status with reasons, not an error).
         The request must carry its request-key signature (403 ``request_signature``)."""
-        return metrics.attested(service.attest(host, body, signed))
+        return metrics.attested(await work(lambda: service.attest(as_host(peer), body, signed)))
 
     @app.post("/v1/releases", tags=["keys"])
-    async def release(host: Host, body: api.ReleaseRequest, signed: Signed) -> api.ReleaseResponse:
+    async def release(peer: Peer, body: api.ReleaseRequest, signed: Signed) -> api.ReleaseResponse:
         """Release an encrypted image's layer keys, sealed to the host's TPM release key, when
         the evidence is trusted, includes this launch and the release policy allows it. The
         request must carry its request-key signature (403 ``request_signature``)."""
-        with metrics.releasing():
-            return service.release(host, body, signed)
+
+        def released() -> api.ReleaseResponse:
+            releasing = as_host(peer)  # a refused certificate is no release decision
+            with metrics.releasing():
+                return service.release(releasing, body, signed)
+
+        return await work(released)
 
     @app.get("/v1/hosts", tags=["trust"])
-    async def hosts(caller: Caller) -> api.HostList:
+    async def hosts(peer: Peer) -> api.HostList:
         """Every host's trust status (an operator), or the calling host's own."""
-        return service.list_hosts(caller)
+        return await work(lambda: service.list_hosts(caller(peer)))
 
     @app.get("/v1/hosts/{host_id}", tags=["trust"])
-    async def host(host_id: str, caller: Caller) -> api.HostStatus:
+    async def host(host_id: str, peer: Peer) -> api.HostStatus:
         """One host's trust status: trusted or not, why, since when, valid until when. A host
         reads only its own, without the golden values (operators see expected and got)."""
-        return service.host_status(caller, host_id)
+        return await work(lambda: service.host_status(caller(peer), host_id))
 
     @app.get("/v1/hosts/{host_id}/launches", tags=["workloads"])
-    async def host_launches(host_id: str, caller: Caller) -> api.LaunchList:
+    async def host_launches(host_id: str, peer: Peer) -> api.LaunchList:
         """A host's latest launches (at most 200, newest first), each with its compliance with
         the policy manifest then in force. A host reads only its own."""
-        return service.host_launches(caller, host_id)
+        return await work(lambda: service.host_launches(caller(peer), host_id))
 
     @app.get("/v1/workloads", tags=["workloads"])
-    async def workloads(caller: Caller) -> api.WorkloadList:
+    async def workloads(peer: Peer) -> api.WorkloadList:
         """Every workload of the policy in force or of a launch: instances, hosts, compliance
         (operators only)."""
-        return service.workloads(caller)
+        return await work(lambda: service.workloads(caller(peer)))
 
     @app.get("/v1/workloads/{name:path}", tags=["workloads"])
-    async def workload(name: str, caller: Caller) -> api.WorkloadDetail:
+    async def workload(name: str, peer: Peer) -> api.WorkloadDetail:
         """One workload: its policy and every instance, where it ran and whether it complied
         (operators only). Workload names may contain '/'."""
-        return service.workload(caller, name)
+        return await work(lambda: service.workload(caller(peer), name))
 
     @app.get("/v1/audit/checkpoint", tags=["audit"])
-    async def audit_checkpoint(caller: Caller) -> api.AuditCheckpoint:
+    async def audit_checkpoint(peer: Peer) -> api.AuditCheckpoint:
         """The signed checkpoint of the whole audit log (hosts and operators)."""
-        del caller
-        return service.audit_checkpoint()
+
+        def checkpoint() -> api.AuditCheckpoint:
+            caller(peer)  # an enrolled host or a recorded operator
+            return service.audit_checkpoint()
+
+        return await work(checkpoint)
 
     @app.get("/v1/audit/consistency", tags=["audit"])
     async def audit_consistency(
-        caller: Caller, old: Annotated[int, Query(ge=0)], new: Annotated[int, Query(ge=1)]
+        peer: Peer, old: Annotated[int, Query(ge=0)], new: Annotated[int, Query(ge=1)]
     ) -> api.AuditProof:
         """RFC 9162 consistency proof from tree size ``old`` to ``new`` (hosts and operators)."""
-        del caller
-        return service.audit_consistency(old, new)
+
+        def proof() -> api.AuditProof:
+            caller(peer)  # an enrolled host or a recorded operator
+            return service.audit_consistency(old, new)
+
+        return await work(proof)
 
     @app.get("/v1/audit/entries", tags=["audit"])
     async def audit_entries(
-        caller: Caller, start: Annotated[int, Query(ge=0)], end: Annotated[int, Query(ge=1)]
+        peer: Peer, start: Annotated[int, Query(ge=0)], end: Annotated[int, Query(ge=1)]
     ) -> api.AuditEntries:
         """Entries ``start`` to ``end - 1``, at most 1000 (operators only)."""
-        return service.audit_entries(caller, start, end)
+        return await work(lambda: service.audit_entries(caller(peer), start, end))
 
     @app.get("/v1/audit/inclusion", tags=["audit"])
     async def audit_inclusion(
-        caller: Caller, index: Annotated[int, Query(ge=0)], size: Annotated[int, Query(ge=1)]
+        peer: Peer, index: Annotated[int, Query(ge=0)], size: Annotated[int, Query(ge=1)]
     ) -> api.AuditProof:
         """RFC 9162 inclusion proof of entry ``index`` in the tree of ``size`` (operators)."""
-        return service.audit_inclusion(caller, index, size)
+        return await work(lambda: service.audit_inclusion(caller(peer), index, size))
 
-    _add_report_route(app, service, caller)
-    _add_kubernetes_routes(app, service, caller)
-    _add_restore_routes(app, restores.Decisions.of(service), host_caller)
+    _add_report_route(app, service, caller, work)
+    _add_kubernetes_routes(app, service, caller, work)
+    _add_restore_routes(app, restores.Decisions.of(service), as_host, work)
 
     app.add_middleware(BodyLimit, limit=max_body)
     app.add_middleware(RequestMetrics, metrics=metrics)  # outermost: it times the 413s too
     return app
 
 
+Work = Callable[[Callable[[], T]], Awaitable[T]]  # Worker.run
+
+
 def _add_restore_routes(
     app: FastAPI,
     decisions: restores.Decisions,
-    host_caller: Callable[..., Awaitable[HostRecord]],
+    as_host: Callable[[x509.Certificate], HostRecord],
+    work: Work[restores.Decision],
 ) -> None:
     """Checkpoint and restore decisions, for hosts (docs/policy.md §8)."""
-    Host = Annotated[HostRecord, Depends(host_caller)]
     Signed = Annotated[SignedRequest, Depends(_signed)]
 
     @app.post("/v1/checkpoints", tags=["workloads"])
     async def checkpoint(
-        host: Host, body: restores.CheckpointRequest, signed: Signed
+        peer: Peer, body: restores.CheckpointRequest, signed: Signed
     ) -> restores.Decision:
         """May this host checkpoint its container? Only when the container's last launch the
         server verified on this host, in this boot, is a compliant launch of a workload with
@@ -331,18 +397,18 @@ def _add_restore_routes(
         checkpoints are not built); the host must be trusted. Refused: 403 ``checkpoint``.
         Signed by the request key, over a fresh nonce (403 ``request_signature``, ``nonce``);
         audited either way."""
-        return decisions.checkpoint(host, body, signed)
+        return await work(lambda: decisions.checkpoint(as_host(peer), body, signed))
 
     @app.post("/v1/restores", tags=["workloads"])
     async def restore(
-        host: Host, body: restores.RestoreRequest, signed: Signed
+        peer: Peer, body: restores.RestoreRequest, signed: Signed
     ) -> restores.Decision:
         """May this host restore a checkpoint as this container? Only when the identity of
         its config's annotations is a workload with ``restore = true``, not encrypted, on a
         host inside its groups and placement, with a compliant launch to have been
         checkpointed from; the host must be trusted. Refused: 403 ``restore``. Signed as a
         checkpoint is; audited either way."""
-        return decisions.restore(host, body, signed)
+        return await work(lambda: decisions.restore(as_host(peer), body, signed))
 
 
 async def _json_body(request: Request, what: str) -> Any:
@@ -355,49 +421,57 @@ async def _json_body(request: Request, what: str) -> Any:
 def _add_kubernetes_routes(
     app: FastAPI,
     service: ServerService,
-    caller: Callable[[Request], Awaitable[HostRecord | None]],
+    caller: Callable[[x509.Certificate], HostRecord | None],
+    work: Work[Any],
 ) -> None:
     """The kube-scheduler extender (v1) and the validating admission webhook
     (admission.k8s.io/v1), for operator certificates (docs/kubernetes.md). Their bodies are
     Kubernetes' own wire formats, read and written as the Go types marshal them."""
-    Caller = Annotated[HostRecord | None, Depends(caller)]
     wire: dict[str, Any] = {"content": {"application/json": {}}}
 
     @app.post(
         "/v1/kubernetes/scheduler/filter", tags=["kubernetes"], openapi_extra={"requestBody": wire}
     )
-    async def scheduler_filter(request: Request, caller: Caller) -> dict[str, Any]:
+    async def scheduler_filter(request: Request, peer: Peer) -> dict[str, Any]:
         """Extender ``filter``: ``ExtenderArgs`` in, ``ExtenderFilterResult`` out. A node is
         kept when it is an enrolled, trusted host inside the groups and placement of the
         pod's workloads; each other node is in ``FailedNodes`` (untrusted: may change) or
         ``FailedAndUnresolvableNodes`` (the policy or no trusthook host) with its reason."""
-        return service.kubernetes_filter(caller, await _json_body(request, "ExtenderArgs"))
+        args = await _json_body(request, "ExtenderArgs")
+        answer: dict[str, Any] = await work(lambda: service.kubernetes_filter(caller(peer), args))
+        return answer
 
     @app.post(
         "/v1/kubernetes/scheduler/prioritize",
         tags=["kubernetes"],
         openapi_extra={"requestBody": wire},
     )
-    async def scheduler_prioritize(request: Request, caller: Caller) -> list[dict[str, Any]]:
+    async def scheduler_prioritize(request: Request, peer: Peer) -> list[dict[str, Any]]:
         """Extender ``prioritize``: ``ExtenderArgs`` in, ``HostPriorityList`` out (10 for a
         node the filter keeps, else 0)."""
-        return service.kubernetes_prioritize(caller, await _json_body(request, "ExtenderArgs"))
+        args = await _json_body(request, "ExtenderArgs")
+        answer: list[dict[str, Any]] = await work(
+            lambda: service.kubernetes_prioritize(caller(peer), args)
+        )
+        return answer
 
     @app.post("/v1/kubernetes/admission", tags=["kubernetes"], openapi_extra={"requestBody": wire})
-    async def admission_review(request: Request, caller: Caller) -> dict[str, Any]:
+    async def admission_review(request: Request, peer: Peer) -> dict[str, Any]:
         """Validating admission webhook: ``AdmissionReview`` in and out. A pod is refused when
         a container's image is no workload of the policy manifest (or not the pinned digest
         its workload lists), or when no trusted host satisfies its workloads' placement."""
-        return service.kubernetes_review(caller, await _json_body(request, "AdmissionReview"))
+        review = await _json_body(request, "AdmissionReview")
+        answer: dict[str, Any] = await work(lambda: service.kubernetes_review(caller(peer), review))
+        return answer
 
 
 def _add_report_route(
     app: FastAPI,
     service: ServerService,
-    caller: Callable[[Request], Awaitable[HostRecord | None]],
+    caller: Callable[[x509.Certificate], HostRecord | None],
+    work: Work[tuple[bytes, str]],
 ) -> None:
     """``GET /v1/audit/report`` (docs/reports.md)."""
-    Caller = Annotated[HostRecord | None, Depends(caller)]
 
     @app.get(
         "/v1/audit/report",
@@ -411,7 +485,7 @@ def _add_report_route(
         },
     )
     async def audit_report(
-        caller: Caller,
+        peer: Peer,
         since: Annotated[str | None, Query(description="RFC 3339 time, inclusive")] = None,
         until: Annotated[str | None, Query(description="RFC 3339 time, exclusive")] = None,
         workload: Annotated[
@@ -424,8 +498,10 @@ def _add_report_route(
         """A compliance report of [since, until) as ``trusthook report --config`` makes it,
         from the period's audit entries exported and verified now (operators only). Computed
         on a worker thread: it reads and verifies every entry of the period."""
-        body, media_type = await run_in_threadpool(
-            service.audit_report, caller, since=since, until=until, workload=workload, form=form
+        body, media_type = await work(
+            lambda: service.audit_report(
+                caller(peer), since=since, until=until, workload=workload, form=form
+            )
         )
         return Response(
             body,

@@ -19,6 +19,7 @@ import json
 import logging
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import replace
 from typing import Any
 
@@ -78,6 +79,7 @@ from trusthook.server.schema import (
 from trusthook.server.schema import launches as launches_table
 
 log = logging.getLogger(__name__)
+POOL_SIZE = 8  # PostgreSQL connections kept open; the server runs as many worker threads
 
 
 class _Lost(Exception):
@@ -112,10 +114,31 @@ class Store:
                 )
                 event.listen(self._engine, "connect", _sqlite_pragmas)
             else:
-                self._engine = create_engine(url, pool_pre_ping=True, pool_size=8)
+                self._engine = create_engine(url, pool_pre_ping=True, pool_size=POOL_SIZE)
         except (SQLAlchemyError, ImportError, ValueError) as e:
             raise StorageError(f"cannot use database {self.safe_url(url)}: {e}") from e
         self._url = url
+        self._bound: ContextVar[Connection | None] = ContextVar("store_connection", default=None)
+
+    @contextmanager
+    def connection(self) -> Iterator[None]:
+        """Run the store's calls in the block on one pooled connection (the server binds one
+        per request, on the request's worker thread): each call is still its own transaction,
+        with the same isolation and the same commit or rollback, but the connection is taken
+        from the pool, checked (PostgreSQL: a round trip) and given back once, not per call."""
+        if self._bound.get() is not None:
+            yield
+            return
+        try:
+            conn = self._engine.connect()
+        except SQLAlchemyError as e:
+            raise self._failed(e) from e
+        token = self._bound.set(conn)
+        try:
+            yield
+        finally:
+            self._bound.reset(token)
+            conn.close()
 
     @staticmethod
     def safe_url(url: str) -> str:
@@ -126,14 +149,24 @@ class Store:
 
     @contextmanager
     def _tx(self) -> Iterator[Connection]:
+        """One transaction: on the connection bound by ``connection()`` if there is one (and
+        it is not in a transaction already), else on a connection of its own."""
+        bound = self._bound.get()
         try:
-            with self._engine.begin() as conn:
-                yield conn
+            if bound is None or bound.in_transaction() or bound.invalidated:
+                with self._engine.begin() as conn:
+                    yield conn
+            else:
+                with bound.begin():
+                    yield bound
         except IntegrityError:
             raise
         except SQLAlchemyError as e:
-            first = (str(getattr(e, "orig", None) or e).splitlines() or ["unknown error"])[0]
-            raise StorageError(f"database {self.safe_url(self._url)} failed: {first}") from e
+            raise self._failed(e) from e
+
+    def _failed(self, e: SQLAlchemyError) -> StorageError:
+        first = (str(getattr(e, "orig", None) or e).splitlines() or ["unknown error"])[0]
+        return StorageError(f"database {self.safe_url(self._url)} failed: {first}")
 
     def create_schema(self) -> None:
         """Create what is missing; StorageError if a table exists without a column this
@@ -411,31 +444,39 @@ class Store:
             )
 
     def spend_nonce(self, *, host_id: str, nonce: bytes, now: float) -> Reason | None:
-        """Spend ``nonce`` for ``host_id``; None if it was valid, else why not."""
+        """Spend ``nonce`` for ``host_id``; None if it was valid, else why not. One statement
+        when it is valid: the UPDATE that finds it unspent and issued to this host spends it
+        (exactly one of concurrent attempts does); only a refusal reads the row to say why."""
         digest = nonce_hash(nonce)
         with self._tx() as conn:
-            row = conn.execute(select(nonces).where(nonces.c.nonce_hash == digest)).first()
-            if row is None:
-                return Reason(
-                    check="nonce", message="the nonce was not issued by this server or expired"
-                )
-            if row.host_id != host_id:
-                return Reason(check="nonce", message="the nonce was issued to another host")
             spent = conn.execute(
                 update(nonces)
-                .where(nonces.c.nonce_hash == digest, nonces.c.used.is_(False))
+                .where(
+                    nonces.c.nonce_hash == digest,
+                    nonces.c.host_id == host_id,
+                    nonces.c.used.is_(False),
+                )
                 .values(used=True)
-            )
-            if spent.rowcount != 1:
-                return Reason(check="nonce", message="the nonce was already used (a replay)")
-            if row.expires < now:
+                .returning(nonces.c.expires)
+            ).first()
+            if spent is None:
+                row = conn.execute(select(nonces).where(nonces.c.nonce_hash == digest)).first()
+            elif spent.expires < now:
                 return Reason(
                     check="nonce",
                     message="the nonce expired before the evidence arrived",
-                    expected=f"before {row.expires:.3f}",
+                    expected=f"before {spent.expires:.3f}",
                     got=f"{now:.3f}",
                 )
-        return None
+            else:
+                return None
+        if row is None:
+            return Reason(
+                check="nonce", message="the nonce was not issued by this server or expired"
+            )
+        if row.host_id != host_id:
+            return Reason(check="nonce", message="the nonce was issued to another host")
+        return Reason(check="nonce", message="the nonce was already used (a replay)")
 
     def save_verdict(
         self, old: HostRecord, new: HostRecord, launches: Sequence[AppraisedLaunch] = ()

@@ -30,6 +30,7 @@ from uvicorn._types import (
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
 log = logging.getLogger(__name__)
+_PARSED = "trusthook.certificate"  # our key in the TLS extension: the parsed certificate
 
 
 def _with_tls(app: ASGI3Application, tls: dict[object, object]) -> ASGI3Application:
@@ -62,13 +63,34 @@ class PeerCertProtocol(H11Protocol):
             "client_cert_name": certificate.subject.rfc4514_string(),
             "client_cert_error": None,
             "tls_version": ssl.TLSVersion[version.replace(".", "_")].value if version else None,
+            _PARSED: certificate,  # parsed once per connection, not per request
         }
         self.app = _with_tls(self.app, tls)
+
+    # An idle keep-alive connection is closed without TLS close_notify: asyncio would wait up
+    # to 30 s (its TLS shutdown timeout) for the client's own close_notify, which an agent
+    # holding the connection between attestations does not send until it next uses the
+    # connection; meanwhile a stopping server waits for every such connection. No answer is
+    # in flight on an idle connection, so nothing can be truncated; the agent sees the socket
+    # closed before its next request and opens another (agent/serverclient.py).
+
+    def shutdown(self) -> None:
+        if self.cycle is None or self.cycle.response_complete:
+            self.transport.abort()
+        else:
+            super().shutdown()
+
+    def timeout_keep_alive_handler(self) -> None:
+        if not self.transport.is_closing():
+            self.transport.abort()
 
 
 def peer_certificate(scope: Mapping[str, Any]) -> x509.Certificate | None:
     """The client certificate ``PeerCertProtocol`` put in ``scope``, or None if none was."""
     tls = scope.get("extensions", {}).get("tls", {})
+    parsed = tls.get(_PARSED)
+    if isinstance(parsed, x509.Certificate):
+        return parsed
     chain = tls.get("client_cert_chain")
     if not chain:
         return None
