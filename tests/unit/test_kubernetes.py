@@ -110,6 +110,15 @@ def test_a_review_echoes_the_uid_and_lets_other_objects_through() -> None:
     [
         ([], "ExtenderArgs: got list, expected an object"),
         ({"Pod": {"spec": {}}, "NodeNames": []}, "ExtenderArgs.Pod.spec.containers: expected"),
+        # found by the kubernetes_body fuzzer: a TypeError unpacking a number
+        (
+            {"Pod": {"spec": {"containers": 7}}, "NodeNames": []},
+            "ExtenderArgs.Pod.spec.containers: got int, expected a list",
+        ),
+        (
+            {"Pod": {"spec": {"initContainers": "x", "containers": []}}, "NodeNames": []},
+            "ExtenderArgs.Pod.spec.initContainers: got str, expected a list",
+        ),
         ({"Pod": pod(), "NodeNames": "a"}, "ExtenderArgs.NodeNames: expected a list"),
         ({"Pod": pod(), "Nodes": {"items": [{}]}}, r"items\[0\].metadata: got NoneType"),
         ({"Pod": pod(), "NodeNames": [7]}, "ExtenderArgs.NodeNames\\[\\]: got 7"),

@@ -85,9 +85,13 @@ def parse_pod(value: Any, where: str) -> Pod:
     annotations = _object(meta.get("annotations") or {}, f"{where}.metadata.annotations")
     for key, text in annotations.items():
         _text(text, f"{where}.metadata.annotations[{key!r:.80}]", empty=True)
-    entries = spec.get("initContainers") or []
-    entries = [*entries, *(spec.get("containers") or [])]
-    if not isinstance(entries, list) or not entries:
+    entries = []
+    for key in ("initContainers", "containers"):
+        listed = spec.get(key) or []
+        if not isinstance(listed, list):
+            raise RequestError(f"{where}.spec.{key}: got {type(listed).__name__}, expected a list")
+        entries.extend(listed)
+    if not entries:
         raise RequestError(f"{where}.spec.containers: expected a non-empty list")
     containers = []
     for i, entry in enumerate(entries):
