@@ -12,7 +12,6 @@ restore (another root filesystem); each decision is in the audit log with its po
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 import uuid
 from pathlib import Path
@@ -22,7 +21,12 @@ import pytest
 
 from tests.integration.attesting import attest, checks, enroll
 from tests.integration.conftest import SHIM, AttestServer, Host, make_host, new_swtpm, runc
-from tests.integration.test_workload_policy import apply, first_rootfs, launch
+from tests.integration.test_workload_policy import (
+    apply,
+    first_rootfs,
+    launch,
+    two_root_filesystems,
+)
 from trusthook.agent.bundles import own_hook_entry
 from trusthook.agent.serverclient import ServerClient
 
@@ -158,16 +162,9 @@ def test_restore_is_decided_remeasured_and_judged_in_the_lineage(
     busybox_rootfs: Path,
     tmp_path: Path,
 ) -> None:
-    changed = tmp_path / "changed-rootfs"
-    shutil.copytree(busybox_rootfs, changed, symlinks=True)
-    (changed / "etc").mkdir(exist_ok=True)
-    (changed / "etc" / "motd").write_text("another build\n")
-    enroll(host, attest_server, attributes={"region": "eu-1"})
-    launch(host, bundle_factory)
-    launch(host, bundle_factory, rootfs=changed)
-    assert attest(host)[0] == 0
-    records, _ = host.snapshot()
-    original, other = (r.event.rootfs_digest for r in records)
+    changed, original, other = two_root_filesystems(
+        host, attest_server, bundle_factory, busybox_rootfs, tmp_path
+    )
     apply(attest_server, policy(tmp_path / "p.toml", [original, other]))
     launch(host, bundle_factory, DB)  # the instance that is checkpointed: created here
     images = tmp_path / "images"

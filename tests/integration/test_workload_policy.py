@@ -48,6 +48,24 @@ def launch(
     return name
 
 
+def two_root_filesystems(
+    host: Host, server: AttestServer, bundle_factory: Any, busybox_rootfs: Path, tmp: Path
+) -> tuple[Path, str, str]:
+    """Enroll ``host`` in region eu-1 and run busybox and a changed copy of it (``tmp``'s
+    changed-rootfs, returned): their root filesystem digests, as the host measured them."""
+    changed = tmp / "changed-rootfs"
+    shutil.copytree(busybox_rootfs, changed, symlinks=True)
+    (changed / "etc").mkdir(exist_ok=True)
+    (changed / "etc" / "motd").write_text("another build\n")
+    enroll(host, server, attributes={"region": "eu-1"})
+    launch(host, bundle_factory)
+    launch(host, bundle_factory, rootfs=changed)
+    assert attest(host)[0] == 0
+    records, _ = host.snapshot()
+    original, other = (r.event.rootfs_digest for r in records)
+    return changed, original, other
+
+
 def manifest(
     path: Path, *, rootfs: str, placement: str = "", unknown: str = "audit", match: str = ""
 ) -> Path:
@@ -179,16 +197,9 @@ def test_a_move_is_verified_against_how_the_instance_was_created(
 ) -> None:
     """shop/web-1 is created on host A; launched on A2 (the same region) from the same root
     filesystem it is a verified move, from another (one the workload allows) a tampered one."""
-    changed = tmp_path / "changed-rootfs"
-    shutil.copytree(busybox_rootfs, changed, symlinks=True)
-    (changed / "etc").mkdir(exist_ok=True)
-    (changed / "etc" / "motd").write_text("another build\n")
-    enroll(host, attest_server, attributes={"region": "eu-1"})
-    launch(host, bundle_factory)
-    launch(host, bundle_factory, rootfs=changed)
-    assert attest(host)[0] == 0
-    records, _ = host.snapshot()
-    original, other = (r.event.rootfs_digest for r in records)
+    changed, original, other = two_root_filesystems(
+        host, attest_server, bundle_factory, busybox_rootfs, tmp_path
+    )
     path = tmp_path / "m.toml"
     path.write_text(
         f'format = 1\n[[workload]]\nname = "{WORKLOAD}"\nmatch = ["shop/web-*"]\n'

@@ -21,6 +21,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from tests.support.peers import nobody_listening
+
 PROGRAM = os.environ.get("TRUSTHOOK_HOOK_PROGRAM") or str(
     Path(sys.executable).parent / "trusthook-hook"
 )
@@ -252,31 +254,13 @@ def test_a_socket_directory_others_can_write_is_refused(agent_dir: Path, peer: P
 
 def test_a_peer_that_is_not_root_is_refused_even_in_audit_mode(agent_dir: Path) -> None:
     path = agent_dir / "agent.sock"
-    listener = subprocess.Popen(
-        [
-            sys.executable,
-            "-c",
-            "import os, socket, sys\n"
-            "s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)\n"
-            "s.bind(sys.argv[1])\n"
-            "os.setgid(65534); os.setuid(65534); s.listen(1)\n"  # SO_PEERCRED: who listened
-            "print('ready', flush=True)\n"
-            "while True: s.accept()[0].close()\n",
-            str(path),
-        ],
-        stdout=subprocess.PIPE,
-    )
-    try:
-        assert listener.stdout is not None and listener.stdout.readline() == b"ready\n"
+    with nobody_listening(path):
         for args in ((), ("--audit",)):
             result = hook(*args, socket_path=path)
             assert result.returncode == 1 and one_line(result) == (
                 f"trusthook-hook: the process listening on agent socket {path} runs as uid"
                 " 65534, not root; refusing to talk to it"
             )
-    finally:
-        listener.kill()
-        listener.wait()
 
 
 @settings(

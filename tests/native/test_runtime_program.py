@@ -22,6 +22,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tests.native.test_hook_program import Peer
+from tests.support.peers import nobody_listening
 
 PROGRAM = os.environ.get("TRUSTHOOK_RUNTIME_PROGRAM") or str(
     Path(sys.executable).parent / "trusthook-runtime"
@@ -305,31 +306,13 @@ def test_without_an_agent_create_run_checkpoint_and_restore_are_refused(host: Ho
 def test_a_peer_that_is_not_root_is_refused(host: Host) -> None:
     host.peer.close()
     host.socket.unlink()
-    listener = subprocess.Popen(
-        [
-            sys.executable,
-            "-c",
-            "import os, socket, sys\n"
-            "s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)\n"
-            "s.bind(sys.argv[1])\n"
-            "os.setgid(65534); os.setuid(65534); s.listen(1)\n"  # SO_PEERCRED: who listened
-            "print('ready', flush=True)\n"
-            "while True: s.accept()[0].close()\n",
-            str(host.socket),
-        ],
-        stdout=subprocess.PIPE,
-    )
-    try:
-        assert listener.stdout is not None and listener.stdout.readline() == b"ready\n"
+    with nobody_listening(host.socket):
         result = host.run("create", "c1")
         assert result.returncode == 1 and host.ran() is None
         assert one_line(result) == (
             "trusthook-runtime: create of container c1 is refused: the process listening on"
             f" agent socket {host.socket} runs as uid 65534, not root; refusing to talk to it"
         )
-    finally:
-        listener.kill()
-        listener.wait()
 
 
 def test_a_refusal_reaches_the_engine_through_the_runtime_log(host: Host) -> None:
