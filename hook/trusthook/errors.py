@@ -142,6 +142,16 @@ class AuditVerificationError(RefusedError):
     entry (its index) where one can be named."""
 
 
+class WitnessRefusedError(AuditVerificationError):
+    """A witness refused the log's latest checkpoint: it is of another log, rolled back,
+    forked, or its consistency proof fails. ``reason`` names which."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(f"{reason}: {message}")
+        self.reason = reason
+        self.message = message
+
+
 # a service failed
 
 

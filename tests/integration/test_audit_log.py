@@ -16,6 +16,7 @@ import sqlalchemy
 
 from tests.integration.attesting import enroll, host_client
 from tests.integration.conftest import AttestServer, Host, fresh_database, make_server, runc
+from tests.support.auditlog import rewrite
 from tests.support.postgres import Postgres
 from trusthook.agent.serverclient import ServerClient
 from trusthook.audit import (
@@ -131,11 +132,12 @@ def b64(text: str) -> bytes:
     return base64.b64decode(text)
 
 
-def test_each_verified_launch_is_one_entry(
+def test_each_verified_launch_is_in_its_verdict_entry(
     host: Host, attest_server: AttestServer, bundle_factory: Any
 ) -> None:
-    """A launch becomes a ``launched`` entry when an appraisal verifies its log record: once,
-    with what was measured and the verdict; a later attestation adds no copy of it."""
+    """A launch enters the log in the verdict entry of the appraisal that verified its log
+    record: once, with what was measured, under that verdict; a later attestation adds no
+    copy of it."""
     enroll(host, attest_server)
     names = []
     for n in range(2):
@@ -151,16 +153,18 @@ def test_each_verified_launch_is_one_entry(
         size = open_checkpoint(note, key.verifier_key).checkpoint.size
         raw = operator.get(f"/v1/audit/entries?start=0&end={size}")["entries"]
     entries = [AuditEntry.from_json(e) for e in raw]
-    launched = [e for e in entries if e.event is EventType.LAUNCHED]
-    assert [e.detail["container"] for e in launched] == names
-    for entry, record in zip(launched, records, strict=True):
-        assert entry.detail["recnum"] == record.recnum
-        assert entry.detail["rootfs_digest"] == record.event.rootfs_digest
-        assert entry.detail["launch_profile"] == record.event.launch_profile_digest
-        assert entry.detail["trusted"] is True
-        assert entry.subject.id == launched[0].subject.id
+    holding = [e for e in entries if "launches" in e.detail]
+    assert [e.event for e in holding] == [EventType.ATTESTED]  # one appraisal verified both
+    (verdict,) = holding
+    assert verdict.detail["trusted"] is True
+    launches = verdict.detail["launches"]
+    assert [x["container"] for x in launches] == names
+    for launch, record in zip(launches, records, strict=True):
+        assert launch["recnum"] == record.recnum
+        assert launch["rootfs_digest"] == record.event.rootfs_digest
+        assert launch["launch_profile"] == record.event.launch_profile_digest
     verdicts = [e.index for e in entries if e.event is EventType.ATTESTED]
-    assert verdicts[-2] < launched[0].index < launched[1].index < verdicts[-1]
+    assert verdicts[-2] == verdict.index  # not in the later attestation's verdict
 
 
 def test_a_host_detects_a_server_that_rewrote_its_log(
@@ -175,32 +179,10 @@ def test_a_host_detects_a_server_that_rewrote_its_log(
     assert status.returncode == 0, status.stdout
     assert "consistent with what this host saw, at size" in status.stdout
     seen = int(status.stdout.split("at size")[1].split()[0])
-    config = load_server_config(attest_server.config_path)
-    engine = sqlalchemy.create_engine(config.database_url)
-    with engine.begin() as conn:
-        for table in ("audit_log", "audit_nodes", "audit_checkpoints"):
-            conn.execute(sqlalchemy.text(f"DELETE FROM {table}"))  # noqa: S608 - fixed names
-        conn.execute(
-            sqlalchemy.text(
-                "UPDATE audit_head SET size = 0, root = :r, frontier = :f, checkpoint_size = -1"
-            ),
-            {"r": EMPTY, "f": b""},
-        )
-    engine.dispose()
-    store = open_store(config)
-    try:
-        for i in range(seen + 3):  # a longer, different history
-            store.record_event(
-                host_id="ee" * 32, event_name="attested", detail={"reasons": []}, now=1e9 + i
-            )
-    finally:
-        store.dispose()
+    rewrite(attest_server.config_path, seen + 3)  # a longer, different history
     assert host.cli("attest").returncode == 0  # the verdict itself is the server's
     status = host.cli("status")
     assert status.returncode == 2, status.stdout
     assert "audit     REWRITTEN: the attestation server's audit log was rewritten" in status.stdout
     again = host.cli("attest")  # the kept checkpoint stays: it is reported every time
     assert again.returncode == 0 and host.cli("status").returncode == 2
-
-
-EMPTY = bytes.fromhex("e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855")

@@ -115,8 +115,8 @@ LAUNCH = {
     "config_digest": "sha256:bb",
     "launch_profile": "sha256:cc",
     "recnum": 0,
-    "trusted": True,
 }
+LAUNCHES = {"trusted": True, "launches": [LAUNCH, LAUNCH | {"recnum": 1}]}
 
 
 @pytest.mark.parametrize(
@@ -128,7 +128,12 @@ LAUNCH = {
         (EventType.POLICY_VERSION, SubjectKind.SERVER, {"version": 3, "digest": "sha256:cd"}),
         (EventType.OPERATOR_ACTION, SubjectKind.OPERATOR, {"action": "approve", "host": "5f"}),
         (EventType.ENROLLMENT_REFUSED, SubjectKind.HOST, {"check": "ek", "message": "unknown"}),
-        (EventType.LAUNCHED, SubjectKind.HOST, LAUNCH),
+        (EventType.LAUNCHED, SubjectKind.HOST, LAUNCHES),
+        (
+            EventType.ATTESTED,
+            SubjectKind.HOST,
+            {"trusted": True, "reasons": [], "launches": [LAUNCH]},
+        ),
     ],
 )
 def test_each_event_with_its_detail(event: EventType, kind: SubjectKind, detail: Any) -> None:
@@ -138,25 +143,75 @@ def test_each_event_with_its_detail(event: EventType, kind: SubjectKind, detail:
     assert AuditEntry.from_json(entry.to_json()) == entry
 
 
+def _launched(detail: Any, event: EventType = EventType.LAUNCHED) -> AuditEntry:
+    return AuditEntry.at(
+        index=3,
+        moment=MOMENT,
+        event=event,
+        subject=Subject(kind=SubjectKind.HOST, id="a"),
+        detail=detail,
+    )
+
+
 def test_a_launch_names_its_container_and_record() -> None:
     for missing in ("container", "recnum"):
-        detail = {k: v for k, v in LAUNCH.items() if k != missing}
-        with pytest.raises(AuditLogError, match=f"detail.{missing}"):
-            AuditEntry.at(
-                index=3,
-                moment=MOMENT,
-                event=EventType.LAUNCHED,
-                subject=Subject(kind=SubjectKind.HOST, id="a"),
-                detail=detail,
-            )
+        launch = {k: v for k, v in LAUNCH.items() if k != missing}
+        with pytest.raises(
+            AuditLogError, match=rf"detail.launches\[1\].{missing} got nothing for launched"
+        ):
+            _launched({"trusted": True, "launches": [LAUNCH, launch]})
+    with pytest.raises(AuditLogError, match=r"detail.launches\[0\].recnum got true"):
+        _launched({"trusted": True, "launches": [LAUNCH | {"recnum": True}]})
     with pytest.raises(AuditLogError, match="subject"):
         AuditEntry.at(
             index=3,
             moment=MOMENT,
             event=EventType.LAUNCHED,
             subject=Subject(kind=SubjectKind.WORKLOAD, id="a"),
-            detail=LAUNCH,
+            detail=LAUNCHES,
         )
+
+
+@pytest.mark.parametrize(
+    ("event", "detail", "reason"),
+    [
+        (
+            EventType.LAUNCHED,
+            {"trusted": True},
+            "detail.launches got nothing for launched, expected an array",
+        ),
+        (EventType.LAUNCHED, {"launches": [LAUNCH]}, "detail.trusted got nothing"),
+        (
+            EventType.LAUNCHED,
+            {"trusted": True, "launches": []},
+            "got 0 launches for launched, expected an array of 1 to 16",
+        ),
+        (EventType.LAUNCHED, {"trusted": True, "launches": [LAUNCH] * 17}, "got 17 launches"),
+        (
+            EventType.LAUNCHED,
+            {"trusted": True, "launches": {"0": LAUNCH}},
+            "detail.launches got an object",
+        ),
+        (
+            EventType.LAUNCHED,
+            {"trusted": True, "launches": ["web-1"]},
+            r"detail.launches\[0\] got 'web-1' for launched, expected an object",
+        ),
+        (
+            EventType.ATTESTED,
+            {"trusted": True, "reasons": [], "launches": []},
+            "got 0 launches for attested",
+        ),
+        (
+            EventType.RELEASED,
+            {"image": "i", "launches": [LAUNCH]},
+            "detail.launches got a member for released, expected none",
+        ),
+    ],
+)
+def test_launches_of_another_shape_refused(event: EventType, detail: Any, reason: str) -> None:
+    with pytest.raises(AuditLogError, match=reason):
+        _launched(detail, event)
 
 
 def test_policy_version_must_be_an_integer_not_a_boolean() -> None:
@@ -170,19 +225,20 @@ def test_policy_version_must_be_an_integer_not_a_boolean() -> None:
         )
 
 
+KEYS = st.text(st.characters(max_codepoint=127), max_size=4) | st.text(max_size=4)
 SAFE = st.recursive(
     st.none() | st.booleans() | st.integers(-(2**53 - 1), 2**53 - 1) | st.text(max_size=6),
-    lambda inner: (
-        st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=4), inner, max_size=4)
-    ),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(KEYS, inner, max_size=4),
     max_leaves=10,
 )
 
 
-@given(st.dictionaries(st.text(max_size=4), SAFE, max_size=5), st.text(min_size=1, max_size=12))
+@given(st.dictionaries(KEYS, SAFE, max_size=5), st.text(min_size=1, max_size=12))
 @example({"\ue000": 1, "\U0001f600": 2, "a": {"\uffff": [], "\U00010000": None}}, "\U0001f600")
+@example({"b": [1, -(2**53 - 1), {"a": "\u00e9\n"}], "a": None}, "h")  # the json module's path
 def test_canonical_bytes_are_jcs(detail: dict[str, Any], subject_id: str) -> None:
-    """The fast canonical form is RFC 8785 byte for byte, key order by UTF-16 included."""
+    """The canonical form is RFC 8785 byte for byte, key order by UTF-16 included, whether
+    the json module's encoder writes it (ASCII keys) or the entry's own."""
     entry = AuditEntry.at(
         index=5,
         moment=MOMENT,

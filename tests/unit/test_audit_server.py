@@ -16,10 +16,19 @@ from typing import Any
 import pytest
 
 from tests.unit.test_admission import HOST, Server, decided, make_server
-from trusthook.audit import Bundle, EventType, open_checkpoint, verify_bundle
+from tests.unit.test_policy_appraise import launch
+from trusthook.audit import MAX_LAUNCHES, Bundle, EventType, open_checkpoint, verify_bundle
 from trusthook.cli import main
+from trusthook.common.eventlog import Record
 from trusthook.errors import AdmissionError, AuditLogError, AuditVerificationError
-from trusthook.server.auditlog import CHECKPOINT_ENTRIES, CHECKPOINT_SECONDS, load_signer
+from trusthook.server.auditlog import (
+    CHECKPOINT_ENTRIES,
+    CHECKPOINT_SECONDS,
+    entries_for,
+    load_signer,
+    verdict_events,
+)
+from trusthook.server.records import AppraisedLaunch
 from trusthook.server.run import Paths, open_store
 from trusthook.server.store import Store
 
@@ -220,3 +229,26 @@ def test_fractions_in_a_detail_are_written_as_decimal_text(server: Server) -> No
     )
     (entry,) = server.store.audit_entries(0, 1)
     assert entry.detail == {"since": "1.5", "at": 2}
+
+
+def test_an_appraisals_launches_ride_in_its_verdict_and_the_rest_follow() -> None:
+    """The verdict holds the first MAX_LAUNCHES launches, ``launched`` entries the rest, in
+    the records' order, each a valid entry within the size limit."""
+    events = verdict_events(
+        HOST,
+        {"reasons": []},
+        [
+            AppraisedLaunch(
+                record=Record.for_event(recnum=n, pcr=23, event=launch(container_id=f"c{n}"))
+            )
+            for n in range(70)
+        ],
+        trusted=True,
+    )
+    assert [e.name for e in events] == ["attested"] + ["launched"] * 4
+    assert [len(e.detail["launches"]) for e in events] == [MAX_LAUNCHES] * 4 + [6]
+    entries = entries_for(0, events, 1.0)  # the log accepts each of them
+    held = [x["recnum"] for e in entries for x in e.detail["launches"]]
+    assert held == list(range(70))
+    assert [e.detail["trusted"] for e in entries] == [True] * 5
+    assert verdict_events(HOST, {"reasons": []}, [], trusted=False)[0].detail == {"reasons": []}

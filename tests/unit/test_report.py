@@ -170,8 +170,14 @@ EVENTS: list[tuple[float, EventType, str, dict[str, Any]]] = [
 
 
 def entries_of(events: Sequence[tuple[float, EventType, str, dict[str, Any]]]) -> list[AuditEntry]:
+    """The entries of the tables here; a ``launched`` row that is one launch (``launch()``,
+    with its verdict's ``trusted``) is a ``launched`` entry holding that one launch."""
     out = []
-    for index, (minutes, event, subject, detail) in enumerate(events):
+    for index, (minutes, event, subject, given) in enumerate(events):
+        detail = given
+        if event is EventType.LAUNCHED and "launches" not in given:
+            one = {k: v for k, v in given.items() if k != "trusted"}
+            detail = {"trusted": given["trusted"], "launches": [one]}
         operator = event in (EventType.OPERATOR_ACTION, EventType.POLICY_VERSION)
         kind = SubjectKind.OPERATOR if operator else SubjectKind.HOST
         out.append(
@@ -316,6 +322,41 @@ def test_a_launch_without_image_names_is_an_unknown_image() -> None:
         verify_bundle(log.bundle()), parameters=Parameters(), source=Source(bundle="b")
     )
     assert r.launches[0].workload == "unknown image"
+
+
+def _one(container: str, image: str | None) -> dict[str, Any]:
+    return {k: v for k, v in launch(container, image, None, True).items() if k != "trusted"}
+
+
+def test_a_verdict_holds_its_launches_and_launched_entries_the_rest() -> None:
+    """An appraisal's launches ride in its verdict entry, the rest in ``launched`` entries
+    (docs/audit.md §2): each is its own launch row, in order, with the entry's index and its
+    verdict's trust; a refused verdict's launches are untrusted launches."""
+    verdict = {"trusted": True, "reasons": [], "launches": [_one("c1", APP), _one("c2", APP)]}
+    more = {"trusted": True, "launches": [_one("c3", APP)]}
+    refused = {
+        "trusted": False,
+        "reasons": [{"check": "pcr", "message": "PCR 7 differs"}],
+        "launches": [_one("c4", APP)],
+    }
+    events = [
+        (1, EventType.ATTESTED, A, verdict),
+        (1, EventType.LAUNCHED, A, more),
+        (2, EventType.ATTESTED, A, refused),
+    ]
+    r = build_report(
+        verify_bundle(Log(entries_of(events)).bundle()),
+        parameters=Parameters(),
+        source=Source(bundle="b"),
+    )
+    assert [(x.container, x.index, x.trusted) for x in r.launches] == [
+        ("c1", 0, True),
+        ("c2", 0, True),
+        ("c3", 1, True),
+        ("c4", 2, False),
+    ]
+    assert [w.untrusted_launches for w in r.workloads] == [1]
+    assert [v.kind for v in r.violations] == [ViolationKind.UNTRUSTED_VERDICT]
 
 
 def test_violations_releases_admissions_and_operator_actions() -> None:
@@ -752,11 +793,11 @@ def test_with_config_the_bundle_is_written_and_the_report_recomputes_from_it(
     record(
         host_id=HOST, event_name="enrolled", detail={"hostname": "n1", "group": "lab"}, now=base + 1
     )
-    record(host_id=HOST, event_name="attested", detail={"reasons": []}, now=base + 60)
+    one = {k: v for k, v in launch("c1", APP, APP_DIGEST, True).items() if k != "trusted"}
     record(
         host_id=HOST,
-        event_name="launched",
-        detail=launch("c1", APP, APP_DIGEST, True),
+        event_name="attested",
+        detail={"reasons": [], "launches": [one]},
         now=base + 60,
     )
     record(

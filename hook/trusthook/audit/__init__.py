@@ -14,7 +14,14 @@ from trusthook.audit.checkpoint import (
     open_checkpoint,
     sign_checkpoint,
 )
-from trusthook.audit.entry import AuditEntry, EventType, Subject, SubjectKind
+from trusthook.audit.entry import (
+    MAX_LAUNCHES,
+    AuditEntry,
+    EventType,
+    Subject,
+    SubjectKind,
+    plain_json,
+)
 from trusthook.audit.merkle import (
     EMPTY_ROOT,
     Span,
@@ -28,7 +35,7 @@ from trusthook.audit.merkle import (
     verify_inclusion,
 )
 from trusthook.audit.multiproof import Selection, selection_root, selection_spans
-from trusthook.audit.note import NoteSigner, OpenedNote, VerifierKey, cosign, open_note
+from trusthook.audit.note import NoteSigner, OpenedNote, VerifierKey, open_note
 from trusthook.audit.tree import (
     Frontier,
     MemoryTree,
@@ -39,9 +46,16 @@ from trusthook.audit.tree import (
     tree_root,
 )
 from trusthook.audit.verify import KeyAnchor, VerifiedBundle, verify_bundle
+from trusthook.audit.witness import (
+    WitnessKey,
+    WitnessSigner,
+    cosign_checkpoint,
+    verify_cosignature,
+)
 
 __all__ = [
     "EMPTY_ROOT",
+    "MAX_LAUNCHES",
     "AuditEntry",
     "Bundle",
     "Checkpoint",
@@ -60,10 +74,12 @@ __all__ = [
     "SubtreeSource",
     "VerifiedBundle",
     "VerifierKey",
+    "WitnessKey",
+    "WitnessSigner",
     "combine",
     "consistency_proof",
     "consistency_spans",
-    "cosign",
+    "cosign_checkpoint",
     "export_bundle",
     "inclusion_proof",
     "inclusion_spans",
@@ -72,6 +88,7 @@ __all__ = [
     "node_hash",
     "open_checkpoint",
     "open_note",
+    "plain_json",
     "selection_root",
     "selection_spans",
     "sign_checkpoint",
@@ -79,5 +96,6 @@ __all__ = [
     "tree_root",
     "verify_bundle",
     "verify_consistency",
+    "verify_cosignature",
     "verify_inclusion",
 ]

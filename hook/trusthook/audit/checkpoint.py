@@ -3,16 +3,14 @@ whose text is the origin, the tree size in decimal, the base64 root hash and opt
 extension lines. Pure: no I/O.
 
 Our logs sign with a key named after the origin, and ``open_checkpoint`` insists on it, so a
-checkpoint of one log is never taken for another's. Witnesses add signature lines
-(``note.cosign``); ``open_checkpoint`` reports which of the given witnesses verified and can
-require a quorum of them.
+checkpoint of one log is never taken for another's. Witnesses add cosignature lines
+(``trusthook.audit.witness``), which ``open_checkpoint`` leaves alone.
 """
 
 from __future__ import annotations
 
 import base64
 import re
-from collections.abc import Sequence
 from dataclasses import dataclass
 
 from trusthook.audit.merkle import HASH_SIZE, MAX_SIZE
@@ -99,26 +97,17 @@ def sign_checkpoint(checkpoint: Checkpoint, signer: NoteSigner) -> str:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class OpenedCheckpoint:
-    """A checkpoint whose log signature verified, and the witnesses whose cosignatures did."""
+    """A checkpoint whose log signature verified."""
 
     checkpoint: Checkpoint
-    note: str  # the signed note, verbatim
-    witnesses: tuple[VerifierKey, ...]
+    note: str  # the signed note, verbatim (with any other signature lines: witnesses')
 
 
-def open_checkpoint(
-    note: str | bytes,
-    log_key: VerifierKey,
-    *,
-    witnesses: Sequence[VerifierKey] = (),
-    quorum: int = 0,
-) -> OpenedCheckpoint:
-    """The checkpoint in signed note ``note``, refused unless ``log_key`` signed it, its origin
-    is the key's name, every signature by a given key verifies and at least ``quorum`` of the
-    ``witnesses`` cosigned it."""
-    if log_key in witnesses:
-        raise AuditVerificationError(f"the log key {log_key.label} cannot witness its own log")
-    opened = open_note(note, [log_key, *witnesses])
+def open_checkpoint(note: str | bytes, log_key: VerifierKey) -> OpenedCheckpoint:
+    """The checkpoint in signed note ``note``, refused unless ``log_key`` signed it and its
+    origin is the key's name; other keys' lines (a witness's cosignature, docs/audit.md
+    "Witness") are left to whoever knows those keys."""
+    opened = open_note(note, [log_key])
     if log_key not in opened.verified_by:
         signed = ", ".join(k.label for k in opened.verified_by)
         raise AuditVerificationError(
@@ -130,10 +119,5 @@ def open_checkpoint(
             f"checkpoint origin got {checkpoint.origin[:64]!r}, expected the log key's name"
             f" {log_key.name!r}"
         )
-    cosigned = tuple(k for k in opened.verified_by if k != log_key)
-    if len(cosigned) < quorum:
-        raise AuditVerificationError(
-            f"checkpoint got {len(cosigned)} witness cosignatures, expected at least {quorum}"
-        )
     raw = note.decode() if isinstance(note, bytes) else note  # open_note checked the UTF-8
-    return OpenedCheckpoint(checkpoint=checkpoint, note=raw, witnesses=cosigned)
+    return OpenedCheckpoint(checkpoint=checkpoint, note=raw)

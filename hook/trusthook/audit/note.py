@@ -32,7 +32,8 @@ _DASH = "\u2014 "  # em dash, space: the start of a signature line
 _PRIVATE = "PRIVATE+KEY+"
 
 
-def _strict_b64(text: str, what: str) -> bytes:
+def strict_b64(text: str, what: str) -> bytes:
+    """Standard base64 in its one canonical form (what note signatures and keys use)."""
     try:
         data = base64.b64decode(text.encode("ascii"), validate=True)
     except (UnicodeEncodeError, binascii.Error):
@@ -94,7 +95,7 @@ class VerifierKey:
         check_key_name(name, "verifier key name")
         if len(hex_id) != 8 or not all(c in "0123456789abcdef" for c in hex_id):
             raise AuditLogError(f"verifier key id got {hex_id[:16]!r}, expected 8 hex digits")
-        raw = _strict_b64(data, "verifier key")
+        raw = strict_b64(data, "verifier key")
         if len(raw) != 1 + KEY_SIZE or raw[0] != ED25519:
             raise AuditLogError(
                 "verifier key got a key of another type or size, expected Ed25519 (type 0x01)"
@@ -214,7 +215,7 @@ def _signature_line(line: str, number: int) -> NoteSignature:
     if not sep:
         raise AuditLogError(f"{where} got no space after the key name, expected one")
     check_key_name(name, f"{where}: key name")
-    raw = _strict_b64(encoded, f"{where}: signature")
+    raw = strict_b64(encoded, f"{where}: signature")
     if len(raw) < 5:
         raise AuditLogError(f"{where}: signature got {len(raw)} bytes, expected key id and more")
     return NoteSignature(name, raw[:4], raw[4:])
@@ -250,17 +251,6 @@ def sign_note(text: str, signers: Sequence[NoteSigner]) -> str:
     if not signers:
         raise AuditLogError("a note needs at least one signer")
     return text + "\n" + "".join(_line(s, text) for s in signers)
-
-
-def cosign(note: str, signer: NoteSigner) -> str:
-    """``note`` with one more signature line, by ``signer`` (a witness, say); the note is
-    parsed first, so a malformed one is refused rather than signed."""
-    parsed = parse_note(note)
-    if any(
-        s.name == signer.name and s.key_id == signer.verifier_key.key_id for s in parsed.signatures
-    ):
-        raise AuditLogError(f"note is already signed by {signer.verifier_key.label}")
-    return note + _line(signer, parsed.text)
 
 
 def open_note(raw: str | bytes, keys: Sequence[VerifierKey]) -> OpenedNote:

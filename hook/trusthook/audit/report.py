@@ -27,10 +27,12 @@ from trusthook.audit.report_csv import render_csv
 from trusthook.audit.report_html import render_html
 from trusthook.audit.report_json import render_json
 from trusthook.audit.report_launch import (
+    LaunchSeen,
     Lineages,
     launch_reasons,
     launch_row,
     launch_violation,
+    launches_in,
     location_key,
     move_row,
     non_compliant,
@@ -150,16 +152,18 @@ class _Builder:
         if in_period:
             host.seen = True
             self._row(entry, host)  # with the host as it was before this entry
-        elif entry.event is EventType.LAUNCHED:
-            self._remember(entry, host.host_id)
-        if entry.event is EventType.LAUNCHED:
-            self.lineages.note(entry, host.host_id)
+        for launch in launches_in(entry):  # each in turn: one may move what another created
+            if in_period:
+                self._launch(launch, host)
+            else:
+                self._remember(launch, host.host_id)
+            self.lineages.note(launch, host.host_id)
         host.apply(entry, at)
 
-    def _remember(self, entry: AuditEntry, host_id: str) -> str:
-        workload = workload_of(entry.detail)
-        self.by_container[(host_id, entry.detail["container"])] = workload
-        digest = detail_text(entry.detail, "image_digest")
+    def _remember(self, launch: LaunchSeen, host_id: str) -> str:
+        workload = workload_of(launch.detail)
+        self.by_container[(host_id, launch.detail["container"])] = workload
+        digest = detail_text(launch.detail, "image_digest")
         if digest is not None:
             self.by_digest.setdefault(digest, workload)
         return workload
@@ -233,9 +237,7 @@ class _Builder:
             "host_id": host.host_id,
             "hostname": host.hostname,
         }
-        if event is EventType.LAUNCHED:
-            self._launch(entry, host)
-        elif event is EventType.ATTESTED and detail["trusted"] is not True:
+        if event is EventType.ATTESTED and detail["trusted"] is not True:
             reasons = tuple(reason_of(r) for r in detail["reasons"])
             self._violation(common, ViolationKind.UNTRUSTED_VERDICT, reasons, None)
         elif event in (EventType.REQUEST_REFUSED, EventType.ENROLLMENT_REFUSED):
@@ -262,11 +264,11 @@ class _Builder:
                 )
             )
 
-    def _launch(self, entry: AuditEntry, host: HostHistory) -> None:
+    def _launch(self, seen: LaunchSeen, host: HostHistory) -> None:
         """A launch row, and the violation and the move it is, if it is one."""
-        launch = launch_row(entry, host, self._remember(entry, host.host_id))
+        launch = launch_row(seen, host, self._remember(seen, host.host_id))
         self.rows.launches.append(launch)
-        reasons = launch_reasons(entry)
+        reasons = launch_reasons(seen)
         violation = launch_violation(launch, reasons)
         if violation is not None:
             self.rows.violations.append(violation)

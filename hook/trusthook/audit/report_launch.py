@@ -1,15 +1,17 @@
 """A compliance report's launches (docs/reports.md, "Launches and workloads", "Compliance and
-moves"): a ``launched`` entry as a launch row, with its appraisal against the policy manifest;
-the one violation it is when it is not compliant; the move it is in its identity's lineage;
-and the launches grouped by workload and location. Pure, standard library only.
+moves"): each of an entry's ``launches`` as a launch row, with its appraisal against the
+policy manifest; the one violation it is when it is not compliant; the move it is in its
+identity's lineage; and the launches grouped by workload and location. Pure, standard library
+only.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
-from trusthook.audit.entry import AuditEntry
+from trusthook.audit.entry import AuditEntry, EventType
 from trusthook.audit.report_model import (
     MOVES,
     Launch,
@@ -44,13 +46,34 @@ def move_of(value: object) -> MoveKind | None:
     return _MOVE_KINDS.get(value) if isinstance(value, str) else None
 
 
-def launch_row(entry: AuditEntry, host: HostHistory, workload: str) -> Launch:
-    """A ``launched`` entry of ``host`` (as it was before the entry) as a launch row."""
-    detail = entry.detail
+@dataclass(frozen=True, slots=True)
+class LaunchSeen:
+    """One member of an entry's ``launches`` (docs/audit.md §2), in the entry it is in."""
+
+    index: int  # the entry's
+    time: str
+    trusted: bool  # the verdict of the appraisal that verified it
+    detail: Mapping[str, Any]  # the member
+
+
+def launches_in(entry: AuditEntry) -> list[LaunchSeen]:
+    """The launches an ``attested`` or ``launched`` entry holds, in their order."""
+    if entry.event is not EventType.ATTESTED and entry.event is not EventType.LAUNCHED:
+        return []
+    trusted = entry.detail["trusted"] is True
+    return [
+        LaunchSeen(entry.index, entry.time, trusted, launch)
+        for launch in entry.detail.get("launches", ())
+    ]
+
+
+def launch_row(seen: LaunchSeen, host: HostHistory, workload: str) -> Launch:
+    """A launch of ``host`` (as it was before its entry) as a launch row."""
+    detail = seen.detail
     location = host.location()
     return Launch(
-        index=entry.index,
-        time=entry.time,
+        index=seen.index,
+        time=seen.time,
         host_id=host.host_id,
         hostname=host.hostname,
         workload=workload,
@@ -64,7 +87,7 @@ def launch_row(entry: AuditEntry, host: HostHistory, workload: str) -> Launch:
         stage=detail_text(detail, "stage"),
         host_time=detail_text(detail, "host_time"),
         boot_id=detail_text(detail, "boot_id"),
-        trusted=detail_bool(detail, "trusted"),
+        trusted=seen.trusted,
         group=location.group,
         attributes=location.attributes,
         encrypted=detail_bool(detail, "encrypted"),
@@ -76,9 +99,9 @@ def launch_row(entry: AuditEntry, host: HostHistory, workload: str) -> Launch:
     )
 
 
-def launch_reasons(entry: AuditEntry) -> tuple[Reason, ...]:
-    """Why a launch is not compliant: its entry's ``violations``."""
-    return reasons_of(entry.detail.get("violations"))
+def launch_reasons(seen: LaunchSeen) -> tuple[Reason, ...]:
+    """Why a launch is not compliant: its ``violations``."""
+    return reasons_of(seen.detail.get("violations"))
 
 
 def non_compliant(launch: Launch) -> bool:
@@ -122,10 +145,10 @@ class Lineages:
     def __init__(self) -> None:
         self._origins: dict[str, OriginLaunch] = {}
 
-    def note(self, entry: AuditEntry, host_id: str) -> None:
-        identity = detail_text(entry.detail, "identity")
-        if identity is not None and move_of(entry.detail.get("move")) is MoveKind.ORIGIN:
-            self._origins.setdefault(identity, OriginLaunch(host_id, entry.index))
+    def note(self, seen: LaunchSeen, host_id: str) -> None:
+        identity = detail_text(seen.detail, "identity")
+        if identity is not None and move_of(seen.detail.get("move")) is MoveKind.ORIGIN:
+            self._origins.setdefault(identity, OriginLaunch(host_id, seen.index))
 
     def origin(self, identity: str | None) -> OriginLaunch | None:
         return None if identity is None else self._origins.get(identity)

@@ -30,7 +30,7 @@ class ViolationKind(StrEnum):
     UNTRUSTED_VERDICT = "untrusted_verdict"  # an `attested` entry with trusted false
     REQUEST_REFUSED = "request_refused"  # a request without its request-key signature
     ENROLLMENT_REFUSED = "enrollment_refused"  # a refused credential or request key
-    # a `launched` entry that is not compliant (docs/reports.md, "Compliance and moves"):
+    # a launch that is not compliant (docs/reports.md, "Compliance and moves"):
     # a tampered or disallowed move is its own kind, every other one is a non-compliant launch
     NON_COMPLIANT_LAUNCH = "non_compliant_launch"
     TAMPERED_MOVE = "tampered_move"

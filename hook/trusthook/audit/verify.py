@@ -7,12 +7,13 @@ The checks, in order: the key (pinned by the caller, else proven by the trusted 
 else taken from the bundle, and reported as such); the bundle's checkpoint signature; each
 position's entry index; each entry's leaf hash; the leaf hashes and multi-proof against the
 checkpoint's root; then, given a trusted bundle, the entries both hold; given a trusted
-checkpoint (or bundle), consistency of the bundle's tree with it.
+checkpoint (or bundle), consistency of the bundle's tree with it; given witness keys, each
+witness's cosignature/v1 on the trusted checkpoint.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from enum import StrEnum
@@ -23,6 +24,7 @@ from trusthook.audit.entry import AuditEntry
 from trusthook.audit.merkle import verify_consistency
 from trusthook.audit.multiproof import Selection, selection_root
 from trusthook.audit.note import VerifierKey
+from trusthook.audit.witness import WitnessKey, verify_cosignature
 from trusthook.errors import AuditLogError, AuditVerificationError
 
 
@@ -48,6 +50,7 @@ class VerifiedBundle:
     entries: tuple[AuditEntry, ...]
     extends: Checkpoint | None
     unchecked_consistency_from: int | None  # the bundle's proof, when nothing to check it by
+    witnessed_by: tuple[WitnessKey, ...] = ()  # whose cosignatures on ``extends`` verified
 
 
 @contextmanager
@@ -65,11 +68,15 @@ def verify_bundle(
     *,
     trusted_bundle: Bundle | None = None,
     key: VerifierKey | None = None,
+    witnesses: Sequence[WitnessKey] = (),
 ) -> VerifiedBundle:
     """Verify ``bundle`` against its checkpoint, and against ``trusted_checkpoint`` (a signed
-    note) or ``trusted_bundle`` (one verified before) if given; ``key`` pins the log's key."""
+    note) or ``trusted_bundle`` (one verified before) if given; ``key`` pins the log's key;
+    each of ``witnesses`` must have cosigned ``trusted_checkpoint``."""
     if trusted_checkpoint is not None and trusted_bundle is not None:
         raise AuditLogError("give a trusted checkpoint or a trusted bundle, not both")
+    if witnesses and trusted_checkpoint is None:
+        raise AuditLogError("witness keys check the trusted checkpoint: give one")
     log_key, anchor = bundle.key, KeyAnchor.BUNDLE
     if key is not None:
         if bundle.key != key:
@@ -90,6 +97,8 @@ def verify_bundle(
     elif trusted_checkpoint is not None:
         with _context("trusted checkpoint"):
             trusted = open_checkpoint(trusted_checkpoint, log_key).checkpoint
+            for witness in witnesses:
+                verify_cosignature(trusted_checkpoint, witness)
         anchor = KeyAnchor.PINNED if key is not None else KeyAnchor.TRUSTED_CHECKPOINT
     if trusted is not None:
         _check_extends(trusted, checkpoint, bundle)
@@ -102,6 +111,7 @@ def verify_bundle(
         entries=bundle.entries,
         extends=trusted,
         unchecked_consistency_from=unchecked,
+        witnessed_by=tuple(witnesses),
     )
 
 

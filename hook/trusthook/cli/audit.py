@@ -14,6 +14,7 @@ from pathlib import Path
 from trusthook.audit.bundle import Bundle
 from trusthook.audit.note import VerifierKey
 from trusthook.audit.verify import KeyAnchor, verify_bundle
+from trusthook.audit.witness import WitnessKey
 from trusthook.common.config import Config
 from trusthook.common.files import write_new
 from trusthook.errors import AuditLogError, UsageError
@@ -40,6 +41,9 @@ def verify(args: argparse.Namespace, config: Config) -> int:
 
 
 def _verify(args: argparse.Namespace) -> int:
+    if args.witness_key and not args.trusted_checkpoint:
+        raise UsageError("--witness-key: got no --trusted-checkpoint, expected the one it cosigned")
+    witnesses = [WitnessKey.parse(text) for text in args.witness_key]
     bundle = Bundle.from_bytes(_read(args.bundle, "bundle"))
     trusted_bundle = None
     if args.trusted_bundle:
@@ -52,7 +56,9 @@ def _verify(args: argparse.Namespace) -> int:
     if args.trusted_checkpoint:
         trusted_checkpoint = _read(args.trusted_checkpoint, "trusted checkpoint")
     key = VerifierKey.parse(args.key) if args.key else None
-    result = verify_bundle(bundle, trusted_checkpoint, trusted_bundle=trusted_bundle, key=key)
+    result = verify_bundle(
+        bundle, trusted_checkpoint, trusted_bundle=trusted_bundle, key=key, witnesses=witnesses
+    )
     checkpoint = result.checkpoint
     print(
         f"OK: {len(result.entries)} audit entries ({result.selection.describe()}) are in the log"
@@ -67,6 +73,8 @@ def _verify(args: argparse.Namespace) -> int:
             f"  unchecked  its consistency proof from tree size"
             f" {result.unchecked_consistency_from} (give --trusted-checkpoint)"
         )
+    for witness in result.witnessed_by:
+        print(f"  witness  {witness.label} cosigned the trusted checkpoint")
     if result.anchor is KeyAnchor.BUNDLE:
         print(
             "  warning  nothing outside the bundle vouches for its key:"

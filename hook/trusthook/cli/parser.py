@@ -319,6 +319,13 @@ def _add_audit(sub: Any) -> None:
         help="a bundle verified before: its log must extend it, the entries both hold agree",
     )
     v.add_argument("--key", metavar="VKEY", help="the log's verifier key (name+keyid+key)")
+    v.add_argument(
+        "--witness-key",
+        action="append",
+        default=[],
+        metavar="VKEY",
+        help="with --trusted-checkpoint: a witness that must have cosigned it (repeat)",
+    )
     e = _command(
         audit, "export", "audit:export", "export a self-contained audit bundle from the server"
     )
@@ -336,6 +343,40 @@ def _add_audit(sub: Any) -> None:
     e.add_argument("out", metavar="OUT", help="the bundle file to write (not overwritten)")
     k = _command(audit, "key", "audit:key", "print the audit log's verifier key (for auditors)")
     k.add_argument("--config", required=True, metavar="FILE", help="server config (TOML)")
+    witness = audit.add_parser(
+        "witness", help="cosign checkpoints of a server's log after checking they extend"
+    ).add_subparsers(dest="witness_command", required=True)
+    wi = _command(witness, "init", "witness:init", "make a witness key; print its verifier key")
+    wi.add_argument("--state", required=True, metavar="DIR", help="the witness's directory")
+    wi.add_argument("--name", required=True, help="the witness's key name, e.g. example.com/w1")
+    wr = _command(witness, "run", "witness:run", "check and cosign the log's latest checkpoint")
+    wr.add_argument("--state", required=True, metavar="DIR", help="the witness's directory")
+    wr.add_argument("--server", required=True, metavar="URL", help="https://host:port")
+    wr.add_argument("--log-key", required=True, metavar="VKEY", help="the log's verifier key")
+    wr.add_argument("--server-ca", required=True, metavar="FILE", help="the server's CA (PEM)")
+    wr.add_argument(
+        "--client-cert",
+        required=True,
+        metavar="FILE",
+        help="an operator certificate (trusthook server operator-cert issue)",
+    )
+    wr.add_argument("--client-key", required=True, metavar="FILE", help="its private key")
+    first = wr.add_mutually_exclusive_group()
+    first.add_argument(
+        "--trusted-checkpoint",
+        metavar="FILE",
+        help="before the first cosignature: a checkpoint kept from before, the log must extend it",
+    )
+    first.add_argument(
+        "--trust-on-first-use",
+        action="store_true",
+        help="before the first cosignature: take the log's checkpoint as it comes",
+    )
+    when = wr.add_mutually_exclusive_group(required=True)
+    when.add_argument("--once", action="store_true", help="one round, then exit")
+    when.add_argument(
+        "--interval", type=float, metavar="SECONDS", help="a round every SECONDS, until refused"
+    )
 
 
 def _add_report(sub: Any) -> None:

@@ -23,6 +23,7 @@ from sqlalchemy import Connection, and_, func, insert, or_, select
 
 from trusthook.audit import (
     EMPTY_ROOT,
+    MAX_LAUNCHES,
     AuditEntry,
     Bundle,
     Checkpoint,
@@ -37,6 +38,7 @@ from trusthook.audit import (
     inclusion_proof,
     leaf_hash,
     open_checkpoint,
+    plain_json,
     sign_checkpoint,
 )
 from trusthook.common.clock import iso_from_timestamp
@@ -114,23 +116,42 @@ def _portable_detail(detail: Mapping[str, Any]) -> dict[str, Any]:
 
 def _portable(value: object) -> object:
     """``value`` with numbers that have fractions written as their shortest decimal text
-    (entries hold no fractions: they have no portable canonical form)."""
-    if type(value) in _SCALARS:  # most values, first: this runs for every member appended
+    (entries hold no fractions: they have no portable canonical form). Leaves are looked at
+    in the loops: a call per leaf cost a tenth of an attestation's append."""
+    if type(value) in _SCALARS:
         return value
     if isinstance(value, float):
         if math.isfinite(value) and value.is_integer():
             return int(value)
         return repr(value)
     if isinstance(value, dict):
-        return {k: _portable(v) for k, v in value.items()}
+        return {k: v if type(v) in _SCALARS else _portable(v) for k, v in value.items()}
     if isinstance(value, list | tuple):
-        return [_portable(v) for v in value]
+        return [v if type(v) in _SCALARS else _portable(v) for v in value]
     return value
 
 
-def launch_detail(launch: AppraisedLaunch, *, trusted: bool) -> dict[str, Any]:
-    """The ``launched`` entry's detail for one event-log record the appraisal verified, with
-    its compliance; ``trusted``: that appraisal's verdict."""
+def verdict_events(
+    host_id: str, detail: Mapping[str, Any], launches: Sequence[AppraisedLaunch], *, trusted: bool
+) -> list[Event]:
+    """An appraisal's events (docs/audit.md §2): its verdict (``attested`` or ``refused``,
+    with ``detail``) holding the first MAX_LAUNCHES of the launches it verified, then
+    ``launched`` events of up to MAX_LAUNCHES each for the rest, in the records' order."""
+    details = [launch_detail(x) for x in launches]
+    verdict = dict(detail)
+    if details:
+        verdict["launches"] = details[:MAX_LAUNCHES]
+    events = [Event("attested" if trusted else "refused", host_id, verdict)]
+    events.extend(
+        Event("launched", host_id, {"trusted": trusted, "launches": details[i : i + MAX_LAUNCHES]})
+        for i in range(MAX_LAUNCHES, len(details), MAX_LAUNCHES)
+    )
+    return events
+
+
+def launch_detail(launch: AppraisedLaunch) -> dict[str, Any]:
+    """A member of an entry's ``launches``: one event-log record the appraisal verified, with
+    its compliance."""
     record, compliance = launch.record, launch.compliance
     event = record.event
     policy: dict[str, Any] = {"policy_version": launch.policy_version}
@@ -156,7 +177,6 @@ def launch_detail(launch: AppraisedLaunch, *, trusted: bool) -> dict[str, Any]:
         "stage": event.stage,
         "host_time": event.time,
         "boot_id": event.boot_id,
-        "trusted": trusted,
     }
 
 
@@ -191,7 +211,8 @@ def _new_entry(
     event = _EVENTS.get(event_name)
     if event is None:
         raise AuditLogError(f"audit event {event_name!r} has no log event type")
-    body = _portable_detail(detail)  # a new dict, the entry's own
+    # a new dict, the entry's own; copied deep only when it holds fractions to rewrite
+    body = dict(detail) if plain_json(detail) else _portable_detail(detail)
     if event is EventType.ATTESTED:
         body["trusted"] = event_name == "attested"
     elif event is EventType.ENROLLED:
@@ -317,7 +338,11 @@ def append(
         writer.write(
             auditwrite.Writes(
                 now=now,
-                history=[(e.host_id, e.name, json.dumps(dict(e.detail))) for e in events],
+                # the entry's detail text: the event's detail as the log holds it, made once
+                history=[
+                    (e.host_id, e.name, x.detail_text())
+                    for e, x in zip(events, entries, strict=True)
+                ],
                 first=first,
                 leaves=leaves,
                 nodes=nodes,

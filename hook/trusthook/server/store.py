@@ -509,14 +509,7 @@ class Store:
                 if moved.rowcount != 1:
                     return False
                 detail = {"reasons": [r.to_json() for r in new.reasons]}
-                event_name = "attested" if new.trusted else "refused"
-                events = [auditlog.Event(event_name, old.host_id, detail)]
-                events.extend(
-                    auditlog.Event(
-                        "launched", old.host_id, auditlog.launch_detail(r, trusted=new.trusted)
-                    )
-                    for r in launches
-                )
+                events = auditlog.verdict_events(old.host_id, detail, launches, trusted=new.trusted)
                 at = new.last_attestation or 0.0
                 auditlog.append(conn, events, now=at, signer=self._log_signer)
                 if launches:
