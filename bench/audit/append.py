@@ -4,8 +4,9 @@ an audited decision cost before the log) and with it (the log's append as the st
 the history rows, the Merkle log entries, subtrees, head and the checkpoints due), for one
 decision and for an attestation that verified 10 launches (one entry each: the verdict holds
 its launches, docs/audit.md §2). The two are
-timed in alternating rounds, so that a change in the machine's load falls on both; the figures
-are the medians over the rounds and the spread of the added cost is printed with them. Also:
+called in turn, a call of one then a call of the other, so that a change in the machine's load
+falls on both; the figures are the medians over the rounds and the spread of the added cost is
+printed with them. Also:
 what of the added cost is building the entries and their hashes in Python (no database), and
 inclusion and consistency proofs from the database at the log's size and at --proof-size
 entries. CPU time of this process (the database server's own CPU is not counted on PostgreSQL;
@@ -65,6 +66,23 @@ def timed(n: int, step: Callable[[int], object], start: int = 0) -> tuple[float,
     return (time.process_time() - cpu) * 1000 / n, (time.perf_counter() - wall) * 1000 / n
 
 
+def paired(
+    n: int, first: Callable[[int], object], second: Callable[[int], object], start: int = 0
+) -> tuple[tuple[float, float], tuple[float, float]]:
+    """``timed`` for two steps called in turn, ``first(i)`` then ``second(i)``: a change in
+    the machine's speed falls on both alike, call by call."""
+    cpu, wall = [0.0, 0.0], [0.0, 0.0]
+    clock, perf = time.process_time, time.perf_counter
+    for i in range(start, start + n):
+        for k, step in enumerate((first, second)):
+            c, w = clock(), perf()
+            step(i)
+            cpu[k] += clock() - c
+            wall[k] += perf() - w
+    scale = 1000 / n
+    return (cpu[0] * scale, wall[0] * scale), (cpu[1] * scale, wall[1] * scale)
+
+
 @dataclass(frozen=True, slots=True)
 class Result:
     database: str
@@ -108,9 +126,11 @@ def measure_append(
                 ],
             )
 
+    last = auditlog.LastHead()  # as the store appends: on the head its last append left
+
     def with_log(i: int) -> None:
         with engine.begin() as conn:
-            auditlog.append(conn, batch, now=1.7e9 + i, signer=signer)
+            auditlog.append(conn, batch, now=1.7e9 + i, signer=signer, last=last)
 
     def python_only(i: int) -> None:
         entries = auditlog.entries_for(0, batch, 1.7e9 + i)
@@ -122,8 +142,9 @@ def measure_append(
     without: list[tuple[float, float]] = []
     with_: list[tuple[float, float]] = []
     for r in range(rounds):
-        without.append(timed(per_round, no_log, r * per_round))
-        with_.append(timed(per_round, with_log, r * per_round))
+        base, logged = paired(per_round, no_log, with_log, r * per_round)
+        without.append(base)
+        with_.append(logged)
     added = sorted(w[0] - b[0] for w, b in zip(with_, without, strict=True))
     python, _ = timed(per_round, python_only)
     label = f"{'one decision' if not launches else f'attestation + {launches} launches'}"

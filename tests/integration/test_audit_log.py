@@ -105,6 +105,22 @@ def test_hosts_read_checkpoints_and_consistency_and_operators_read_entries(
             new_root=new.root,
             proof=[b64(h) for h in proof],
         )
+        # what an agent asks for: the checkpoint and the proof from its own come with the nonce
+        assert client.post("/v1/nonces")["audit"] is None  # not asked for
+        watch = client.post(f"/v1/nonces?audit_size={old.size}")["audit"]
+        watched = open_checkpoint(watch["checkpoint"], key).checkpoint
+        assert watched.size >= new.size
+        verify_consistency(
+            old_size=old.size,
+            new_size=watched.size,
+            old_root=old.root,
+            new_root=watched.root,
+            proof=[b64(h) for h in watch["consistency"]],
+        )
+        beyond = client.post(f"/v1/nonces?audit_size={watched.size + 9}")["audit"]
+        assert beyond["consistency"] == []  # no proof to a smaller tree: the host judges it
+        with pytest.raises(ServerRefusedError, match="audit_size"):
+            client.post("/v1/nonces?audit_size=-1")
         for path in (
             f"/v1/audit/entries?start=0&end={new.size}",
             "/v1/audit/inclusion?index=0&size=1",
@@ -167,22 +183,29 @@ def test_each_verified_launch_is_in_its_verdict_entry(
     assert verdicts[-2] == verdict.index  # not in the later attestation's verdict
 
 
+@pytest.mark.parametrize(
+    ("grown", "found"),
+    [(3, "proof does not lead to the root"), (-2, "its size went back")],
+    ids=["longer", "shorter"],
+)
 def test_a_host_detects_a_server_that_rewrote_its_log(
-    host: Host, attest_server: AttestServer
+    host: Host, attest_server: AttestServer, grown: int, found: str
 ) -> None:
     """The server's operator rebuilds the log without its history (signed with the real key,
-    every checkpoint of the new log well-formed): the host's next attestation finds that the
-    new checkpoint does not extend the one it kept, and says so in its status."""
+    every checkpoint of the new log well-formed), longer or shorter than what the host saw:
+    the host's next attestation finds that the new checkpoint does not extend the one it
+    kept, and says so in its status."""
     enroll(host, attest_server)
     assert host.cli("attest").returncode == 0
     status = host.cli("status")
     assert status.returncode == 0, status.stdout
     assert "consistent with what this host saw, at size" in status.stdout
     seen = int(status.stdout.split("at size")[1].split()[0])
-    rewrite(attest_server.config_path, seen + 3)  # a longer, different history
+    rewrite(attest_server.config_path, seen + grown)  # a different history
     assert host.cli("attest").returncode == 0  # the verdict itself is the server's
     status = host.cli("status")
     assert status.returncode == 2, status.stdout
     assert "audit     REWRITTEN: the attestation server's audit log was rewritten" in status.stdout
+    assert found in status.stdout
     again = host.cli("attest")  # the kept checkpoint stays: it is reported every time
     assert again.returncode == 0 and host.cli("status").returncode == 2

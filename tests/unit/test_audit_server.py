@@ -14,16 +14,29 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import sqlalchemy
 
 from tests.unit.test_admission import HOST, Server, decided, make_server
 from tests.unit.test_policy_appraise import launch
-from trusthook.audit import MAX_LAUNCHES, Bundle, EventType, open_checkpoint, verify_bundle
+from trusthook.audit import (
+    MAX_LAUNCHES,
+    Bundle,
+    EventType,
+    leaf_hash,
+    merkle,
+    open_checkpoint,
+    tree_root,
+    verify_bundle,
+)
 from trusthook.cli import main
 from trusthook.common.eventlog import Record
 from trusthook.errors import AdmissionError, AuditLogError, AuditVerificationError
+from trusthook.server import auditlog, auditwrite
 from trusthook.server.auditlog import (
     CHECKPOINT_ENTRIES,
     CHECKPOINT_SECONDS,
+    Event,
+    LastHead,
     entries_for,
     load_signer,
     verdict_events,
@@ -252,3 +265,45 @@ def test_an_appraisals_launches_ride_in_its_verdict_and_the_rest_follow() -> Non
     assert held == list(range(70))
     assert [e.detail["trusted"] for e in entries] == [True] * 5
     assert verdict_events(HOST, {"reasons": []}, [], trusted=False)[0].detail == {"reasons": []}
+
+
+@pytest.mark.parametrize("path", ["sqlite3", "core"])
+def test_an_append_built_on_a_stale_head_writes_nothing_and_is_built_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, path: str
+) -> None:
+    """An append is built on the head the process's last append left; a head that moved on
+    meanwhile (here: that append rolled back, and another process appended an entry of the
+    same size) writes nothing, and the append is built again on the locked row: the indexes
+    follow each other, and the stored subtrees and the head's root are those of the leaves.
+    On the sqlite3 cursor and on SQLAlchemy Core (the path of drivers without their own)."""
+    if path == "core":
+        monkeypatch.setattr(auditwrite, "_RAW_DRIVERS", ())
+    url = f"sqlite:///{tmp_path / 'log.db'}"
+    Store(url).create_schema()
+    engine = sqlalchemy.create_engine(url)
+    mine, other = LastHead(), LastHead()
+
+    def add(last: LastHead, n: int, *, roll_back: bool = False) -> None:
+        with engine.begin() as conn:
+            event = Event("attested", HOST, {"reasons": [], "n": n})
+            auditlog.append(conn, [event], now=1.0 + n, signer=None, last=last)
+            if roll_back:
+                raise RuntimeError("the decision's transaction fails after its append")
+
+    add(mine, 0)
+    with pytest.raises(RuntimeError):
+        add(mine, 1, roll_back=True)
+    assert mine.state is not None and mine.state.size == 2  # stale: the database holds 1
+    add(other, 2)  # another process: index 1, the size ``mine`` expects, another frontier
+    add(mine, 3)
+    add(mine, 4)  # on the head it left, which is current
+    with engine.connect() as conn:
+        rows = conn.execute(sqlalchemy.text("SELECT idx, entry FROM audit_log ORDER BY idx"))
+        leaves = [(int(i), bytes(e)) for i, e in rows]
+        assert [i for i, _ in leaves] == [0, 1, 2, 3]
+        assert [json.loads(e)["detail"]["n"] for _, e in leaves] == [0, 2, 3, 4]
+        expected = merkle.root([leaf_hash(e) for _, e in leaves])
+        assert auditlog.head(conn) == auditlog.Head(4, expected)
+        assert tree_root(auditlog.ConnSource(conn), 4) == expected
+        assert conn.execute(sqlalchemy.text("SELECT count(*) FROM audit")).scalar() == 4
+    engine.dispose()

@@ -23,6 +23,7 @@ from trusthook.common.messages import (
     AttestationRequest,
     AuditCheckpointAnswer,
     AuditProofAnswer,
+    AuditWatchAnswer,
     Enrollment,
     EnrollmentChallenge,
     EnrollmentRequest,
@@ -96,6 +97,11 @@ agent_healths = st.builds(
     open_fds=counts,
     threads=counts,
 )
+audit_watches = st.builds(
+    AuditWatchAnswer,
+    checkpoint=text.filter(bool),
+    consistency=st.lists(st.binary(min_size=32, max_size=32), max_size=3).map(tuple),
+)
 MESSAGES: dict[type[Message], st.SearchStrategy[Any]] = {
     EnrollmentChallenge: st.builds(
         EnrollmentChallenge,
@@ -115,7 +121,9 @@ MESSAGES: dict[type[Message], st.SearchStrategy[Any]] = {
         pcrs=st.lists(st.integers(min_value=0, max_value=23), max_size=4).map(tuple),
         verified_boot_id=optional_text,
         verified_recnum=st.integers(min_value=-1, max_value=2**40),
+        audit=st.none() | audit_watches,
     ),
+    AuditWatchAnswer: audit_watches,
     ReasonBody: reasons,
     HostStatus: host_statuses,
     ReleaseResponse: st.builds(
@@ -150,6 +158,7 @@ SERVER_MODELS: dict[type[Message], type[BaseModel]] = {
     EnrollmentChallenge: api.EnrollmentChallenge,
     EnrollmentResult: api.EnrollmentResult,
     NonceResponse: api.NonceResponse,
+    AuditWatchAnswer: api.AuditWatch,
     ReasonBody: api.ReasonBody,
     HostStatus: api.HostStatus,
     ReleaseResponse: api.ReleaseResponse,
@@ -328,9 +337,10 @@ SAMPLES: list[tuple[Message, set[str], set[str]]] = [
             verified_recnum=-1,
             attributes_tag=bytes(68),
         ),
-        set(),
+        {"audit"},
         {"verified_recnum"},
     ),
+    (AuditWatchAnswer(checkpoint="origin\n1\nAAAA\n", consistency=(bytes(32),)), set(), set()),
     (REASON, {"expected", "got"}, set()),
     (VERDICT, set(), {"verified_recnum"}),
     (ReleaseResponse(image="sha256:" + "ab" * 32, sealed_keys={"iv": "AAAA"}), set(), set()),

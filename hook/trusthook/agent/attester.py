@@ -44,8 +44,7 @@ from trusthook.common.jsonread import Message, Source
 from trusthook.common.messages import (
     ActivationRequest,
     AttestationRequest,
-    AuditCheckpointAnswer,
-    AuditProofAnswer,
+    AuditWatchAnswer,
     Enrollment,
     EnrollmentChallenge,
     EnrollmentRequest,
@@ -329,7 +328,7 @@ class Attester:
                 )
             record = self._log.append(launch)
             with self._connected(enrollment) as client:
-                evidence = self._evidence(client)
+                evidence, _ = self._evidence(client)
                 with self._log.exclusive_tpm() as tpm:
                     public, attest, signature = tpm.certify_bind_key(evidence.nonce)
                 request = ReleaseRequest(
@@ -354,21 +353,40 @@ class Attester:
 
     def _exchange(self, enrollment: Enrollment) -> tuple[HostStatus, AuditWatch | None]:
         with self._connected(enrollment) as client:
-            evidence = self._evidence(client).to_json()
-            verdict = HostStatus.from_json(client.post("/v1/attestations", evidence, signed=True))
-            return verdict, self._watch_log(client, enrollment)
+            evidence, challenge = self._evidence(client, self._audit_size(enrollment))
+            verdict = HostStatus.from_json(
+                client.post("/v1/attestations", evidence.to_json(), signed=True)
+            )
+        return verdict, self._watch_log(enrollment, challenge.audit)
 
-    def _watch_log(self, client: ServerClient, enrollment: Enrollment) -> AuditWatch | None:
-        """Check the server's latest audit checkpoint against the last one seen (consistency
-        proof) and keep it if it extends that one; None if the server has no log key or it
-        could not be reached. A rewritten or forked log is reported, never accepted: the old
-        checkpoint stays, so every later attestation reports it again."""
+    def _audit_size(self, enrollment: Enrollment) -> int | None:
+        """The size of the audit checkpoint this host kept, for the server to prove its log's
+        consistency from (0: none kept, or it cannot be read: ``_watch_log`` says why); None
+        if the server has no log key."""
         if not enrollment.audit_key:
             return None
         path = self._files["audit-checkpoint.note"]
         try:
             key = VerifierKey.parse(enrollment.audit_key)
-            note = AuditCheckpointAnswer.from_json(client.get("/v1/audit/checkpoint")).checkpoint
+            return open_checkpoint(path.read_bytes(), key).checkpoint.size
+        except (AuditLogError, AuditVerificationError, OSError):
+            return 0
+
+    def _watch_log(
+        self, enrollment: Enrollment, answer: AuditWatchAnswer | None
+    ) -> AuditWatch | None:
+        """Check the audit checkpoint that came with the nonce against the last one seen (the
+        consistency proof that came with it) and keep it if it extends that one; None if the
+        server has no log key or sent none. A rewritten or forked log is reported, never
+        accepted: the old checkpoint stays, so every later attestation reports it again."""
+        if not enrollment.audit_key:
+            return None
+        path = self._files["audit-checkpoint.note"]
+        try:
+            if answer is None:
+                raise AuditLogError("the server's nonce answer holds no audit checkpoint")
+            key = VerifierKey.parse(enrollment.audit_key)
+            note = answer.checkpoint
             new = open_checkpoint(note, key).checkpoint
             old = open_checkpoint(path.read_bytes(), key).checkpoint if path.exists() else None
             if old is not None and old != new:
@@ -376,34 +394,37 @@ class Attester:
                     raise AuditVerificationError(
                         f"its size went back from {old.size} to {new.size}"
                     )
-                answer = client.get(f"/v1/audit/consistency?old={old.size}&new={new.size}")
                 verify_consistency(
                     old_size=old.size,
                     new_size=new.size,
                     old_root=old.root,
                     new_root=new.root,
-                    proof=AuditProofAnswer.from_json(answer).hashes,
+                    proof=answer.consistency,
                 )
         except AuditVerificationError as e:
             message = f"the attestation server's audit log was rewritten or forked: {e}"
             log.error("%s", message)
             return AuditWatch(size=None, error=message)
-        except (ServerUnavailableError, ServerRefusedError, AuditLogError, OSError) as e:
+        except (AuditLogError, OSError) as e:
             log.warning("could not check the attestation server's audit log: %s", e)
             return None
         write_atomic(path, note.encode(), 0o644)
         return AuditWatch(size=new.size, error=None)
 
-    def _evidence(self, client: ServerClient) -> AttestationRequest:
-        """The evidence answering a fresh nonce from the server."""
+    def _evidence(
+        self, client: ServerClient, audit_size: int | None = None
+    ) -> tuple[AttestationRequest, NonceResponse]:
+        """The evidence answering a fresh nonce from the server, and the nonce's answer (with
+        ``audit_size``: holding the audit log's checkpoint and the proof from that size)."""
         # retry: a nonce is harmless to ask for twice (an unused one expires)
-        challenge = NonceResponse.from_json(client.post("/v1/nonces", retry=True))
+        path = "/v1/nonces" if audit_size is None else f"/v1/nonces?audit_size={audit_size}"
+        challenge = NonceResponse.from_json(client.post(path, retry=True))
         after = challenge.verified_recnum
         if challenge.verified_boot_id != self._boot_id:
             after = -1  # a new boot for the server: send the whole log of this one
         attributes_attest, attributes_signature = self._certify_attributes(challenge)
         quote, records = self._log.evidence(challenge.pcrs, challenge.nonce, after)
-        return AttestationRequest(
+        evidence = AttestationRequest(
             nonce=challenge.nonce,
             quote_attest=quote.attest,
             quote_signature=quote.signature,
@@ -413,6 +434,7 @@ class Attester:
             attributes_attest=attributes_attest,
             attributes_signature=attributes_signature,
         )
+        return evidence, challenge
 
     def _certify_attributes(self, challenge: NonceResponse) -> tuple[bytes, bytes]:
         """A TPM2_NV_Certify, with the challenge's nonce, of the host attribute index, after

@@ -121,6 +121,7 @@ class NonceResponse(Message):
     verified_boot_id: str | None
     verified_recnum: int  # -1: none
     attributes_tag: bytes  # what the host attribute index must hold (attest.attributes)
+    audit: AuditWatchAnswer | None = None  # asked for with ?audit_size=N; None: no log key
 
     @classmethod
     def _read(cls, fields: Fields) -> Self:
@@ -136,6 +137,9 @@ class NonceResponse(Message):
             verified_boot_id=fields.optional_text("verified_boot_id"),
             verified_recnum=fields.integer("verified_recnum"),
             attributes_tag=fields.base64("attributes_tag"),
+            audit=fields.optional_nested("audit", AuditWatchAnswer)
+            if fields.has("audit")
+            else None,
         )
 
     def to_json(self) -> dict[str, Any]:
@@ -146,6 +150,7 @@ class NonceResponse(Message):
             "verified_boot_id": self.verified_boot_id,
             "verified_recnum": self.verified_recnum,
             "attributes_tag": b64.encode(self.attributes_tag),
+            "audit": None if self.audit is None else self.audit.to_json(),
         }
 
 
@@ -288,21 +293,53 @@ class AuditProofAnswer(Message):
 
     @classmethod
     def _read(cls, fields: Fields) -> Self:
-        expected = "a base64 SHA-256 hash"
-
-        def digest(item: object, at: str) -> bytes:
-            try:
-                raw = b64.decode(item, at, ValueError)
-            except ValueError:
-                raise fields.refuse_at(at, show(item), expected) from None
-            if len(raw) != 32:
-                raise fields.refuse_at(at, f"{len(raw)} bytes", expected)
-            return raw
-
-        return cls(hashes=fields.array("hashes", digest, "an array of base64 hashes"))
+        return cls(hashes=_hashes(fields, "hashes"))
 
     def to_json(self) -> dict[str, Any]:
         return {"hashes": [b64.encode(h) for h in self.hashes]}
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AuditWatchAnswer(Message):
+    """A nonce answer's ``audit`` (POST /v1/nonces?audit_size=N): the signed checkpoint of the
+    whole log and the RFC 9162 consistency proof to it from tree size N (empty for N = 0 or
+    N at least the checkpoint's size)."""
+
+    NOUN = "nonce answer"
+    SOURCE = FROM_SERVER
+    STRICT = False
+
+    checkpoint: str  # a C2SP signed note (docs/audit.md §5)
+    consistency: tuple[bytes, ...]
+
+    @classmethod
+    def _read(cls, fields: Fields) -> Self:
+        return cls(
+            checkpoint=fields.text("checkpoint", empty=False),
+            consistency=_hashes(fields, "consistency"),
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "checkpoint": self.checkpoint,
+            "consistency": [b64.encode(h) for h in self.consistency],
+        }
+
+
+def _hashes(fields: Fields, key: str) -> tuple[bytes, ...]:
+    """Member ``key``: an array of base64 SHA-256 hashes."""
+    expected = "a base64 SHA-256 hash"
+
+    def digest(item: object, at: str) -> bytes:
+        try:
+            raw = b64.decode(item, at, ValueError)
+        except ValueError:
+            raise fields.refuse_at(at, show(item), expected) from None
+        if len(raw) != 32:
+            raise fields.refuse_at(at, f"{len(raw)} bytes", expected)
+        return raw
+
+    return fields.array(key, digest, "an array of base64 hashes")
 
 
 # the agent's requests to the server: written, never read, by the agent

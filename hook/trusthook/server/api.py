@@ -85,6 +85,16 @@ class EnrollmentResult(_Body):
     )
 
 
+class AuditWatch(_Body):
+    checkpoint: str = Field(
+        description="the signed checkpoint of the whole log (C2SP signed note, docs/audit.md §5)"
+    )
+    consistency: list[str] = Field(
+        description="the RFC 9162 consistency proof from tree size audit_size to the"
+        " checkpoint's, base64 hashes; empty when audit_size is 0 or not below that size"
+    )
+
+
 class NonceResponse(_Body):
     nonce: str = Field(description="32 random bytes, base64")
     expires_at: str
@@ -94,6 +104,12 @@ class NonceResponse(_Body):
     attributes_tag: str = Field(
         description="the 68 bytes the host attribute NV index must hold, base64"
         " (docs/attestation.md §12)"
+    )
+    audit: AuditWatch | None = Field(
+        default=None,
+        description="asked for with audit_size: the audit log's checkpoint and the consistency"
+        " proof to it from the host's last (docs/audit.md, Hosts watch the log); null: no log"
+        " key",
     )
 
 

@@ -277,9 +277,13 @@ def create_app(  # noqa: PLR0915 - every route is defined here, over one service
         return await work(lambda: service.finish_enrollment(enrollment_id, body))
 
     @app.post("/v1/nonces", status_code=201, tags=["attestation"])
-    async def nonce(peer: Peer) -> api.NonceResponse:
-        """A fresh single-use nonce, the PCRs to quote and what is already verified."""
-        return await work(lambda: service.issue_nonce(as_host(peer)))
+    async def nonce(
+        peer: Peer, audit_size: Annotated[int | None, Query(ge=0)] = None
+    ) -> api.NonceResponse:
+        """A fresh single-use nonce, the PCRs to quote and what is already verified; with
+        ``audit_size`` (the size of the last audit checkpoint the host holds), also the log's
+        checkpoint and the consistency proof to it from that size."""
+        return await work(lambda: service.issue_nonce(as_host(peer), audit_size))
 
     @app.post("/v1/attestations", tags=["attestation"])
     async def attest(peer: Peer, body: api.AttestationRequest, signed: Signed) -> api.HostStatus:

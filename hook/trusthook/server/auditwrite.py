@@ -1,16 +1,19 @@
 """How an audit-log append's rows reach the database (``auditlog.append`` decides what they
-are): advance the log's one head row, returning the old frontier, then write the history
-rows, the entries, the completed subtrees and the new head.
+are): set the log's one head row to the append's, on the condition that it still holds the
+head the append was built on, and write the history rows, the entries and the completed
+subtrees, or nothing if the head has moved on. Where that head comes from is the caller's:
+the row locked and read first (``lock``), or the head this process's last append left, so
+that an append is one statement when no other process appended in between.
 
-That is two statements whatever the number of events. With the server's drivers they go
-through the DBAPI cursor of the transaction's own connection: SQLAlchemy Core's work per
-statement and per row cost more than the rows (0.2 ms of CPU on SQLite for an attestation with
-10 launches). psycopg: the write is one data-modifying statement (one round trip) whose arrays
-go in binary (in text, psycopg quotes every element with a regular expression: 1 ms for 10
-launches); sqlite3: three executemany and an update, each compiled once (its statement cache).
-Any other driver: the same writes through Core. The driver's errors are raised as
-SQLAlchemy's (IntegrityError, OperationalError, ...), as Core raises them, so the store handles
-both paths alike. bench/audit/append.py measures.
+With the server's drivers the statements go through the DBAPI cursor of the transaction's own
+connection: SQLAlchemy Core's work per statement and per row cost more than the rows (0.2 ms
+of CPU on SQLite for an attestation with 10 launches). psycopg: the write is one
+data-modifying statement (one round trip) whose arrays go in binary (in text, psycopg quotes
+every element with a regular expression: 1 ms for 10 launches); sqlite3: an update and three
+executemany, each compiled once (its statement cache). Any other driver: the same writes
+through Core. The driver's errors are raised as SQLAlchemy's (IntegrityError,
+OperationalError, ...), as Core raises them, so the store handles both paths alike.
+bench/audit/append.py measures.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Connection, bindparam, insert, update
+from sqlalchemy import Connection, insert, update
 from sqlalchemy.exc import DBAPIError
 
 from trusthook.errors import AuditLogError
@@ -28,41 +31,50 @@ from trusthook.server.schema import audit, audit_head, audit_log, audit_nodes
 
 HEAD_ID = 1  # the id of the one audit_head row
 
-_SQLITE_ADVANCE = (
-    "UPDATE audit_head SET size = size + ? WHERE id = ?"
+_SQLITE_LOCK = (  # an update that changes nothing: it locks the row (SQLite: the database)
+    "UPDATE audit_head SET size = size WHERE id = ?"
     " RETURNING size, frontier, checkpoint_size, checkpoint_at"
+)
+_SQLITE_SET_HEAD = (
+    "UPDATE audit_head SET size = ?, root = ?, frontier = ?, checkpoint_size = ?,"
+    " checkpoint_at = ?"
+    " WHERE id = ? AND size = ? AND frontier = ? AND checkpoint_size = ? AND checkpoint_at = ?"
 )
 _SQLITE_HISTORY = "INSERT INTO audit (at, host_id, event, detail) VALUES (?, ?, ?, ?)"
 _SQLITE_ENTRY = "INSERT INTO audit_log (idx, at, entry) VALUES (?, ?, ?)"
 _SQLITE_NODE = "INSERT INTO audit_nodes (level, position, hash) VALUES (?, ?, ?)"
-_SQLITE_SET_HEAD = (
-    "UPDATE audit_head SET root = ?, frontier = ?, checkpoint_size = ?, checkpoint_at = ?"
-    " WHERE id = ?"
-)
-_PSYCOPG_ADVANCE = _SQLITE_ADVANCE.replace("?", "%s")
+_PSYCOPG_LOCK = _SQLITE_LOCK.replace("?", "%s")
 _PSYCOPG_WRITE = """
-    WITH history AS (
+    WITH head AS (
+        UPDATE audit_head
+        SET size = %(size)s, root = %(root)b, frontier = %(frontier)b,
+            checkpoint_size = %(checkpoint_size)s, checkpoint_at = %(checkpoint_at)s
+        WHERE id = %(head)s AND size = %(was_size)s AND frontier = %(was_frontier)b
+            AND checkpoint_size = %(was_checkpoint_size)s
+            AND checkpoint_at = %(was_checkpoint_at)s
+        RETURNING 1
+    ), history AS (
         INSERT INTO audit (at, host_id, event, detail)
         SELECT %(at)s, h, e, d
         FROM unnest(%(h_host)b::text[], %(h_event)b::text[], %(h_detail)b::text[]) AS t(h, e, d)
+        WHERE EXISTS (SELECT FROM head)
     ), entries AS (
         INSERT INTO audit_log (idx, at, entry)
         SELECT i, %(at)s, e FROM unnest(%(e_idx)b::bigint[], %(e_entry)b::bytea[]) AS t(i, e)
+        WHERE EXISTS (SELECT FROM head)
     ), nodes AS (
         INSERT INTO audit_nodes (level, position, hash)
         SELECT l, p, h
         FROM unnest(%(n_level)b::integer[], %(n_position)b::bigint[], %(n_hash)b::bytea[])
             AS t(l, p, h)
+        WHERE EXISTS (SELECT FROM head)
     )
-    UPDATE audit_head
-    SET root = %(root)b, frontier = %(frontier)b, checkpoint_size = %(checkpoint_size)s,
-        checkpoint_at = %(checkpoint_at)s
-    WHERE id = %(head)s
+    SELECT count(*) FROM head
 """
-_ADVANCE = (
+_LOCK = (
     update(audit_head)
     .where(audit_head.c.id == HEAD_ID)
-    .values(size=audit_head.c.size + bindparam("count"))
+    .values(size=audit_head.c.size)
     .returning(
         audit_head.c.size,
         audit_head.c.frontier,
@@ -70,53 +82,64 @@ _ADVANCE = (
         audit_head.c.checkpoint_at,
     )
 )
-_SET_HEAD = update(audit_head).where(audit_head.c.id == HEAD_ID)
 _INSERT_HISTORY = insert(audit)
 _INSERT_ENTRY = insert(audit_log)
 _INSERT_NODES = insert(audit_nodes)
 _RAW_DRIVERS = ("pysqlite", "psycopg")
 
 
+@dataclass(frozen=True, slots=True)
+class HeadState:
+    """What the head row holds: the log's size, its frontier (packed hashes, ``Frontier``'s)
+    and the last checkpoint's size and time; an append is built on one."""
+
+    size: int
+    frontier: bytes
+    checkpoint_size: int
+    checkpoint_at: float
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Writes:
-    """What an append writes once it has advanced the head."""
+    """What an append writes: its rows and the head it leaves."""
 
     now: float
     history: Sequence[tuple[str, str, str]]  # the history rows: host id, event, detail JSON
     first: int  # the first entry's index
     leaves: Sequence[bytes]  # the entries' canonical bytes
     nodes: Sequence[tuple[int, int, bytes]]  # the completed subtrees: level, position, hash
-    head: tuple[bytes, bytes, int, float]  # root, frontier, checkpoint size and time
+    root: bytes
+    after: HeadState
 
 
 class Writer:
-    """The two statements of one append, in ``conn``'s transaction."""
+    """The statements of one append, in ``conn``'s transaction."""
 
     def __init__(self, conn: Connection) -> None:
         self._conn = conn
         self._driver = conn.dialect.driver
         self._raw = _Raw(conn) if self._driver in _RAW_DRIVERS else None
 
-    def advance(self, count: int) -> tuple[int, bytes, int, float]:
-        """Add ``count`` to the log's size (locking the head row until the transaction ends);
-        the new size, the old frontier (packed hashes) and the last checkpoint's size and
-        time."""
+    def lock(self) -> HeadState:
+        """The head, its row locked until the transaction ends (an update that changes
+        nothing: other appends wait for this one)."""
         row: Sequence[Any]
         if self._raw is None:
-            row = tuple(self._conn.execute(_ADVANCE, {"count": count}).one())
+            row = tuple(self._conn.execute(_LOCK).one())
         else:
-            sql = _SQLITE_ADVANCE if self._driver == "pysqlite" else _PSYCOPG_ADVANCE
-            row = self._raw.one(sql, (count, HEAD_ID))
+            sql = _SQLITE_LOCK if self._driver == "pysqlite" else _PSYCOPG_LOCK
+            row = self._raw.one(sql, (HEAD_ID,))
         size, packed, checkpoint_size, checkpoint_at = row
-        return int(size), bytes(packed), int(checkpoint_size), float(checkpoint_at)
+        return HeadState(int(size), bytes(packed), int(checkpoint_size), float(checkpoint_at))
 
-    def write(self, w: Writes) -> None:
+    def write(self, before: HeadState, w: Writes) -> bool:
+        """Set the head to ``w.after`` and write ``w``'s rows if the head is ``before``;
+        False, with nothing written, if it is not (another append came first)."""
         if self._raw is None:
-            _write_core(self._conn, w)
-        elif self._driver == "pysqlite":
-            _write_sqlite(self._raw, w)
-        else:
-            _write_psycopg(self._raw, w)
+            return _write_core(self._conn, before, w)
+        if self._driver == "pysqlite":
+            return _write_sqlite(self._raw, before, w)
+        return _write_psycopg(self._raw, before, w)
 
     def close(self) -> None:
         if self._raw is not None:
@@ -136,18 +159,36 @@ def _history_rows(w: Writes) -> list[tuple[float, str, str, str]]:
     return [(w.now, host_id, event, detail) for host_id, event, detail in w.history]
 
 
-def _write_sqlite(raw: _Raw, w: Writes) -> None:
+def _head_values(w: Writes) -> tuple[int, bytes, bytes, int, float]:
+    after = w.after
+    return after.size, w.root, after.frontier, after.checkpoint_size, after.checkpoint_at
+
+
+def _write_sqlite(raw: _Raw, before: HeadState, w: Writes) -> bool:
+    was = (before.size, before.frontier, before.checkpoint_size, before.checkpoint_at)
+    if raw.count(_SQLITE_SET_HEAD, (*_head_values(w), HEAD_ID, *was)) != 1:
+        return False
     raw.many(_SQLITE_HISTORY, _history_rows(w))
     raw.many(_SQLITE_ENTRY, [(w.first + i, w.now, leaf) for i, leaf in enumerate(w.leaves)])
     raw.many(_SQLITE_NODE, w.nodes)
-    raw.run(_SQLITE_SET_HEAD, (*w.head, HEAD_ID))
+    return True
 
 
-def _write_psycopg(raw: _Raw, w: Writes) -> None:
-    root, frontier, checkpoint_size, checkpoint_at = w.head
-    raw.run(
+def _write_psycopg(raw: _Raw, before: HeadState, w: Writes) -> bool:
+    size, root, frontier, checkpoint_size, checkpoint_at = _head_values(w)
+    row = raw.one(
         _PSYCOPG_WRITE,
         {
+            "size": size,
+            "root": root,
+            "frontier": frontier,
+            "checkpoint_size": checkpoint_size,
+            "checkpoint_at": checkpoint_at,
+            "head": HEAD_ID,
+            "was_size": before.size,
+            "was_frontier": before.frontier,
+            "was_checkpoint_size": before.checkpoint_size,
+            "was_checkpoint_at": before.checkpoint_at,
             "at": w.now,
             "h_host": [host_id for host_id, _, _ in w.history],
             "h_event": [event for _, event, _ in w.history],
@@ -157,17 +198,33 @@ def _write_psycopg(raw: _Raw, w: Writes) -> None:
             "n_level": [level for level, _, _ in w.nodes],
             "n_position": [position for _, position, _ in w.nodes],
             "n_hash": [h for _, _, h in w.nodes],
-            "root": root,
-            "frontier": frontier,
-            "checkpoint_size": checkpoint_size,
-            "checkpoint_at": checkpoint_at,
-            "head": HEAD_ID,
         },
     )
+    return int(row[0]) == 1
 
 
-def _write_core(conn: Connection, w: Writes) -> None:
+def _write_core(conn: Connection, before: HeadState, w: Writes) -> bool:
     """The writes through SQLAlchemy Core, for drivers without a path of their own."""
+    size, root, frontier, checkpoint_size, checkpoint_at = _head_values(w)
+    moved = conn.execute(
+        update(audit_head)
+        .where(
+            audit_head.c.id == HEAD_ID,
+            audit_head.c.size == before.size,
+            audit_head.c.frontier == before.frontier,
+            audit_head.c.checkpoint_size == before.checkpoint_size,
+            audit_head.c.checkpoint_at == before.checkpoint_at,
+        )
+        .values(
+            size=size,
+            root=root,
+            frontier=frontier,
+            checkpoint_size=checkpoint_size,
+            checkpoint_at=checkpoint_at,
+        )
+    )
+    if moved.rowcount != 1:
+        return False
     conn.execute(
         _INSERT_HISTORY,
         [
@@ -179,20 +236,12 @@ def _write_core(conn: Connection, w: Writes) -> None:
         _INSERT_ENTRY,
         [{"idx": w.first + i, "at": w.now, "entry": leaf} for i, leaf in enumerate(w.leaves)],
     )
-    conn.execute(
-        _INSERT_NODES,
-        [{"level": level, "position": p, "hash": h} for level, p, h in w.nodes],
-    )
-    root, frontier, checkpoint_size, checkpoint_at = w.head
-    conn.execute(
-        _SET_HEAD,
-        {
-            "root": root,
-            "frontier": frontier,
-            "checkpoint_size": checkpoint_size,
-            "checkpoint_at": checkpoint_at,
-        },
-    )
+    if w.nodes:
+        conn.execute(
+            _INSERT_NODES,
+            [{"level": level, "position": p, "hash": h} for level, p, h in w.nodes],
+        )
+    return True
 
 
 class _Raw:
@@ -209,12 +258,17 @@ class _Raw:
         except self._dialect.loaded_dbapi.Error as e:
             raise self._wrapped(statement, e) from e
 
-    def one(self, statement: str, params: Sequence[Any]) -> Sequence[Any]:
+    def one(self, statement: str, params: Sequence[Any] | Mapping[str, Any]) -> Sequence[Any]:
         self.run(statement, params)
         row: Sequence[Any] | None = self._cursor.fetchone()
         if row is None:
             raise AuditLogError("the audit log has no head row; run 'trusthook server init'")
         return row
+
+    def count(self, statement: str, params: Sequence[Any]) -> int:
+        """The number of rows ``statement`` changed."""
+        self.run(statement, params)
+        return int(self._cursor.rowcount)
 
     def many(self, statement: str, rows: Sequence[Sequence[Any]]) -> None:
         try:

@@ -162,11 +162,17 @@ class ServerService:
 
     # attestation
 
-    def issue_nonce(self, host: HostRecord) -> api.NonceResponse:
+    def issue_nonce(self, host: HostRecord, audit_size: int | None = None) -> api.NonceResponse:
+        """A nonce for ``host``; with ``audit_size``, the audit log's checkpoint and the
+        consistency proof to it from that size (None without a log key)."""
         now = self._clock().timestamp()
         nonce = secrets.token_bytes(NONCE_BYTES)
         expires = now + self._config.nonce_ttl
         self._store.issue_nonce(host_id=host.host_id, nonce=nonce, expires=expires, now=now)
+        audit = None
+        if audit_size is not None and self._store.audit_key():
+            note, proof = self._store.audit_watch(audit_size, now)
+            audit = api.AuditWatch(checkpoint=note, consistency=[api.b64(h) for h in proof])
         return api.NonceResponse(
             nonce=api.b64(nonce),
             expires_at=iso_from_timestamp(expires),
@@ -174,6 +180,7 @@ class ServerService:
             verified_boot_id=host.state.boot_id,
             verified_recnum=host.state.verified_recnum,
             attributes_tag=api.b64(_attributes_tag(host)),
+            audit=audit,
         )
 
     def check_signed(self, host: HostRecord, signed: SignedRequest) -> None:

@@ -17,11 +17,11 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import replace
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import (
     Connection,
@@ -79,6 +79,7 @@ from trusthook.server.schema import (
 from trusthook.server.schema import launches as launches_table
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 POOL_SIZE = 8  # PostgreSQL connections kept open; the server runs as many worker threads
 
 
@@ -107,6 +108,7 @@ class Store:
         without one, entries are still appended and checkpoints signed by the next store
         that has it."""
         self._log_signer = log_signer
+        self._log_head = auditlog.LastHead()
         try:
             if url.startswith("sqlite"):
                 self._engine: Engine = create_engine(
@@ -511,7 +513,7 @@ class Store:
                 detail = {"reasons": [r.to_json() for r in new.reasons]}
                 events = auditlog.verdict_events(old.host_id, detail, launches, trusted=new.trusted)
                 at = new.last_attestation or 0.0
-                auditlog.append(conn, events, now=at, signer=self._log_signer)
+                auditlog.append(conn, events, now=at, signer=self._log_signer, last=self._log_head)
                 if launches:
                     conn.execute(
                         insert(launches_table), [launch_row(old.host_id, x, at) for x in launches]
@@ -642,7 +644,7 @@ class Store:
         """Record an event: a row of the host's history and an entry of the audit log, in the
         transaction of the change it records."""
         events = [auditlog.Event(event_name, host_id, detail)]
-        auditlog.append(conn, events, now=now, signer=self._log_signer)
+        auditlog.append(conn, events, now=now, signer=self._log_signer, last=self._log_head)
 
     def audit_key(self) -> str:
         """The audit log's verifier key (``name+keyid+key``), or "" without the log key."""
@@ -651,10 +653,20 @@ class Store:
     def audit_checkpoint(self, now: float) -> str:
         """The signed checkpoint of the whole audit log (a new one if the log outgrew the
         last)."""
+        return self._signing(lambda conn: auditlog.checkpoint(conn, self._log_signer, now))
+
+    def audit_watch(self, old: int, now: float) -> tuple[str, tuple[bytes, ...]]:
+        """The last checkpoint signed and the consistency proof to it from size ``old``, in one
+        transaction (auditlog.watch)."""
+        return self._signing(lambda conn: auditlog.watch(conn, self._log_signer, now, old))
+
+    def _signing(self, read: Callable[[Connection], T]) -> T:
+        """``read`` in a transaction, which may sign a checkpoint; once more if another server
+        process signed the same size meanwhile."""
         for _ in range(2):
             try:
                 with self._tx() as conn:
-                    return auditlog.latest_checkpoint(conn, self._log_signer, now)
+                    return read(conn)
             except IntegrityError:
                 continue  # another server process signed the same size: read it
         raise StorageError("the audit checkpoint changed twice while being read; retry")
