@@ -7,7 +7,8 @@ wall time alone would mislead).
 ``--keep-alive on`` (the agent's default) holds each agent's connection from one attestation
 to the next; ``off`` opens one per attestation (one full TLS handshake each); ``both`` (the
 default) measures the two side by side on the same server and hosts. An attestation is the
-agent's exchange: a nonce, the evidence, the audit checkpoint and its consistency proof.
+agent's exchange: a nonce (which brings the audit checkpoint and its consistency proof) and
+the evidence.
 ``--profile DIR`` samples the server's threads with py-spy during each measurement (without
 stopping it) into DIR/server-<database>-<mode>.txt, collapsed stacks. The samples are wall
 time of threads not seen idle: time waiting for PostgreSQL's answers or for the GIL counts.

@@ -8,6 +8,10 @@ longer, different one as inconsistent, keeps its state, and saves the evidence."
 from __future__ import annotations
 
 import json
+import re
+import subprocess
+import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +19,7 @@ import pytest
 
 from tests.integration.conftest import AttestServer
 from tests.support.auditlog import grow, rewrite
-from trusthook.audit import WitnessKey, open_checkpoint, verify_cosignature
+from trusthook.audit import VerifierKey, WitnessKey, open_checkpoint, verify_cosignature
 from trusthook.cli import main
 from trusthook.server.auditlog import load_signer
 from trusthook.server.config import load_server_config
@@ -150,3 +154,55 @@ def evidence(state: Path, err: str) -> tuple[dict[str, str], dict[str, Any]]:
     assert set(files) == {"latest.note", "previous.note", "refusal.json"}
     record: dict[str, Any] = json.loads(files.pop("refusal.json"))
     return files, record
+
+
+def test_a_witness_with_an_interval_keeps_cosigning_until_it_must_refuse(
+    attest_server: AttestServer, tmp_path: Path
+) -> None:
+    """``run --interval``: a process that cosigns again each round, follows the log as it
+    grows, and ends with status 2 on the first refusal (the log rewritten shorter), keeping
+    the last checkpoint it cosigned."""
+    config = load_server_config(attest_server.config_path)
+    log_key = load_signer(Paths(config.state_dir).audit_key).verifier_key
+    key, cert = operator_certificate(config, "witness", tmp_path / "operator")
+    state = tmp_path / "witness"
+    assert main(["audit", "witness", "init", "--state", str(state), "--name", "w.example/i"]) == 0
+    grow(attest_server.config_path, 3)
+    command = [
+        sys.executable, "-m", "trusthook.cli", "audit", "witness", "run",
+        "--state", str(state), "--server", attest_server.url, "--log-key", log_key.encode(),
+        "--server-ca", str(attest_server.ca_cert), "--client-cert", str(cert),
+        "--client-key", str(key), "--trust-on-first-use", "--interval", "0.2",
+    ]  # fmt: skip
+    witness = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        first = cosigned_size(state, log_key, above=0)
+        grow(attest_server.config_path, 4)
+        second = cosigned_size(state, log_key, above=first)  # a later round, on its own
+        assert second >= first + 4
+        kept = (state / "checkpoint").read_bytes()
+        rewrite(attest_server.config_path, second - 2)
+        out, err = witness.communicate(timeout=30)
+    finally:
+        if witness.poll() is None:
+            witness.kill()
+            witness.wait()
+    assert witness.returncode == 2, err
+    # a round may fall while the history is rewritten: any smaller size is the rollback
+    found = re.search(rf"rollback: tree size got (\d+), expected at least {second}\b", err)
+    assert found is not None and int(found[1]) < second, err
+    assert out.count("cosigned") >= 3  # every round printed its line
+    assert (state / "checkpoint").read_bytes() == kept
+
+
+def cosigned_size(state: Path, key: VerifierKey, *, above: int) -> int:
+    """The size of the witness's cosigned checkpoint once it is above ``above`` (30 s)."""
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        path = state / "checkpoint"
+        if path.exists():
+            size = open_checkpoint(path.read_bytes(), key).checkpoint.size
+            if size > above:
+                return size
+        time.sleep(0.05)
+    raise AssertionError(f"the witness cosigned nothing above tree size {above} in 30 s")

@@ -286,6 +286,12 @@ class Event:
 
 
 _INSERT_CHECKPOINT = insert(audit_checkpoints)
+_HEAD = select(audit_head.c.size, audit_head.c.root).where(audit_head.c.id == HEAD_ID)
+_LAST_CHECKPOINT = (
+    select(audit_checkpoints.c.size, audit_checkpoints.c.note)
+    .order_by(audit_checkpoints.c.size.desc())
+    .limit(1)
+)
 
 
 def init_head(conn: Connection) -> None:
@@ -304,9 +310,7 @@ def init_head(conn: Connection) -> None:
 
 
 def head(conn: Connection) -> Head:
-    row = conn.execute(
-        select(audit_head.c.size, audit_head.c.root).where(audit_head.c.id == HEAD_ID)
-    ).one()
+    row = conn.execute(_HEAD).one()
     return Head(int(row.size), bytes(row.root))
 
 
@@ -432,11 +436,7 @@ def _latest(
 ) -> tuple[str, int]:
     """The last checkpoint signed and its size; with ``whole``, a new one if the log has grown
     since."""
-    row = conn.execute(
-        select(audit_checkpoints.c.size, audit_checkpoints.c.note)
-        .order_by(audit_checkpoints.c.size.desc())
-        .limit(1)
-    ).first()
+    row = conn.execute(_LAST_CHECKPOINT).first()
     if row is not None and not whole:
         return str(row.note), int(row.size)
     current = head(conn)

@@ -25,6 +25,7 @@ from typing import Any, TypeVar
 
 from sqlalchemy import (
     Connection,
+    bindparam,
     case,
     create_engine,
     delete,
@@ -80,6 +81,27 @@ from trusthook.server.schema import launches as launches_table
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+NONCE_PURGE_SECONDS = 60.0  # expired nonces are deleted at most this often (each process)
+
+# The attestation path's statements, built once: building a statement and its cache key on
+# each call cost SQLAlchemy ~0.12 ms a statement (a SELECT by key: 150 -> 33 µs).
+_HOST_BY_ID = HOSTS.where(hosts.c.host_id == bindparam("key"))
+_PURGE_NONCES = delete(nonces).where(nonces.c.expires < bindparam("now"))
+_ISSUE_NONCE = insert(nonces)
+_SPEND_NONCE = (
+    update(nonces)
+    .where(
+        nonces.c.nonce_hash == bindparam("digest"),
+        nonces.c.host_id == bindparam("host"),
+        nonces.c.used.is_(False),
+    )
+    .values(used=True)
+    .returning(nonces.c.expires)
+)
+_NONCE_BY_HASH = select(nonces).where(nonces.c.nonce_hash == bindparam("digest"))
+_SAVE_VERDICT = update(hosts).where(  # the SET columns are the parameters' other names
+    hosts.c.host_id == bindparam("at_host"), hosts.c.version == bindparam("at_version")
+)
 POOL_SIZE = 8  # PostgreSQL connections kept open; the server runs as many worker threads
 
 
@@ -109,6 +131,7 @@ class Store:
         that has it."""
         self._log_signer = log_signer
         self._log_head = auditlog.LastHead()
+        self._nonces_purged = 0.0  # when this store last deleted the expired nonces
         try:
             if url.startswith("sqlite"):
                 self._engine: Engine = create_engine(
@@ -280,7 +303,7 @@ class Store:
 
     def get_host(self, host_id: str) -> HostRecord | None:
         with self._tx() as conn:
-            row = conn.execute(HOSTS.where(hosts.c.host_id == host_id)).first()
+            row = conn.execute(_HOST_BY_ID, {"key": host_id}).first()
         return None if row is None else host_of(row)
 
     def list_hosts(self) -> list[HostRecord]:
@@ -438,11 +461,17 @@ class Store:
 
     def issue_nonce(self, *, host_id: str, nonce: bytes, expires: float, now: float) -> None:
         with self._tx() as conn:
-            conn.execute(delete(nonces).where(nonces.c.expires < now))
+            if now - self._nonces_purged >= NONCE_PURGE_SECONDS:  # spend_nonce refuses the
+                conn.execute(_PURGE_NONCES, {"now": now})  # expired ones until they go
+                self._nonces_purged = now
             conn.execute(
-                insert(nonces).values(
-                    nonce_hash=nonce_hash(nonce), host_id=host_id, expires=expires, used=False
-                )
+                _ISSUE_NONCE,
+                {
+                    "nonce_hash": nonce_hash(nonce),
+                    "host_id": host_id,
+                    "expires": expires,
+                    "used": False,
+                },
             )
 
     def spend_nonce(self, *, host_id: str, nonce: bytes, now: float) -> Reason | None:
@@ -451,18 +480,9 @@ class Store:
         (exactly one of concurrent attempts does); only a refusal reads the row to say why."""
         digest = nonce_hash(nonce)
         with self._tx() as conn:
-            spent = conn.execute(
-                update(nonces)
-                .where(
-                    nonces.c.nonce_hash == digest,
-                    nonces.c.host_id == host_id,
-                    nonces.c.used.is_(False),
-                )
-                .values(used=True)
-                .returning(nonces.c.expires)
-            ).first()
+            spent = conn.execute(_SPEND_NONCE, {"digest": digest, "host": host_id}).first()
             if spent is None:
-                row = conn.execute(select(nonces).where(nonces.c.nonce_hash == digest)).first()
+                row = conn.execute(_NONCE_BY_HASH, {"digest": digest}).first()
             elif spent.expires < now:
                 return Reason(
                     check="nonce",
@@ -490,23 +510,24 @@ class Store:
         try:
             with self._tx() as conn:
                 moved = conn.execute(
-                    update(hosts)
-                    .where(hosts.c.host_id == old.host_id, hosts.c.version == old.version)
-                    .values(
-                        trusted=new.trusted,
-                        reasons=reasons_json(new.reasons),
-                        since=new.since,
-                        valid_until=new.valid_until,
-                        last_attestation=new.last_attestation,
-                        held=None if new.held is None else json.dumps(new.held.to_json()),
-                        version=new.version,
-                        reset_count=state.reset_count,
-                        restart_count=state.restart_count,
-                        boot_id=state.boot_id,
-                        tpm_clock=state.clock,
-                        verified_recnum=state.verified_recnum,
-                        verified_pcr=state.verified_pcr,
-                    )
+                    _SAVE_VERDICT,
+                    {
+                        "at_host": old.host_id,
+                        "at_version": old.version,
+                        "trusted": new.trusted,
+                        "reasons": reasons_json(new.reasons),
+                        "since": new.since,
+                        "valid_until": new.valid_until,
+                        "last_attestation": new.last_attestation,
+                        "held": None if new.held is None else json.dumps(new.held.to_json()),
+                        "version": new.version,
+                        "reset_count": state.reset_count,
+                        "restart_count": state.restart_count,
+                        "boot_id": state.boot_id,
+                        "tpm_clock": state.clock,
+                        "verified_recnum": state.verified_recnum,
+                        "verified_pcr": state.verified_pcr,
+                    },
                 )
                 if moved.rowcount != 1:
                     return False
