@@ -301,9 +301,9 @@ class AuditProofAnswer(Message):
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class AuditWatchAnswer(Message):
-    """A nonce answer's ``audit`` (POST /v1/nonces?audit_size=N): the signed checkpoint of the
-    whole log and the RFC 9162 consistency proof to it from tree size N (empty for N = 0 or
-    N at least the checkpoint's size)."""
+    """A nonce answer's ``audit`` (POST /v1/nonces?audit_size=N): the last checkpoint the log
+    signed and the RFC 9162 consistency proof to it from tree size N (empty for N = 0 or N at
+    least the checkpoint's size)."""
 
     NOUN = "nonce answer"
     SOURCE = FROM_SERVER

@@ -87,7 +87,7 @@ class EnrollmentResult(_Body):
 
 class AuditWatch(_Body):
     checkpoint: str = Field(
-        description="the signed checkpoint of the whole log (C2SP signed note, docs/audit.md §5)"
+        description="the last checkpoint the log signed (C2SP signed note, docs/audit.md §5)"
     )
     consistency: list[str] = Field(
         description="the RFC 9162 consistency proof from tree size audit_size to the"
