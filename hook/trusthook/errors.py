@@ -95,6 +95,10 @@ class AuditLogError(InputError):
     """An audit entry, signed note, verifier key, checkpoint or bundle is malformed."""
 
 
+class AuditEntryTooLargeError(AuditLogError):
+    """An audit entry whose canonical form is over the size limit."""
+
+
 # refused by a check
 
 

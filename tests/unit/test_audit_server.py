@@ -28,9 +28,15 @@ from trusthook.audit import (
     tree_root,
     verify_bundle,
 )
+from trusthook.audit.entry import MAX_ENTRY_BYTES
 from trusthook.cli import main
 from trusthook.common.eventlog import Record
-from trusthook.errors import AdmissionError, AuditLogError, AuditVerificationError
+from trusthook.errors import (
+    AdmissionError,
+    AuditEntryTooLargeError,
+    AuditLogError,
+    AuditVerificationError,
+)
 from trusthook.server import auditlog, auditwrite
 from trusthook.server.auditlog import (
     CHECKPOINT_ENTRIES,
@@ -306,4 +312,56 @@ def test_an_append_built_on_a_stale_head_writes_nothing_and_is_built_again(
         assert auditlog.head(conn) == auditlog.Head(4, expected)
         assert tree_root(auditlog.ConnSource(conn), 4) == expected
         assert conn.execute(sqlalchemy.text("SELECT count(*) FROM audit")).scalar() == 4
+    engine.dispose()
+
+
+def big_launches(count: int, size: int) -> list[AppraisedLaunch]:
+    """``count`` appraised launches whose image references are ``size`` characters long."""
+    return [
+        AppraisedLaunch(
+            record=Record.for_event(
+                recnum=n, pcr=23, event=launch(container_id=f"c{n}", image_reference="r" * size)
+            )
+        )
+        for n in range(count)
+    ]
+
+
+def test_launches_that_do_not_fit_one_entry_are_split_in_order(tmp_path: Path) -> None:
+    """16 launches of 6 KB each are more than one entry holds: the verdict keeps the first
+    half, ``launched`` entries after it the rest (halved until each fits), each with a
+    history row of its own, the records in their order."""
+    url = f"sqlite:///{tmp_path / 'log.db'}"
+    Store(url).create_schema()
+    engine = sqlalchemy.create_engine(url)
+    events = verdict_events(HOST, {"reasons": []}, big_launches(16, 6000), trusted=False)
+    assert len(events) == 1  # 16 fit the count: the size is what splits them
+    with engine.begin() as conn:
+        entries = auditlog.append(conn, events, now=1.0, signer=None)
+    assert [e.event for e in entries] == [EventType.ATTESTED] + [EventType.LAUNCHED] * (
+        len(entries) - 1
+    )
+    assert len(entries) > 1
+    assert all(len(e.canonical()) <= MAX_ENTRY_BYTES for e in entries)
+    assert [x["recnum"] for e in entries for x in e.detail["launches"]] == list(range(16))
+    assert [e.detail["trusted"] for e in entries] == [False] * len(entries)
+    with engine.connect() as conn:
+        rows = conn.execute(sqlalchemy.text("SELECT event, detail FROM audit ORDER BY id"))
+        history = [(event, json.loads(detail)) for event, detail in rows]
+    assert [event for event, _ in history] == ["refused"] + ["launched"] * (len(entries) - 1)
+    assert [d["launches"] for _, d in history] == [e.detail["launches"] for e in entries]
+    engine.dispose()
+
+
+def test_a_launch_larger_than_an_entry_is_refused_with_its_transaction(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'log.db'}"
+    Store(url).create_schema()
+    engine = sqlalchemy.create_engine(url)
+    events = verdict_events(HOST, {"reasons": []}, big_launches(2, 70_000), trusted=True)
+    refused = pytest.raises(AuditEntryTooLargeError, match=r"audit entry 0: \d+ bytes, expected")
+    with refused, engine.begin() as conn:
+        auditlog.append(conn, events, now=1.0, signer=None)
+    with engine.connect() as conn:
+        assert auditlog.head(conn).size == 0
+        assert conn.execute(sqlalchemy.text("SELECT count(*) FROM audit")).scalar() == 0
     engine.dispose()

@@ -19,11 +19,11 @@ from typing import Any, TypeVar
 
 from trusthook.audit.merkle import leaf_hash
 from trusthook.common.clock import iso
-from trusthook.errors import AuditLogError
+from trusthook.errors import AuditEntryTooLargeError, AuditLogError
 
 MAX_ENTRY_BYTES = 65536  # canonical form
 MAX_DEPTH = 16  # nesting inside detail
-MAX_LAUNCHES = 16  # launches one entry holds: at most 4 KiB each fits MAX_ENTRY_BYTES
+MAX_LAUNCHES = 16  # launches one entry holds (fewer if they do not fit MAX_ENTRY_BYTES)
 SAFE_INTEGER = 2**53 - 1  # every JSON implementation reads these exactly
 _TIME = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}\.[0-9]{6}Z")
 _MEMBERS = ("index", "time", "event", "subject", "detail")
@@ -278,7 +278,9 @@ class AuditEntry:
             )
         detail, data = _canonical(self)
         if len(data) > MAX_ENTRY_BYTES:
-            raise self._refuse(f"{len(data)} bytes, expected at most {MAX_ENTRY_BYTES}")
+            raise AuditEntryTooLargeError(
+                f"audit entry {self.index}: {len(data)} bytes, expected at most {MAX_ENTRY_BYTES}"
+            )
         object.__setattr__(self, "_leaf", data)
         object.__setattr__(self, "_detail", detail)
 

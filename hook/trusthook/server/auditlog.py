@@ -43,7 +43,7 @@ from trusthook.audit import (
 )
 from trusthook.common.clock import iso_from_timestamp
 from trusthook.common.files import write_new
-from trusthook.errors import AuditLogError, ConfigError, NotFoundError
+from trusthook.errors import AuditEntryTooLargeError, AuditLogError, ConfigError, NotFoundError
 from trusthook.server import auditwrite
 from trusthook.server.auditwrite import HEAD_ID
 from trusthook.server.records import AppraisedLaunch
@@ -190,11 +190,51 @@ def entry_for(
 def entries_for(first: int, events: Sequence[Event], now: float) -> list[AuditEntry]:
     """The log entries of ``events``, the first at index ``first``, all at ``now``: what one
     append builds (the time formatted once, one subject per host)."""
+    return _fitted(first, events, now)[1]
+
+
+def _fitted(
+    first: int, events: Sequence[Event], now: float
+) -> tuple[list[Event], list[AuditEntry]]:
+    """``entries_for``, and the events the entries are of: an event whose launches make its
+    entry larger than MAX_ENTRY_BYTES becomes two, the first half of its launches in it and
+    the rest in a ``launched`` event after it, until each fits (docs/audit.md §2); a launch
+    that does not fit an entry on its own is refused (AuditEntryTooLargeError)."""
     time, hosts = iso_from_timestamp(now), dict[str, Subject]()
-    return [
-        _new_entry(first + i, event.name, event.host_id, event.detail, time=time, hosts=hosts)
-        for i, event in enumerate(events)
-    ]
+    fitted: list[Event] = []
+    entries: list[AuditEntry] = []
+    todo = list(reversed(events))  # a stack: the next event last
+    while todo:
+        event = todo.pop()
+        try:
+            entry = _new_entry(
+                first + len(entries),
+                event.name,
+                event.host_id,
+                event.detail,
+                time=time,
+                hosts=hosts,
+            )
+        except AuditEntryTooLargeError:
+            launches = event.detail.get("launches")
+            if not isinstance(launches, list) or len(launches) < 2:
+                raise
+            half = len(launches) // 2
+            todo.append(_launched(event, launches[half:]))
+            todo.append(
+                Event(event.name, event.host_id, {**event.detail, "launches": launches[:half]})
+            )
+            continue
+        fitted.append(event)
+        entries.append(entry)
+    return fitted, entries
+
+
+def _launched(event: Event, launches: list[Any]) -> Event:
+    """A ``launched`` event of ``launches``, with the verdict of ``event`` (a verdict or a
+    ``launched`` event)."""
+    trusted = event.detail.get("trusted") if event.name == "launched" else event.name == "attested"
+    return Event("launched", event.host_id, {"trusted": trusted, "launches": launches})
 
 
 def _new_entry(
@@ -378,21 +418,22 @@ def _plan(
     now: float,
     signer: NoteSigner | None,
 ) -> tuple[list[AuditEntry], auditwrite.Writes]:
-    """The entries of ``events`` appended to ``before`` and what writing them writes,
-    signing the checkpoint if one is due (``signer``: only with the head row locked)."""
-    entries = entries_for(before.size, events, now)
+    """The entries of ``events`` appended to ``before`` (more than the events if launches had
+    to be split: ``_fitted``) and what writing them writes, signing the checkpoint if one is
+    due (``signer``: only with the head row locked)."""
+    fitted, entries = _fitted(before.size, events, now)
     leaves = [entry.canonical() for entry in entries]
     frontier, nodes = _frontier(before.size, before.frontier).extend([leaf_hash(x) for x in leaves])
     root = frontier.root()
     checkpoint_size, checkpoint_at = before.checkpoint_size, before.checkpoint_at
-    if signer is not None and _checkpoint_due(before, len(events), now, signer):
+    if signer is not None and _checkpoint_due(before, len(entries), now, signer):
         _sign(conn, signer, Head(frontier.size, root), now)
         checkpoint_size, checkpoint_at = frontier.size, now
     writes = auditwrite.Writes(
         now=now,
         # the entry's detail text: the event's detail as the log holds it, made once
         history=[
-            (e.host_id, e.name, x.detail_text()) for e, x in zip(events, entries, strict=True)
+            (e.host_id, e.name, x.detail_text()) for e, x in zip(fitted, entries, strict=True)
         ],
         first=before.size,
         leaves=leaves,
