@@ -59,7 +59,6 @@ def sample(pid: int, out: Path, seconds: float) -> subprocess.Popen[bytes]:
             "--nonblocking",
         ],
         stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
     )  # fmt: skip
 
 
@@ -183,7 +182,7 @@ def main() -> int:
     databases = args.databases.split(",")
     if args.profile is not None:
         if not (BIN / "py-spy").exists():
-            raise SystemExit("--profile needs py-spy in this venv: .venv/bin/pip install py-spy")
+            raise SystemExit("--profile needs py-spy, a dev dependency: run scripts/setup")
         args.profile.mkdir(parents=True, exist_ok=True)
     os.environ.setdefault("TSS2_LOG", "all+NONE")
     results = []
