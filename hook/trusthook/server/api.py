@@ -108,8 +108,8 @@ class NonceResponse(_Body):
     audit: AuditWatch | None = Field(
         default=None,
         description="asked for with audit_size: the audit log's checkpoint and the consistency"
-        " proof to it from the host's last (docs/audit.md, Hosts watch the log); null: no log"
-        " key",
+        " proof to it from the host's last (docs/audit.md, Hosts watch the log); null: not"
+        " asked for, or no log key",
     )
 
 
