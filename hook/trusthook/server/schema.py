@@ -279,7 +279,6 @@ def host_of(row: Any) -> HostRecord:
 
 
 def host_values(record: HostRecord) -> dict[str, Any]:
-    state = record.state
     return {
         "host_id": record.host_id,
         "hostname": record.hostname,
@@ -288,6 +287,15 @@ def host_values(record: HostRecord) -> dict[str, Any]:
         "request_key": record.request_key,
         "cert_serial": record.cert_serial,
         "enrolled_at": record.enrolled_at,
+        **verdict_values(record),
+    }
+
+
+def verdict_values(record: HostRecord) -> dict[str, Any]:
+    """The columns an attestation's verdict changes: the verified state, the trust, the hold
+    and the version."""
+    state = record.state
+    return {
         "reset_count": state.reset_count,
         "restart_count": state.restart_count,
         "boot_id": state.boot_id,

@@ -75,7 +75,7 @@ from trusthook.server.schema import (
     origin_of,
     origin_row,
     policy_versions,
-    reasons_json,
+    verdict_values,
 )
 from trusthook.server.schema import launches as launches_table
 
@@ -506,28 +506,11 @@ class Store:
         """Store ``new`` (``old.with_verdict(...)``) if the host is still at ``old.version``,
         with the audit entries of its verdict and of the ``launches`` the appraisal verified;
         False if another attestation, an enrollment or an operator came first."""
-        state = new.state
         try:
             with self._tx() as conn:
                 moved = conn.execute(
                     _SAVE_VERDICT,
-                    {
-                        "at_host": old.host_id,
-                        "at_version": old.version,
-                        "trusted": new.trusted,
-                        "reasons": reasons_json(new.reasons),
-                        "since": new.since,
-                        "valid_until": new.valid_until,
-                        "last_attestation": new.last_attestation,
-                        "held": None if new.held is None else json.dumps(new.held.to_json()),
-                        "version": new.version,
-                        "reset_count": state.reset_count,
-                        "restart_count": state.restart_count,
-                        "boot_id": state.boot_id,
-                        "tpm_clock": state.clock,
-                        "verified_recnum": state.verified_recnum,
-                        "verified_pcr": state.verified_pcr,
-                    },
+                    {"at_host": old.host_id, "at_version": old.version, **verdict_values(new)},
                 )
                 if moved.rowcount != 1:
                     return False
