@@ -36,7 +36,7 @@ from trusthook.agent.metrics import AgentMetrics
 from trusthook.agent.serverclient import ServerClient, tls_context
 from trusthook.agent.writer import MeasuredLog
 from trusthook.attest.requestkey import enrollment_qualifying
-from trusthook.audit import VerifierKey, open_checkpoint, verify_consistency
+from trusthook.audit import Checkpoint, VerifierKey, open_checkpoint, verify_consistency
 from trusthook.common.clock import iso, utc_now
 from trusthook.common.eventlog import LaunchEvent
 from trusthook.common.files import write_atomic
@@ -82,6 +82,18 @@ class AuditWatch:
 
     size: int | None
     error: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class _Kept:
+    """The server's audit log key and the last checkpoint of it this host kept (None: none)."""
+
+    key: VerifierKey
+    checkpoint: Checkpoint | None
+
+    @property
+    def size(self) -> int:
+        return 0 if self.checkpoint is None else self.checkpoint.size
 
 
 def _read_state(path: Path, kind: type[M], hint: str) -> M | None:
@@ -352,43 +364,46 @@ class Attester:
                 return open_sealed(answer.sealed_keys, tpm.unseal_release, aad)
 
     def _exchange(self, enrollment: Enrollment) -> tuple[HostStatus, AuditWatch | None]:
+        kept = self._kept_checkpoint(enrollment)
+        # the size the server proves its log's consistency from (0: none kept, or unreadable)
+        audit_size = None if kept is None else kept.size if isinstance(kept, _Kept) else 0
         with self._connected(enrollment) as client:
-            evidence, challenge = self._evidence(client, self._audit_size(enrollment))
+            evidence, challenge = self._evidence(client, audit_size)
             verdict = HostStatus.from_json(
                 client.post("/v1/attestations", evidence.to_json(), signed=True)
             )
-        return verdict, self._watch_log(enrollment, challenge.audit)
+        return verdict, None if kept is None else self._watch_log(kept, challenge.audit)
 
-    def _audit_size(self, enrollment: Enrollment) -> int | None:
-        """The size of the audit checkpoint this host kept, for the server to prove its log's
-        consistency from (0: none kept, or it cannot be read: ``_watch_log`` says why); None
-        if the server has no log key."""
+    def _kept_checkpoint(self, enrollment: Enrollment) -> _Kept | Exception | None:
+        """The log key and the audit checkpoint this host kept, read once per attestation, or
+        why they cannot be read (``_watch_log`` reports it); None if the server has no log
+        key."""
         if not enrollment.audit_key:
             return None
         path = self._files["audit-checkpoint.note"]
         try:
             key = VerifierKey.parse(enrollment.audit_key)
-            return open_checkpoint(path.read_bytes(), key).checkpoint.size
-        except (AuditLogError, AuditVerificationError, OSError):
-            return 0
+            old = open_checkpoint(path.read_bytes(), key).checkpoint if path.exists() else None
+        except (AuditLogError, AuditVerificationError, OSError) as e:
+            return e
+        return _Kept(key=key, checkpoint=old)
 
     def _watch_log(
-        self, enrollment: Enrollment, answer: AuditWatchAnswer | None
+        self, kept: _Kept | Exception, answer: AuditWatchAnswer | None
     ) -> AuditWatch | None:
-        """Check the audit checkpoint that came with the nonce against the last one seen (the
+        """Check the audit checkpoint that came with the nonce against the one kept (the
         consistency proof that came with it) and keep it if it extends that one; None if the
-        server has no log key or sent none. A rewritten or forked log is reported, never
-        accepted: the old checkpoint stays, so every later attestation reports it again."""
-        if not enrollment.audit_key:
-            return None
-        path = self._files["audit-checkpoint.note"]
+        server sent none or the check could not be made. A rewritten or forked log is
+        reported, never accepted: the old checkpoint stays, so every later attestation reports
+        it again."""
         try:
+            if isinstance(kept, Exception):
+                raise kept
             if answer is None:
                 raise AuditLogError("the server's nonce answer holds no audit checkpoint")
-            key = VerifierKey.parse(enrollment.audit_key)
             note = answer.checkpoint
-            new = open_checkpoint(note, key).checkpoint
-            old = open_checkpoint(path.read_bytes(), key).checkpoint if path.exists() else None
+            new = open_checkpoint(note, kept.key).checkpoint
+            old = kept.checkpoint
             if old is not None and old != new:
                 if new.size < old.size:
                     raise AuditVerificationError(
@@ -408,7 +423,7 @@ class Attester:
         except (AuditLogError, OSError) as e:
             log.warning("could not check the attestation server's audit log: %s", e)
             return None
-        write_atomic(path, note.encode(), 0o644)
+        write_atomic(self._files["audit-checkpoint.note"], note.encode(), 0o644)
         return AuditWatch(size=new.size, error=None)
 
     def _evidence(
