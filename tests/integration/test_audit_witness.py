@@ -178,9 +178,9 @@ def test_a_witness_with_an_interval_keeps_cosigning_until_it_must_refuse(
     try:
         first = cosigned_size(state, log_key, above=0)
         grow(attest_server.config_path, 4)
-        second = cosigned_size(state, log_key, above=first)  # a later round, on its own
-        assert second >= first + 4
-        kept = (state / "checkpoint").read_bytes()
+        # a later round, on its own (one may fall while the log grows: wait for all 4)
+        second = cosigned_size(state, log_key, above=first + 3)
+        kept = open_checkpoint((state / "checkpoint").read_bytes(), log_key).checkpoint
         rewrite(attest_server.config_path, second - 2)
         out, err = witness.communicate(timeout=30)
     finally:
@@ -191,8 +191,11 @@ def test_a_witness_with_an_interval_keeps_cosigning_until_it_must_refuse(
     # a round may fall while the history is rewritten: any smaller size is the rollback
     found = re.search(rf"rollback: tree size got (\d+), expected at least {second}\b", err)
     assert found is not None and int(found[1]) < second, err
-    assert out.count("cosigned") >= 3  # every round printed its line
-    assert (state / "checkpoint").read_bytes() == kept
+    rounds = [line for line in out.splitlines() if line.startswith("cosigned ")]
+    assert len(rounds) >= 2  # each round printed its line: at least the two sizes waited for
+    assert f"at tree size {second} (extends" in out
+    # the tree it last cosigned (a later round may have cosigned it again, at a later time)
+    assert open_checkpoint((state / "checkpoint").read_bytes(), log_key).checkpoint == kept
 
 
 def cosigned_size(state: Path, key: VerifierKey, *, above: int) -> int:
