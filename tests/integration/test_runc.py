@@ -113,6 +113,27 @@ def test_container_does_not_start_when_the_agent_is_stopped(
     assert not (out / "ran").exists()
 
 
+def test_an_image_annotation_too_long_for_a_record_is_refused_before_any_is_written(
+    host: Host, bundle_factory: Any, tmp_path: Path
+) -> None:
+    """A record must fit the server's audit entry: an image reference of 5,000 bytes would
+    make every attestation of the host fail after it. The container does not start, the
+    one line names the annotation, the log is unchanged."""
+    out = tmp_path / "out"
+    bundle = _touch_bundle(host, bundle_factory, out)
+    config = json.loads((bundle / "config.json").read_text())
+    config["annotations"] = {"org.opencontainers.image.ref.name": "r" * 5000}
+    (bundle / "config.json").write_text(json.dumps(config))
+    result = runc("run", "--bundle", str(bundle), _cid())
+    assert result.returncode != 0
+    assert (
+        "annotation org.opencontainers.image.ref.name is 5000 bytes, expected at most 1024"
+        in result.stderr
+    )
+    assert not (out / "ran").exists()
+    assert host.snapshot()[0] == []
+
+
 def test_audit_mode_starts_the_container_and_says_it_is_unmeasured(
     swtpm: Any, bundle_factory: Any, tmp_path: Path
 ) -> None:

@@ -17,7 +17,7 @@ import pytest
 import sqlalchemy
 
 from tests.unit.test_admission import HOST, Server, decided, make_server
-from tests.unit.test_policy_appraise import launch
+from tests.unit.test_policy_appraise import HERE, launch, manifest
 from trusthook.audit import (
     MAX_LAUNCHES,
     Bundle,
@@ -30,17 +30,19 @@ from trusthook.audit import (
 )
 from trusthook.audit.entry import MAX_ENTRY_BYTES
 from trusthook.cli import main
-from trusthook.common.eventlog import Record
+from trusthook.common.eventlog import Identity, Record
 from trusthook.errors import (
     AdmissionError,
     AuditEntryTooLargeError,
     AuditLogError,
     AuditVerificationError,
 )
+from trusthook.policy.appraise import appraise_launch
 from trusthook.server import auditlog, auditwrite
 from trusthook.server.auditlog import (
     CHECKPOINT_ENTRIES,
     CHECKPOINT_SECONDS,
+    MAX_VIOLATION_TEXT,
     Event,
     LastHead,
     entries_for,
@@ -351,6 +353,34 @@ def test_launches_that_do_not_fit_one_entry_are_split_in_order(tmp_path: Path) -
     assert [event for event, _ in history] == ["refused"] + ["launched"] * (len(entries) - 1)
     assert [d["launches"] for _, d in history] == [e.detail["launches"] for e in entries]
     engine.dispose()
+
+
+def test_a_violation_that_lists_many_images_is_cut_so_its_launch_fits_an_entry() -> None:
+    """A workload that allows 2,000 images names them all in a violation's ``expected``
+    (146 KB): the entry keeps its start and says how long it was, instead of refusing the
+    launch (and with it every attestation of its host after it)."""
+    images = ", ".join(f'"sha256:{n:064x}"' for n in range(2000))
+    wide = manifest(f'[[workload]]\nname = "wide"\nmatch = ["wide-*"]\nimages = [{images}]\n')
+    event = launch(identity=Identity(workload="wide-1"))
+    compliance = appraise_launch(wide, event, HERE)
+    (reason,) = compliance.reasons
+    assert reason.expected is not None and len(reason.expected) > 2 * MAX_ENTRY_BYTES
+    appraised = AppraisedLaunch(
+        record=Record.for_event(recnum=0, pcr=23, event=event),
+        compliance=compliance,
+        policy_version=1,
+    )
+    (entry,) = entries_for(0, verdict_events(HOST, {"reasons": []}, [appraised], trusted=True), 1.0)
+    assert len(entry.canonical()) <= MAX_ENTRY_BYTES
+    (violation,) = entry.detail["launches"][0]["violations"]
+    assert len(violation["expected"]) <= MAX_VIOLATION_TEXT
+    assert violation["expected"].startswith(reason.expected[:900])
+    assert violation["expected"].endswith(f"\u2026 (cut: {len(reason.expected)} characters)")
+    assert {k: violation[k] for k in ("check", "message", "got")} == {
+        "check": reason.check,
+        "message": reason.message,
+        "got": reason.got,
+    }
 
 
 def test_a_launch_larger_than_an_entry_is_refused_with_its_transaction(tmp_path: Path) -> None:

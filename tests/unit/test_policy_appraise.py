@@ -10,7 +10,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from trusthook.common.eventlog import RELEASE_STAGE, Identity, LaunchEvent
-from trusthook.common.oci import identity_of
+from trusthook.common.oci import identity_of, image_of
+from trusthook.errors import StateError
 from trusthook.policy.appraise import (
     HostPlace,
     _complies,
@@ -160,6 +161,34 @@ def test_identity_from_the_engines_annotations(
     annotations: dict[str, str], text: str | None
 ) -> None:
     assert identity_text(identity_of(annotations)) == text
+
+
+@pytest.mark.parametrize(
+    ("key", "limit"),
+    [
+        ("org.trusthook.workload", 253),
+        ("io.kubernetes.pod.name", 253),
+        ("io.kubernetes.container.name", 253),
+        ("org.opencontainers.image.ref.name", 1024),
+        ("org.opencontainers.image.digest", 253),
+    ],
+)
+@pytest.mark.parametrize("char", ["r", "\u00e9"])  # one byte, two bytes
+def test_an_annotation_too_long_for_a_record_is_refused_naming_it(
+    key: str, limit: int, char: str
+) -> None:
+    def annotations(value: str) -> dict[str, str]:
+        return {"io.kubernetes.pod.namespace": "shop", "io.kubernetes.pod.name": "web", key: value}
+
+    fits = char * (limit // len(char.encode()))
+    kept = f"{identity_text(identity_of(annotations(fits)))} {image_of(annotations(fits))}"
+    assert fits in kept
+    over = fits + char
+    size = len(over.encode())
+    message = f"^state JSON: annotation {key} is {size} bytes, expected at most {limit}$"
+    with pytest.raises(StateError, match=message):
+        identity_of(annotations(over))
+        image_of(annotations(over))
 
 
 DIGESTS = st.sampled_from([IMAGE, ROOTFS, PROFILE, OTHER])

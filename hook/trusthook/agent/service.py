@@ -195,10 +195,11 @@ class AgentService:
             )
         if encrypted is None:
             self._launch.check_plain()
-        rootfs = self._measure_rootfs(root)
+        identity = identity_of(state.annotations)  # refused before the walk if too long
         image_ref, image_digest = image_of(state.annotations)
+        rootfs = self._measure_rootfs(root)
         event = LaunchEvent(
-            identity=identity_of(state.annotations),
+            identity=identity,
             encrypted=encrypted is not None,
             container_id=container_id,
             bundle=bundle,

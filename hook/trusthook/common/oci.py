@@ -39,6 +39,11 @@ KUBERNETES_ANNOTATIONS = (
     ),
 )
 CRI_CONTAINER_TYPE = "io.kubernetes.cri.container-type"
+# The longest annotation value a launch record takes, in UTF-8 bytes: a record, and the audit
+# entry of its launch, stay bounded whatever the engine passes (a Kubernetes name is at most
+# 253 characters, an image reference with its tag and digest well under 1,024).
+MAX_IMAGE_REFERENCE_BYTES = 1024
+MAX_NAME_BYTES = 253
 # An encrypted image to decrypt at start: an OCI layout on the host and a ref (docs/images.md).
 IMAGE_LAYOUT_ANNOTATION = "org.trusthook.image.layout"
 IMAGE_REF_ANNOTATION = "org.trusthook.image.ref"
@@ -126,11 +131,12 @@ def identity_of(annotations: Mapping[str, str]) -> Identity:
     """What the engine's annotations say the launch is (docs/policy.md §3): the explicit
     workload annotation, and the Kubernetes pod and container as CRI-O or containerd's CRI
     name them (a pod's sandbox container is ``POD``, as CRI-O names it)."""
-    workload = annotations.get(WORKLOAD_ANNOTATION) or None
+    workload = _annotation(annotations, WORKLOAD_ANNOTATION, MAX_NAME_BYTES) or None
     for namespace_key, pod_key, container_key in KUBERNETES_ANNOTATIONS:
-        namespace, pod = annotations.get(namespace_key), annotations.get(pod_key)
+        namespace = _annotation(annotations, namespace_key, MAX_NAME_BYTES)
+        pod = _annotation(annotations, pod_key, MAX_NAME_BYTES)
         if namespace and pod:
-            container = annotations.get(container_key) or (
+            container = _annotation(annotations, container_key, MAX_NAME_BYTES) or (
                 "POD" if annotations.get(CRI_CONTAINER_TYPE) == "sandbox" else ""
             )
             return Identity(workload=workload, kubernetes=(namespace, pod, container))
@@ -139,6 +145,18 @@ def identity_of(annotations: Mapping[str, str]) -> Identity:
 
 def image_of(annotations: Mapping[str, str]) -> tuple[str | None, str | None]:
     """The image reference and digest an engine recorded in annotations, if it did."""
-    ref = next((annotations[k] for k in IMAGE_REFERENCE_ANNOTATIONS if k in annotations), None)
-    digest = next((annotations[k] for k in IMAGE_DIGEST_ANNOTATIONS if k in annotations), None)
-    return ref, digest
+    ref = next((k for k in IMAGE_REFERENCE_ANNOTATIONS if k in annotations), None)
+    digest = next((k for k in IMAGE_DIGEST_ANNOTATIONS if k in annotations), None)
+    return (
+        None if ref is None else _annotation(annotations, ref, MAX_IMAGE_REFERENCE_BYTES),
+        None if digest is None else _annotation(annotations, digest, MAX_NAME_BYTES),
+    )
+
+
+def _annotation(annotations: Mapping[str, str], key: str, limit: int) -> str | None:
+    """The annotation ``key``, refused if it is longer than ``limit`` UTF-8 bytes."""
+    value = annotations.get(key)
+    size = 0 if value is None else len(value.encode("utf-8", "surrogatepass"))
+    if size > limit:
+        raise StateError(f"state JSON: annotation {key} is {size} bytes, expected at most {limit}")
+    return value

@@ -21,6 +21,7 @@ from typing import Any
 
 from sqlalchemy import Connection, func, insert, select
 
+from trusthook.attest.verdict import Reason
 from trusthook.audit import (
     EMPTY_ROOT,
     MAX_LAUNCHES,
@@ -52,6 +53,11 @@ from trusthook.server.schema import audit_checkpoints, audit_head, audit_log
 CHECKPOINT_ENTRIES = 100
 CHECKPOINT_SECONDS = 60.0
 MAX_ENTRIES = 1000  # per read
+# The longest member of a launch's violation in an entry; longer ones keep their start and
+# end with "… (cut: N characters)" (docs/audit.md §2).
+MAX_VIOLATION_TEXT = 1024
+_CUT = "\u2026 (cut:"
+_VIOLATION_KEPT = MAX_VIOLATION_TEXT - len(_CUT) - len(" 0000000000 characters)")
 
 # The store's event names and the log's event types (docs/audit.md §2, "Event types").
 _EVENTS: Mapping[str, EventType] = {
@@ -160,7 +166,7 @@ def launch_detail(launch: AppraisedLaunch) -> dict[str, Any]:
             identity=compliance.identity,
             workload=compliance.workload,
             compliant=compliance.compliant,
-            violations=[r.to_json() for r in compliance.reasons],
+            violations=[_violation(r) for r in compliance.reasons],
             action=compliance.action.value,
             move=None if launch.move is None else launch.move.value,
         )
@@ -178,6 +184,18 @@ def launch_detail(launch: AppraisedLaunch) -> dict[str, Any]:
         "host_time": event.time,
         "boot_id": event.boot_id,
     }
+
+
+def _violation(reason: Reason) -> dict[str, Any]:
+    """A violation as an entry holds it: a member over MAX_VIOLATION_TEXT characters is cut
+    there and says how long it was (docs/audit.md §2). A workload that allows many images
+    lists them all in ``expected``; uncut, one launch could outgrow an entry, and its host
+    would fail every attestation after it."""
+    out = reason.to_json()
+    for key, value in out.items():
+        if isinstance(value, str) and len(value) > MAX_VIOLATION_TEXT:
+            out[key] = f"{value[:_VIOLATION_KEPT]}{_CUT} {len(value)} characters)"
+    return out
 
 
 def entry_for(
@@ -251,8 +269,46 @@ def _new_entry(
     event = _EVENTS.get(event_name)
     if event is None:
         raise AuditLogError(f"audit event {event_name!r} has no log event type")
-    # a new dict, the entry's own; copied deep only when it holds fractions to rewrite
-    body = dict(detail) if plain_json(detail) else _portable_detail(detail)
+    # A new dict, the entry's own. The entry checks once that its detail is plain JSON (no
+    # fractions); only when it is not is the detail copied deep with its fractions rewritten
+    # and the entry made again.
+    try:
+        return _entry_of(
+            index,
+            event,
+            dict(detail),
+            event_name=event_name,
+            host_id=host_id,
+            time=time,
+            hosts=hosts,
+        )
+    except AuditEntryTooLargeError:
+        raise
+    except AuditLogError:
+        if plain_json(detail):
+            raise
+    return _entry_of(
+        index,
+        event,
+        _portable_detail(detail),
+        event_name=event_name,
+        host_id=host_id,
+        time=time,
+        hosts=hosts,
+    )
+
+
+def _entry_of(
+    index: int,
+    event: EventType,
+    body: dict[str, Any],
+    *,
+    event_name: str,
+    host_id: str,
+    time: str,
+    hosts: dict[str, Subject],
+) -> AuditEntry:
+    """``_new_entry`` of ``body``, which becomes the entry's detail."""
     if event is EventType.ATTESTED:
         body["trusted"] = event_name == "attested"
     elif event is EventType.ENROLLED:
@@ -261,9 +317,9 @@ def _new_entry(
         body["auto"] = event_name == "auto_admitted"
     if event is EventType.OPERATOR_ACTION:
         body["action"] = event_name
-        subject = Subject(kind=SubjectKind.OPERATOR, id=str(detail.get("name") or "unknown"))
+        subject = Subject(kind=SubjectKind.OPERATOR, id=str(body.get("name") or "unknown"))
     elif event is EventType.POLICY_VERSION:
-        subject = Subject(kind=SubjectKind.OPERATOR, id=str(detail.get("by") or "unknown"))
+        subject = Subject(kind=SubjectKind.OPERATOR, id=str(body.get("by") or "unknown"))
     else:
         found = hosts.get(host_id)
         if found is None:
