@@ -23,9 +23,10 @@ def write_agent_config(
     mode: str = "enforce",
     attest_interval: float = 60.0,
     hook_timeout: float = 10.0,
+    roots: Path | None = None,
 ) -> Config:
     """A trusthook config file for a development setup; returns it loaded. The image policy
-    and the tmpfs roots live in ``state_dir`` too."""
+    lives in ``state_dir`` too, and the tmpfs roots unless ``roots`` names their directory."""
     path.write_text(
         f'[tpm]\ntcti = "{tcti}"\npcr = 23\n'
         f'[agent]\nsocket = "{state_dir / "agent.sock"}"\nstate_dir = "{state_dir}"\n'
@@ -33,7 +34,7 @@ def write_agent_config(
         f'[runtime]\nhook = "{hook}"\n'
         f"[attestation]\ninterval = {attest_interval}\ntimeout = 10\n"
         f'[images]\npolicy = "{state_dir / "image-policy.toml"}"\n'
-        f'roots = "{state_dir / "roots"}"\n'
+        f'roots = "{roots or state_dir / "roots"}"\n'
     )
     return load_config(path)
 
