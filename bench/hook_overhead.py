@@ -21,6 +21,7 @@ import time
 import uuid
 from pathlib import Path
 
+from bench.timing import settle
 from bench.tree_digest import build_image
 from trusthook._devenv.agentproc import AgentProcess, write_agent_config
 from trusthook._devenv.bundle import make_bundle
@@ -56,6 +57,8 @@ def _bundles(work: Path, hook_entry: dict[str, object], image: bool) -> dict[str
         hooked.mkdir()
         (hooked / "config.json").write_text(json.dumps(config))
         bundles[name], bundles[f"{name} + hook"] = plain, hooked
+    for plain in roots.values():
+        settle(plain / "rootfs")  # old enough for the digest cache, as an image is
     return bundles
 
 

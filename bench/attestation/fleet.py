@@ -7,16 +7,18 @@ Each simulated host is ``tests.softtpm``'s software TPM: an RSA-2048 EK with its
 certificate from a local EK CA the server is configured to trust, an AK and a P-256 request key.
 It enrolls as the agent does (the server's MakeCredential answered by activating the credential
 in software, the request key certified by the AK, a client certificate issued), then attests
-every ``--interval`` seconds, each host at its own offset: a nonce, a TPM2_Quote of PCR 23 (an
-empty event log: the PCR at zero), the TPM2_NV_Certify of its attribute index holding the tag the
-server issued, the request signed by the request key. The structures are the TPM's wire
-formats, signed as a TPM signs them; the server verifies them exactly as a real host's. The
-hosts share one AK (the server keeps one per host and does not look for duplicates); each has
-its own EK, so its own host id. EK keys are generated once (37 ms of CPU each) into
-``/var/tmp/trusthook-bench/fleet-eks`` and reused by later runs.
+every ``--interval`` seconds, each host at its own offset, on the connection it keeps from one
+attestation to the next (``--keep-alive off``: a new one each time): a nonce that brings the
+audit log's checkpoint and the consistency proof from the one it kept, which it checks as the
+agent does, a TPM2_Quote of PCR 23 (an empty event log: the PCR at zero), the TPM2_NV_Certify of
+its attribute index holding the tag the server issued, the request signed by the request key.
+The structures are the TPM's wire formats, signed as a TPM signs them; the server verifies them
+exactly as a real host's. The hosts share one AK (the server keeps one per host and does not
+look for duplicates); each has its own EK, so its own host id. EK keys are generated once
+(37 ms of CPU each) into ``/var/tmp/trusthook-bench/fleet-eks`` and reused by later runs.
 
 Usage (root): .venv/bin/python -m bench.attestation.fleet [--hosts 10000] [--interval 60]
-    [--seconds 180] [--workers 24]
+    [--seconds 180] [--workers 24] [--keep-alive on|off]
 Everything runs on loopback; the servers and PostgreSQL are this run's own and are stopped
 at the end.
 """
@@ -51,6 +53,7 @@ from trusthook._devenv.swtpm import free_port_pair
 from trusthook.agent.serverclient import ServerClient, tls_context
 from trusthook.attest.attributes import index_name
 from trusthook.attest.requestkey import enrollment_qualifying
+from trusthook.audit import Checkpoint, VerifierKey, open_checkpoint, verify_consistency
 from trusthook.common.messages import (
     ActivationRequest,
     AttestationRequest,
@@ -60,7 +63,7 @@ from trusthook.common.messages import (
     HostStatus,
     NonceResponse,
 )
-from trusthook.errors import TrusthookError
+from trusthook.errors import AuditLogError, TrusthookError
 
 KEY_CACHE = Path("/var/tmp/trusthook-bench/fleet-eks")
 CONTAINER_PCR = 23
@@ -158,6 +161,9 @@ class SimHost:
     boot_id: str = field(default_factory=lambda: str(uuid.uuid4()))
     clock: int = 1000
     verified_recnum: int = -1
+    audit_key: str = ""  # the server's audit-log key, from the enrollment
+    checkpoint: Checkpoint | None = None  # the last audit checkpoint it verified
+    client: ServerClient | None = None  # the connection it keeps (--keep-alive on)
 
     def enroll(self, ca_cert: Path) -> None:
         key = ec.generate_private_key(ec.SECP256R1())
@@ -199,28 +205,64 @@ class SimHost:
             )
         )
         (self.directory / "client.crt").write_bytes(result.certificate.encode())
+        self.audit_key = result.audit_key
 
-    def attest(self, ca_cert: Path, interval: float) -> HostStatus:
-        context = tls_context(ca_cert, self.directory / "client.crt", self.directory / "client.key")
-        with ServerClient(self.server, context, timeout=120, signer=self.tpm.sign_request) as c:
-            challenge = NonceResponse.from_json(c.post("/v1/nonces"))
-            values = {i: ZERO for i in challenge.pcrs}
-            quote, signature = self.tpm.quote(values, challenge.nonce, Clock(self.clock, 1, 0))
-            self.clock += int(interval * 1000)
-            nv_attest, nv_signature = self.tpm.nv_certify(
-                index_name(), challenge.attributes_tag, challenge.nonce
+    def attest(self, ca_cert: Path, interval: float, *, keep_alive: bool) -> HostStatus:
+        """An attestation as the agent makes it: a nonce that brings the audit checkpoint and
+        the consistency proof from the one kept, checked as the agent checks them, then the
+        evidence; on the connection kept from the last attestation, or on a new one."""
+        if self.client is None:
+            context = tls_context(
+                ca_cert, self.directory / "client.crt", self.directory / "client.key"
             )
-            request = AttestationRequest(
-                nonce=challenge.nonce,
-                quote_attest=quote,
-                quote_signature=signature,
-                pcrs=values,
-                boot_id=self.boot_id,
-                events=(),
-                attributes_attest=nv_attest,
-                attributes_signature=nv_signature,
+            self.client = ServerClient(
+                self.server, context, timeout=120, signer=self.tpm.sign_request
             )
-            return HostStatus.from_json(c.post("/v1/attestations", request.to_json(), signed=True))
+        try:
+            return self._exchange(self.client, interval)
+        finally:
+            if not keep_alive:
+                self.client.close()
+                self.client = None
+
+    def _exchange(self, c: ServerClient, interval: float) -> HostStatus:
+        # retry: a nonce is harmless to ask for twice (a kept connection the server closed)
+        size = 0 if self.checkpoint is None else self.checkpoint.size
+        challenge = NonceResponse.from_json(c.post(f"/v1/nonces?audit_size={size}", retry=True))
+        self._watch(challenge)
+        values = {i: ZERO for i in challenge.pcrs}
+        quote, signature = self.tpm.quote(values, challenge.nonce, Clock(self.clock, 1, 0))
+        self.clock += int(interval * 1000)
+        nv_attest, nv_signature = self.tpm.nv_certify(
+            index_name(), challenge.attributes_tag, challenge.nonce
+        )
+        request = AttestationRequest(
+            nonce=challenge.nonce,
+            quote_attest=quote,
+            quote_signature=signature,
+            pcrs=values,
+            boot_id=self.boot_id,
+            events=(),
+            attributes_attest=nv_attest,
+            attributes_signature=nv_signature,
+        )
+        return HostStatus.from_json(c.post("/v1/attestations", request.to_json(), signed=True))
+
+    def _watch(self, challenge: NonceResponse) -> None:
+        """Check the nonce's audit checkpoint against the one kept, as the agent does."""
+        if challenge.audit is None:
+            raise AuditLogError("the server's nonce answer holds no audit checkpoint")
+        new = open_checkpoint(challenge.audit.checkpoint, VerifierKey.parse(self.audit_key))
+        old = self.checkpoint
+        if old is not None and old != new.checkpoint:
+            verify_consistency(
+                old_size=old.size,
+                new_size=new.checkpoint.size,
+                old_root=old.root,
+                new_root=new.checkpoint.root,
+                proof=challenge.audit.consistency,
+            )
+        self.checkpoint = new.checkpoint
 
 
 @dataclass
@@ -258,9 +300,14 @@ def run_pool(workers: int, jobs: Sequence[Callable[[], None]]) -> None:
 
 
 def load(
-    hosts: Sequence[SimHost], ca_cert: Path, interval: float, seconds: float, workers: int
+    hosts: Sequence[SimHost],
+    ca_cert: Path,
+    args: argparse.Namespace,
 ) -> Results:
-    """Every host attests every ``interval`` s from a random offset, for ``seconds``."""
+    """Every host attests every ``args.interval`` s from a random offset, for
+    ``args.seconds``, on ``args.workers`` threads."""
+    interval, seconds, workers = args.interval, args.seconds, args.workers
+    keep_alive = args.keep_alive == "on"
     results = Results()
     start = time.monotonic()
     end = start + seconds
@@ -283,7 +330,7 @@ def load(
                     results.late += 1
             began = time.perf_counter()
             try:
-                status = by_index[index].attest(ca_cert, interval)
+                status = by_index[index].attest(ca_cert, interval, keep_alive=keep_alive)
             except TrusthookError as e:
                 results.error(type(e).__name__ + ": " + str(e)[:80])
             else:
@@ -377,8 +424,9 @@ def report(args: argparse.Namespace, results: Results, spent: Spent) -> None:
     wanted = args.hosts * args.seconds / args.interval
     print(
         f"{args.hosts} hosts every {args.interval:g} s for {args.seconds:g} s against 2 replicas"
-        f" on one PostgreSQL, {args.workers} client threads, on {os.cpu_count()} cores shared"
-        " with the simulated hosts"
+        f" on one PostgreSQL, {args.workers} client threads, connections"
+        f" {'kept' if args.keep_alive == 'on' else 'one per attestation'}, on"
+        f" {os.cpu_count()} cores shared with the simulated hosts"
     )
     if not done:
         print(f"no attestation completed; errors {results.errors}")
@@ -414,6 +462,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--interval", type=float, default=60.0)
     parser.add_argument("--seconds", type=float, default=180.0)
     parser.add_argument("--workers", type=int, default=24)
+    parser.add_argument(
+        "--keep-alive",
+        choices=("on", "off"),
+        default="on",
+        help="each host keeps its connection from one attestation to the next, as the agent"
+        " does (on), or opens one per attestation (off)",
+    )
     args = parser.parse_args(argv)
     keys = ek_keys(args.hosts, lambda text: print(text, flush=True))
     work = Path(tempfile.mkdtemp(prefix="trusthook-fleet-"))
@@ -447,7 +502,10 @@ def main(argv: list[str] | None = None) -> int:
                 flush=True,
             )
             server_cpu, pg_cpu = cpu_seconds(server_procs), cpu_seconds(postgres_processes(pg))
-            results = load(hosts, ca_cert, args.interval, args.seconds, args.workers)
+            results = load(hosts, ca_cert, args)
+            for host in hosts:
+                if host.client is not None:
+                    host.client.close()
             spent = Spent(
                 server_cpu=cpu_seconds(server_procs) - server_cpu,
                 pg_cpu=cpu_seconds(postgres_processes(pg)) - pg_cpu,
