@@ -53,8 +53,8 @@ from trusthook.server.schema import audit_checkpoints, audit_head, audit_log
 CHECKPOINT_ENTRIES = 100
 CHECKPOINT_SECONDS = 60.0
 MAX_ENTRIES = 1000  # per read
-# The longest member of a launch's violation in an entry; longer ones keep their start and
-# end with "… (cut: N characters)" (docs/audit.md §2).
+# The longest member of a launch's violation in an entry: a longer one keeps its first
+# characters and ends in "… (cut: N characters)", N its length (docs/audit.md §2).
 MAX_VIOLATION_TEXT = 1024
 _CUT = "\u2026 (cut:"
 _VIOLATION_KEPT = MAX_VIOLATION_TEXT - len(_CUT) - len(" 0000000000 characters)")
