@@ -10,8 +10,10 @@ default) measures the two side by side on the same server and hosts. An attestat
 agent's exchange: a nonce (which brings the audit checkpoint and its consistency proof) and
 the evidence.
 ``--profile DIR`` samples the server's threads with py-spy during each measurement (without
-stopping it) into DIR/server-<database>-<mode>.txt, collapsed stacks. The samples are wall
-time of threads not seen idle: time waiting for PostgreSQL's answers or for the GIL counts.
+stopping it) into DIR/server-<database>-<mode>.txt, collapsed stacks. Only the thread that
+holds the GIL is sampled (py-spy --gil), so the samples are where Python spends CPU: time
+waiting for PostgreSQL's answers or for the GIL is not in them, and neither is C work done
+with the GIL released (SQLite's own).
 
 Usage (root): PYTHONPATH=. .venv/bin/python bench/attestation/end_to_end.py [--hosts N]
 [--seconds S] [--keep-alive on|off|both] [--databases sqlite,postgresql] [--profile DIR]
@@ -56,7 +58,7 @@ def sample(pid: int, out: Path, seconds: float) -> subprocess.Popen[bytes]:
         [
             str(BIN / "py-spy"), "record", "--pid", str(pid), "--rate", "200",
             "--duration", str(int(seconds)), "--format", "raw", "--output", str(out),
-            "--nonblocking",
+            "--nonblocking", "--gil",
         ],
         stdout=subprocess.DEVNULL,
     )  # fmt: skip

@@ -1,4 +1,5 @@
-"""The quote parsers raise only AttestationError, whatever the bytes."""
+"""The evidence parsers read what tpm2-pytss reads and raise only AttestationError, whatever
+the bytes."""
 
 from __future__ import annotations
 
@@ -8,9 +9,17 @@ import struct
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from tpm2_pytss.types import TPMS_ATTEST
 
-from trusthook.attest.tpmwire import parse_quote_info, parse_rsassa_signature
+from tests.softtpm import SoftTpm
+from trusthook.attest.tpmwire import (
+    parse_nv_certify_info,
+    parse_quote_info,
+    parse_rsassa_signature,
+)
 from trusthook.errors import AttestationError
+
+SOFT_TPM = SoftTpm()
 
 
 def quote_bytes(*, magic: int = 0xFF544347, kind: int = 0x8018, trailing: bytes = b"") -> bytes:
@@ -56,11 +65,46 @@ def test_signature() -> None:
         parse_rsassa_signature(good + b"\x00")
 
 
+@given(
+    name=st.binary(max_size=68),
+    contents=st.binary(max_size=300),
+    nonce=st.binary(max_size=64),
+    offset=st.integers(0, 0xFFFF),
+)
+def test_an_nv_certification_reads_as_tpm2_pytss_reads_it(
+    name: bytes, contents: bytes, nonce: bytes, offset: int
+) -> None:
+    attest, _ = SOFT_TPM.nv_certify(name, contents, nonce, offset=offset)
+    ours = parse_nv_certify_info(attest, "attributes")
+    theirs, used = TPMS_ATTEST.unmarshal(attest)
+    assert used == len(attest)
+    nv = theirs.attested.nv
+    assert ours.extra_data == bytes(theirs.extraData) == nonce
+    assert ours.index_name == bytes(nv.indexName) == name
+    assert (ours.offset, ours.contents) == (int(nv.offset), bytes(nv.nvContents))
+
+
+def test_refuses_what_is_no_nv_certification() -> None:
+    attest, _ = SOFT_TPM.nv_certify(b"\x00\x0b" + bytes(32), b"tag", bytes(32))
+    quote, _ = SOFT_TPM.quote({0: bytes(32)}, bytes(32))
+    for data, needle in (
+        (quote, "not a TPM2_NV_Certify"),
+        (b"\x00" + attest[1:], "not a TPM2_NV_Certify"),
+        (attest + b"x", "the NV certification has 1 trailing bytes"),
+        (attest[:-1], "the NV certification is truncated"),
+    ):
+        with pytest.raises(AttestationError, match=needle) as caught:
+            parse_nv_certify_info(data, "attributes")
+        assert caught.value.check == "attributes"
+
+
 @given(st.binary(max_size=300))
 def test_arbitrary_bytes_raise_only_attestation_errors(data: bytes) -> None:
     for parse in (parse_quote_info, parse_rsassa_signature):
         with contextlib.suppress(AttestationError):
             parse(data)
+    with contextlib.suppress(AttestationError):
+        parse_nv_certify_info(data, "attributes")
 
 
 @given(st.integers(min_value=0, max_value=len(quote_bytes()) - 1), st.integers(1, 255))

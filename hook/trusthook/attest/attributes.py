@@ -13,6 +13,7 @@ Pure: bytes in, ``None`` out or ``AttestationError("attributes", ...)``.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac
 from collections.abc import Mapping
@@ -22,11 +23,10 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import padding
 from tpm2_pytss.constants import TPM2_ALG, TPMA_NV
-from tpm2_pytss.types import TPMS_ATTEST, TPMS_NV_PUBLIC
+from tpm2_pytss.types import TPMS_NV_PUBLIC
 
-from trusthook.attest.certify import unmarshal_exact
 from trusthook.attest.identity import AttestationKey
-from trusthook.attest.tpmwire import TPM_GENERATED_VALUE, parse_rsassa_signature
+from trusthook.attest.tpmwire import parse_nv_certify_info, parse_rsassa_signature
 from trusthook.common.jcs import canonicalize
 from trusthook.errors import AttestationError
 
@@ -35,7 +35,6 @@ CHECK = "attributes"
 NV_INDEX = 0x013F7468
 TAG_MAGIC = b"THA1"
 TAG_SIZE = len(TAG_MAGIC) + 32 + 32
-TPM_ST_ATTEST_NV = 0x8014
 # Only the owner (hierarchy auth) writes or reads it; no dictionary-attack lockout on a misread.
 NV_ATTRIBUTES = TPMA_NV.OWNERWRITE | TPMA_NV.OWNERREAD | TPMA_NV.NO_DA
 
@@ -68,6 +67,7 @@ def nv_public(*, written: bool) -> TPMS_NV_PUBLIC:
     )
 
 
+@functools.cache  # a constant: marshaling it through tpm2-pytss costs more than the check
 def index_name() -> bytes:
     """The TPM name of the written index: nameAlg ‖ SHA-256(TPMS_NV_PUBLIC)."""
     area = nv_public(written=True).marshal()
@@ -102,30 +102,27 @@ def verify_attributes(
         ) from None
     except AttestationError as e:
         raise AttestationError(CHECK, e.message, expected=e.expected, got=e.got) from None
-    info = unmarshal_exact(TPMS_ATTEST, certification.attest, "attribute certification", CHECK)
-    if int(info.magic) != TPM_GENERATED_VALUE or int(info.type) != TPM_ST_ATTEST_NV:
-        raise AttestationError(CHECK, "the signed structure is not a TPM2_NV_Certify")
-    if not hmac.compare_digest(bytes(info.extraData), nonce):
+    info = parse_nv_certify_info(certification.attest, CHECK)
+    if not hmac.compare_digest(info.extra_data, nonce):
         raise AttestationError(
             CHECK,
             "the certification of the host attribute index was made for another nonce",
         )
-    certified = info.attested.nv
-    if bytes(certified.indexName) != index_name():
+    if info.index_name != index_name():
         raise AttestationError(
             CHECK,
             f"the certified NV index is not trusthook's attribute index {NV_INDEX:#010x} as"
             " trusthook defines it (another index, or redefined with other attributes)",
             expected=index_name().hex(),
-            got=bytes(certified.indexName).hex(),
+            got=info.index_name.hex(),
         )
-    contents = bytes(certified.nvContents)
-    if int(certified.offset) != 0 or len(contents) != TAG_SIZE:
+    contents = info.contents
+    if info.offset != 0 or len(contents) != TAG_SIZE:
         raise AttestationError(
             CHECK,
             "the certification does not cover the whole attribute index",
             expected=f"offset 0, {TAG_SIZE} bytes",
-            got=f"offset {int(certified.offset)}, {len(contents)} bytes",
+            got=f"offset {info.offset}, {len(contents)} bytes",
         )
     if hmac.compare_digest(contents, expected):
         return

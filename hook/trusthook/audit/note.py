@@ -67,15 +67,13 @@ class VerifierKey:
 
     name: str
     public_key: bytes
+    key_id: bytes = field(init=False, compare=False)  # from name and key, at construction
 
     def __post_init__(self) -> None:
         check_key_name(self.name)
         if len(self.public_key) != KEY_SIZE:
             raise AuditLogError(f"public key got {len(self.public_key)} bytes, expected 32")
-
-    @property
-    def key_id(self) -> bytes:
-        return key_id(self.name, self.public_key)
+        object.__setattr__(self, "key_id", key_id(self.name, self.public_key))
 
     @property
     def label(self) -> str:
@@ -127,18 +125,17 @@ class NoteSigner:
 
     name: str
     private_key: Ed25519PrivateKey = field(repr=False, compare=False)
+    # its public half, at construction: a checkpoint and every nonce answer name it
+    verifier_key: VerifierKey = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         check_key_name(self.name)
+        public = self.private_key.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
+        object.__setattr__(self, "verifier_key", VerifierKey(self.name, public))
 
     @classmethod
     def generate(cls, name: str) -> NoteSigner:
         return cls(name, Ed25519PrivateKey.generate())
-
-    @property
-    def verifier_key(self) -> VerifierKey:
-        public = self.private_key.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
-        return VerifierKey(self.name, public)
 
     def encode(self) -> str:
         """``PRIVATE+KEY+name+keyid+base64(0x01 || seed)``: secret, for the log's key file."""

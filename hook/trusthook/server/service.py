@@ -168,10 +168,12 @@ class ServerService:
         now = self._clock().timestamp()
         nonce = secrets.token_bytes(NONCE_BYTES)
         expires = now + self._config.nonce_ttl
-        self._store.issue_nonce(host_id=host.host_id, nonce=nonce, expires=expires, now=now)
+        watched = self._store.issue_nonce(
+            host_id=host.host_id, nonce=nonce, expires=expires, now=now, watch=audit_size
+        )
         audit = None
-        if audit_size is not None and self._store.audit_key():
-            note, proof = self._store.audit_watch(audit_size, now)
+        if watched is not None:
+            note, proof = watched
             audit = api.AuditWatch(checkpoint=note, consistency=[api.b64(h) for h in proof])
         return api.NonceResponse(
             nonce=api.b64(nonce),

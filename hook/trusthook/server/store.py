@@ -459,8 +459,15 @@ class Store:
 
     # attestation
 
-    def issue_nonce(self, *, host_id: str, nonce: bytes, expires: float, now: float) -> None:
-        with self._tx() as conn:
+    def issue_nonce(
+        self, *, host_id: str, nonce: bytes, expires: float, now: float, watch: int | None = None
+    ) -> tuple[str, tuple[bytes, ...]] | None:
+        """Store ``nonce`` for ``host_id``. With ``watch`` (the size of the last audit
+        checkpoint the host holds), in the same transaction: the last checkpoint signed and
+        the consistency proof to it from that size (``auditlog.watch``); None without it or
+        without the log key."""
+
+        def issue(conn: Connection) -> tuple[str, tuple[bytes, ...]] | None:
             if now - self._nonces_purged >= NONCE_PURGE_SECONDS:  # spend_nonce refuses the
                 conn.execute(_PURGE_NONCES, {"now": now})  # expired ones until they go
                 self._nonces_purged = now
@@ -473,6 +480,11 @@ class Store:
                     "used": False,
                 },
             )
+            if watch is None or self._log_signer is None:
+                return None
+            return auditlog.watch(conn, self._log_signer, now, watch)
+
+        return self._signing(issue)
 
     def spend_nonce(self, *, host_id: str, nonce: bytes, now: float) -> Reason | None:
         """Spend ``nonce`` for ``host_id``; None if it was valid, else why not. One statement
@@ -659,14 +671,9 @@ class Store:
         last)."""
         return self._signing(lambda conn: auditlog.checkpoint(conn, self._log_signer, now))
 
-    def audit_watch(self, old: int, now: float) -> tuple[str, tuple[bytes, ...]]:
-        """The last checkpoint signed and the consistency proof to it from size ``old``, in one
-        transaction (auditlog.watch)."""
-        return self._signing(lambda conn: auditlog.watch(conn, self._log_signer, now, old))
-
     def _signing(self, read: Callable[[Connection], T]) -> T:
-        """``read`` in a transaction, which may sign a checkpoint; once more if another server
-        process signed the same size meanwhile."""
+        """``read`` in a transaction, which may sign a checkpoint; once more (the whole
+        transaction) if another server process signed the same size meanwhile."""
         for _ in range(2):
             try:
                 with self._tx() as conn:
