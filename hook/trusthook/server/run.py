@@ -250,6 +250,7 @@ def run_server(config: ServerConfig) -> None:
             lifespan="off",
             log_config=None,
             access_log=False,
+            proxy_headers=False,  # no proxy in front: TLS with client certificates ends here
             server_header=False,
             timeout_keep_alive=KEEP_ALIVE,
         )
