@@ -32,7 +32,7 @@ from trusthook.errors import (
     StorageError,
     UsageError,
 )
-from trusthook.server import api
+from trusthook.server import api, driversql
 from trusthook.server.admin import Decision, HostAdmin
 from trusthook.server.admission import AdmissionState
 from trusthook.server.config import parse_server_config
@@ -400,3 +400,25 @@ def test_the_schema_of_an_older_server_is_refused(tmp_path: Path) -> None:
     with pytest.raises(StorageError, match="table hosts got no column .*there is no migration"):
         old.create_schema()
     old.dispose()
+
+
+def test_a_host_reads_the_same_through_the_drivers_cursor_as_through_core(
+    server: Server, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """get_host authenticates every host request through sqlite3's cursor (driversql); the
+    record, booleans and all, is the one Core's path reads, and an unknown host is None."""
+    with pytest.raises(AdmissionError):
+        server.enroll()  # queued for the operator
+    server.admin.approve(
+        HOST[:8], group="payments", attributes={"location": "dc1"}, decision=decided()
+    )
+    server.enroll()
+    server.refuse()  # reasons, a hold and a verified state to read back
+    unknown = "cd" * 32
+    fast = server.host()
+    assert server.store.get_host(unknown) is None
+    monkeypatch.setattr(driversql, "DRIVERS", ())
+    core = Store(server.service._config.database_url)
+    assert core.get_host(HOST) == fast and core.get_host(unknown) is None
+    assert fast.held is not None and fast.trusted is False and fast.admission is not None
+    core.dispose()

@@ -36,9 +36,10 @@ from trusthook.errors import (
     AuditEntryTooLargeError,
     AuditLogError,
     AuditVerificationError,
+    StorageError,
 )
 from trusthook.policy.appraise import appraise_launch
-from trusthook.server import auditlog, auditwrite
+from trusthook.server import auditlog, driversql
 from trusthook.server.auditlog import (
     CHECKPOINT_ENTRIES,
     CHECKPOINT_SECONDS,
@@ -285,7 +286,7 @@ def test_an_append_built_on_a_stale_head_writes_nothing_and_is_built_again(
     follow each other, and the stored subtrees and the head's root are those of the leaves.
     On the sqlite3 cursor and on SQLAlchemy Core (the path of drivers without their own)."""
     if path == "core":
-        monkeypatch.setattr(auditwrite, "_RAW_DRIVERS", ())
+        monkeypatch.setattr(driversql, "DRIVERS", ())
     url = f"sqlite:///{tmp_path / 'log.db'}"
     Store(url).create_schema()
     engine = sqlalchemy.create_engine(url)
@@ -395,3 +396,16 @@ def test_a_launch_larger_than_an_entry_is_refused_with_its_transaction(tmp_path:
         assert auditlog.head(conn).size == 0
         assert conn.execute(sqlalchemy.text("SELECT count(*) FROM audit")).scalar() == 0
     engine.dispose()
+
+
+def test_a_repeated_nonce_is_named_and_not_retried_as_a_checkpoint_race(server: Server) -> None:
+    store = signed_store(server)
+
+    def issue() -> object:
+        return store.issue_nonce(host_id=HOST, nonce=b"n" * 32, expires=2e9, now=1e9, watch=0)
+
+    assert issue() is not None
+    with pytest.raises(StorageError, match=r"^the new nonce was already issued .* ask for another"):
+        issue()
+    assert db(server).execute("SELECT count(*) FROM nonces").fetchone() == (1,)
+    store.dispose()

@@ -11,9 +11,8 @@ of CPU on SQLite for an attestation with 10 launches). psycopg: the write is one
 data-modifying statement (one round trip) whose arrays go in binary (in text, psycopg quotes
 every element with a regular expression: 1 ms for 10 launches); sqlite3: an update and three
 executemany, each compiled once (its statement cache). Any other driver: the same writes
-through Core. The driver's errors are raised as SQLAlchemy's (IntegrityError,
-OperationalError, ...), as Core raises them, so the store handles both paths alike.
-bench/audit/append.py measures.
+through Core. The cursor is ``driversql``'s: the driver's errors are raised as SQLAlchemy's,
+so the store handles both paths alike. bench/audit/append.py measures.
 """
 
 from __future__ import annotations
@@ -24,9 +23,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import Connection, insert, update
-from sqlalchemy.exc import DBAPIError
 
 from trusthook.errors import AuditLogError
+from trusthook.server import driversql
 from trusthook.server.schema import audit, audit_head, audit_log, audit_nodes
 
 HEAD_ID = 1  # the id of the one audit_head row
@@ -85,7 +84,6 @@ _LOCK = (
 _INSERT_HISTORY = insert(audit)
 _INSERT_ENTRY = insert(audit_log)
 _INSERT_NODES = insert(audit_nodes)
-_RAW_DRIVERS = ("pysqlite", "psycopg")
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,7 +116,7 @@ class Writer:
     def __init__(self, conn: Connection) -> None:
         self._conn = conn
         self._driver = conn.dialect.driver
-        self._raw = _Raw(conn) if self._driver in _RAW_DRIVERS else None
+        self._raw = driversql.Cursor(conn) if self._driver in driversql.DRIVERS else None
 
     def lock(self) -> HeadState:
         """The head, its row locked until the transaction ends (an update that changes
@@ -128,7 +126,7 @@ class Writer:
             row = tuple(self._conn.execute(_LOCK).one())
         else:
             sql = _SQLITE_LOCK if self._driver == "pysqlite" else _PSYCOPG_LOCK
-            row = self._raw.one(sql, (HEAD_ID,))
+            row = _head_row(self._raw, sql, (HEAD_ID,))
         size, packed, checkpoint_size, checkpoint_at = row
         return HeadState(int(size), bytes(packed), int(checkpoint_size), float(checkpoint_at))
 
@@ -159,12 +157,21 @@ def _history_rows(w: Writes) -> list[tuple[float, str, str, str]]:
     return [(w.now, host_id, event, detail) for host_id, event, detail in w.history]
 
 
+def _head_row(
+    raw: driversql.Cursor, sql: str, params: Sequence[Any] | Mapping[str, Any]
+) -> Sequence[Any]:
+    row = raw.first(sql, params)
+    if row is None:
+        raise AuditLogError("the audit log has no head row; run 'trusthook server init'")
+    return row
+
+
 def _head_values(w: Writes) -> tuple[int, bytes, bytes, int, float]:
     after = w.after
     return after.size, w.root, after.frontier, after.checkpoint_size, after.checkpoint_at
 
 
-def _write_sqlite(raw: _Raw, before: HeadState, w: Writes) -> bool:
+def _write_sqlite(raw: driversql.Cursor, before: HeadState, w: Writes) -> bool:
     was = (before.size, before.frontier, before.checkpoint_size, before.checkpoint_at)
     if raw.count(_SQLITE_SET_HEAD, (*_head_values(w), HEAD_ID, *was)) != 1:
         return False
@@ -174,9 +181,10 @@ def _write_sqlite(raw: _Raw, before: HeadState, w: Writes) -> bool:
     return True
 
 
-def _write_psycopg(raw: _Raw, before: HeadState, w: Writes) -> bool:
+def _write_psycopg(raw: driversql.Cursor, before: HeadState, w: Writes) -> bool:
     size, root, frontier, checkpoint_size, checkpoint_at = _head_values(w)
-    row = raw.one(
+    row = _head_row(
+        raw,
         _PSYCOPG_WRITE,
         {
             "size": size,
@@ -242,50 +250,3 @@ def _write_core(conn: Connection, before: HeadState, w: Writes) -> bool:
             [{"level": level, "position": p, "hash": h} for level, p, h in w.nodes],
         )
     return True
-
-
-class _Raw:
-    """The DBAPI cursor of ``conn``'s connection, in its transaction; the driver's errors
-    raised as SQLAlchemy's (IntegrityError, OperationalError, ...), as Core raises them."""
-
-    def __init__(self, conn: Connection) -> None:
-        self._dialect = conn.dialect
-        self._cursor = conn.connection.cursor()
-
-    def run(self, statement: str, params: Sequence[Any] | Mapping[str, Any]) -> None:
-        try:
-            self._cursor.execute(statement, params)
-        except self._dialect.loaded_dbapi.Error as e:
-            raise self._wrapped(statement, e) from e
-
-    def one(self, statement: str, params: Sequence[Any] | Mapping[str, Any]) -> Sequence[Any]:
-        self.run(statement, params)
-        row: Sequence[Any] | None = self._cursor.fetchone()
-        if row is None:
-            raise AuditLogError("the audit log has no head row; run 'trusthook server init'")
-        return row
-
-    def count(self, statement: str, params: Sequence[Any]) -> int:
-        """The number of rows ``statement`` changed."""
-        self.run(statement, params)
-        return int(self._cursor.rowcount)
-
-    def many(self, statement: str, rows: Sequence[Sequence[Any]]) -> None:
-        try:
-            self._cursor.executemany(statement, rows)
-        except self._dialect.loaded_dbapi.Error as e:
-            raise self._wrapped(statement, e) from e
-
-    def _wrapped(self, statement: str, error: Exception) -> BaseException:
-        wrapped = DBAPIError.instance(
-            statement,
-            None,
-            error,
-            self._dialect.loaded_dbapi.Error,
-            hide_parameters=True,
-            dialect=self._dialect,
-        )
-        return wrapped if isinstance(wrapped, BaseException) else error
-
-    def close(self) -> None:
-        self._cursor.close()

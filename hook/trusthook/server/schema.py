@@ -4,6 +4,7 @@ records. ``Store.create_schema`` makes the tables; there is no migration."""
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from typing import Any
 
 from sqlalchemy import (
@@ -248,8 +249,8 @@ HOSTS = select(hosts, *(c.label(_JOINED + c.name) for c in admissions.c)).select
 )
 
 
-def host_of(row: Any) -> HostRecord:
-    values = row._mapping
+def host_of(values: Mapping[Any, Any]) -> HostRecord:
+    """The host in ``values``, a row of HOSTS by column name (SQLite's booleans are 0 or 1)."""
     held = values["held"]
     return HostRecord(
         host_id=values["host_id"],
@@ -267,7 +268,7 @@ def host_of(row: Any) -> HostRecord:
             verified_recnum=values["verified_recnum"],
             verified_pcr=bytes(values["verified_pcr"]),
         ),
-        trusted=values["trusted"],
+        trusted=bool(values["trusted"]),
         reasons=tuple(Reason.from_json(r) for r in json.loads(values["reasons"])),
         since=values["since"],
         valid_until=values["valid_until"],

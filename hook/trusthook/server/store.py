@@ -17,7 +17,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import replace
@@ -43,7 +43,7 @@ from trusthook.attest.verdict import Reason
 from trusthook.audit import AuditEntry, Bundle, NoteSigner
 from trusthook.errors import ConfigError, ConflictError, StorageError
 from trusthook.policy.lineage import Origin
-from trusthook.server import auditlog
+from trusthook.server import auditlog, driversql
 from trusthook.server.admission import Admission, AdmissionState
 from trusthook.server.metrics import HostCount
 from trusthook.server.records import (
@@ -143,6 +143,7 @@ class Store:
         except (SQLAlchemyError, ImportError, ValueError) as e:
             raise StorageError(f"cannot use database {self.safe_url(url)}: {e}") from e
         self._url = url
+        self._host_by_id = driversql.compiled(_HOST_BY_ID, self._engine.dialect)
         self._bound: ContextVar[Connection | None] = ContextVar("store_connection", default=None)
 
     @contextmanager
@@ -302,14 +303,20 @@ class Store:
         return True
 
     def get_host(self, host_id: str) -> HostRecord | None:
+        """Read on every host request (it authenticates them): through the driver's cursor."""
         with self._tx() as conn:
-            row = conn.execute(_HOST_BY_ID, {"key": host_id}).first()
-        return None if row is None else host_of(row)
+            values: Mapping[Any, Any] | None
+            if self._host_by_id is None:
+                row = conn.execute(_HOST_BY_ID, {"key": host_id}).first()
+                values = None if row is None else row._mapping
+            else:
+                values = driversql.first_mapping(conn, self._host_by_id, {"key": host_id})
+        return None if values is None else host_of(values)
 
     def list_hosts(self) -> list[HostRecord]:
         with self._tx() as conn:
             rows = conn.execute(HOSTS.order_by(hosts.c.hostname, hosts.c.host_id)).all()
-        return [host_of(r) for r in rows]
+        return [host_of(r._mapping) for r in rows]
 
     def clear_host(
         self, old: HostRecord, new: HostRecord, *, detail: dict[str, Any], now: float
@@ -471,15 +478,21 @@ class Store:
             if now - self._nonces_purged >= NONCE_PURGE_SECONDS:  # spend_nonce refuses the
                 conn.execute(_PURGE_NONCES, {"now": now})  # expired ones until they go
                 self._nonces_purged = now
-            conn.execute(
-                _ISSUE_NONCE,
-                {
-                    "nonce_hash": nonce_hash(nonce),
-                    "host_id": host_id,
-                    "expires": expires,
-                    "used": False,
-                },
-            )
+            try:
+                conn.execute(
+                    _ISSUE_NONCE,
+                    {
+                        "nonce_hash": nonce_hash(nonce),
+                        "host_id": host_id,
+                        "expires": expires,
+                        "used": False,
+                    },
+                )
+            except IntegrityError as exc:  # not the checkpoint's race: no retry
+                raise StorageError(
+                    "the new nonce was already issued (a repeated random nonce); nothing was"
+                    " stored, ask for another"
+                ) from exc
             if watch is None or self._log_signer is None:
                 return None
             return auditlog.watch(conn, self._log_signer, now, watch)
